@@ -1,0 +1,74 @@
+"""Per-patient counts, the 95 % Wilson interval of the leukemic fraction, and the flag."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import pandas as pd
+
+PATIENT_COLUMNS = ["patient_id", "n_scans", "n_cells", "n_leukemic", "n_normal", "pct_leukemic",
+                   "ci_low", "ci_high", "flag", "n_scans_failed"]
+
+FLAG_REVIEW = "review: leukemic cells detected"
+FLAG_INSUFFICIENT = "insufficient cells"
+FLAG_INCOMPLETE = "incomplete: scan failed"
+FLAG_NEGATIVE = "negative"
+
+
+@dataclass(frozen=True)
+class AggregationParams:
+    review_threshold_pct: float = 5.0  # % leukemic cells at or above which a patient is flagged for review
+    min_cells: int = 50                # fewer cells: no negative call is made
+
+    def __post_init__(self):
+        if not 0 < self.review_threshold_pct <= 100:
+            raise ValueError("review_threshold_pct must be in (0, 100]")
+        if self.min_cells < 1:
+            raise ValueError("min_cells must be >= 1")
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
+    """95 % Wilson score interval of a proportion; stays inside [0, 1] and is sane for small n."""
+    if n == 0:
+        return (0.0, 1.0)
+    p = successes / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def patient_flag(n_cells: int, n_leukemic: int, n_failed: int, params: AggregationParams) -> str:
+    """A positive signal is always shown; a negative call needs enough cells and every scan read."""
+    if n_cells and 100.0 * n_leukemic / n_cells >= params.review_threshold_pct:
+        return FLAG_REVIEW
+    if n_failed:
+        return FLAG_INCOMPLETE
+    if n_cells < params.min_cells:
+        return FLAG_INSUFFICIENT
+    return FLAG_NEGATIVE
+
+
+def summarise_patients(scans: pd.DataFrame, cells: pd.DataFrame, params: AggregationParams) -> pd.DataFrame:
+    """One row per patient from the per-scan table (all scans, failed ones too) and the cell table."""
+    rows = []
+    for patient, group in scans.groupby("patient_id", sort=True):
+        ok = group[group["status"] == "ok"]
+        patient_cells = cells[cells["patient_id"] == patient]
+        n = len(patient_cells)
+        k = int((patient_cells["label"] == "leukemic").sum())
+        low, high = wilson_interval(k, n)
+        failed = int((group["status"] == "failed").sum())
+        rows.append({
+            "patient_id": patient,
+            "n_scans": len(ok),
+            "n_cells": n,
+            "n_leukemic": k,
+            "n_normal": n - k,
+            "pct_leukemic": round(100.0 * k / n, 2) if n else 0.0,
+            "ci_low": round(100.0 * low, 2),
+            "ci_high": round(100.0 * high, 2),
+            "flag": patient_flag(n, k, failed, params),
+            "n_scans_failed": failed,
+        })
+    return pd.DataFrame(rows, columns=PATIENT_COLUMNS)

@@ -1,0 +1,314 @@
+"""A night's batch: every scan of a folder, each on its own, then the aggregated outputs.
+
+Per-scan results are stored under `OUT_DIR/.bcscan/scans/`, keyed by the scan's
+content hash, the model's hash and the effective configuration.  The tables,
+GeoJSON and provenance are rebuilt from those results at the end of every run,
+so a rerun after a crash continues where it stopped and never counts a cell twice.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import platform
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import pandas as pd
+
+from . import __version__
+from .aggregation import AggregationParams, summarise_patients
+from .classification import ClassificationParams, resolve_model_path
+from .config import DEFAULT_CONFIG, ConfigError, config_digest, load_yaml, merge, section
+from .outputs import (CELL_COLUMNS, FAILURE_COLUMNS, SCAN_COLUMNS, atomic_write_csv, atomic_write_json,
+                      atomic_write_text, cells_geojson, safe_filename)
+from .patients import PatientAssigner, PatientParams
+from .reading import ReadingParams, ScanError, find_scans, open_scan
+from .segmentation import SegmentationParams
+from .tiling import TilingParams
+
+log = logging.getLogger("bcscan")
+
+EXIT_OK = 0
+EXIT_SCANS_FAILED = 1
+EXIT_CANNOT_RUN = 2
+EXIT_LOCKED = 3
+
+STATE_DIR = ".bcscan"
+
+
+@dataclass(frozen=True)
+class Settings:
+    reading: ReadingParams = field(default_factory=ReadingParams)
+    tiling: TilingParams = field(default_factory=TilingParams)
+    segmentation: SegmentationParams = field(default_factory=SegmentationParams)
+    classification: ClassificationParams = field(default_factory=ClassificationParams)
+    patients: PatientParams = field(default_factory=PatientParams)
+    aggregation: AggregationParams = field(default_factory=AggregationParams)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def result_digest(self) -> str:
+        """What a per-scan result depends on (not patients or aggregation, which are applied later)."""
+        d = self.as_dict()
+        return config_digest({"version": __version__, "reading": d["reading"], "tiling": d["tiling"],
+                              "segmentation": d["segmentation"],
+                              "threshold": d["classification"]["threshold"]})
+
+
+SECTIONS = {"reading": ReadingParams, "tiling": TilingParams, "segmentation": SegmentationParams,
+            "classification": ClassificationParams, "patients": PatientParams, "aggregation": AggregationParams}
+
+
+def load_settings(config_path: Path | None = None, overrides: dict[str, Any] | None = None) -> Settings:
+    """Defaults ← configs/default.yaml ← `config_path` ← command-line overrides."""
+    data = load_yaml(DEFAULT_CONFIG) if DEFAULT_CONFIG.is_file() else {}
+    if config_path is not None:
+        data = merge(data, load_yaml(Path(config_path)))
+    data = merge(data, overrides or {})
+    unknown = sorted(set(data) - set(SECTIONS))
+    if unknown:
+        raise ConfigError(f"unknown config section(s): {', '.join(unknown)}")
+    return Settings(**{name: section(cls, data.get(name), name) for name, cls in SECTIONS.items()})
+
+
+def content_sha256(path: Path) -> str:
+    """Hash of a scan's bytes; a DICOM series folder hashes its files in name order."""
+    digest = hashlib.sha256()
+    files = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
+    for file in files:
+        if path.is_dir():
+            digest.update(file.name.encode() + b"\0")
+        with open(file, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 22), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+class RunLock:
+    """An advisory lock in OUT_DIR: the kernel drops it when its process dies, so a killed run
+    never blocks the next night."""
+
+    def __init__(self, out_dir: Path):
+        self.path = out_dir / STATE_DIR / "lock"
+        self.fh = None
+
+    def acquire(self) -> bool:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.fh = open(self.path, "a+")
+        try:
+            fcntl.flock(self.fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.fh.close()
+            self.fh = None
+            return False
+        self.fh.seek(0)
+        self.fh.truncate()
+        self.fh.write(f"{os.getpid()}\n")
+        self.fh.flush()
+        return True
+
+    def release(self) -> None:
+        if self.fh is not None:
+            fcntl.flock(self.fh, fcntl.LOCK_UN)
+            self.fh.close()
+            self.fh = None
+
+
+@dataclass
+class ScanJob:
+    path: Path
+    relative: str
+    patient_id: str
+    sha256: str = ""
+    key: str = ""
+
+
+@dataclass
+class BatchResult:
+    exit_code: int
+    n_scans: int
+    n_failed: int
+    n_cells: int
+    out_dir: Path
+
+
+class ResultStore:
+    """Per-scan results: `<key>.cells.csv` then `<key>.json` (written last: its presence marks the
+    result complete)."""
+
+    def __init__(self, out_dir: Path):
+        self.dir = out_dir / STATE_DIR / "scans"
+
+    def _paths(self, key: str) -> tuple[Path, Path]:
+        return self.dir / f"{key}.cells.csv", self.dir / f"{key}.json"
+
+    def load(self, key: str) -> tuple[dict[str, Any], pd.DataFrame] | None:
+        cells_path, meta_path = self._paths(key)
+        if not meta_path.is_file():
+            return None
+        try:
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+            cells = pd.read_csv(cells_path) if meta.get("status") == "ok" else pd.DataFrame()
+        except (OSError, ValueError):
+            return None
+        return meta, cells
+
+    def save(self, key: str, meta: dict[str, Any], cells: pd.DataFrame | None) -> None:
+        cells_path, meta_path = self._paths(key)
+        if cells is not None:
+            from .pipeline import CELL_RESULT_COLUMNS
+
+            atomic_write_csv(cells_path, cells, CELL_RESULT_COLUMNS)
+        atomic_write_json(meta_path, meta)
+
+
+def software_versions() -> dict[str, str]:
+    """Installed versions, read from package metadata (importing TensorFlow would cost seconds)."""
+    from importlib import metadata
+
+    import openslide
+
+    versions = {"python": platform.python_version(), "bcscan": __version__,
+                "libopenslide": getattr(openslide, "__library_version__", "unknown")}
+    for package in ("numpy", "pandas", "opencv-python-headless", "openslide-python", "openslide-bin",
+                    "tensorflow", "keras", "scikit-image", "tifffile", "reportlab"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            pass
+    return versions
+
+
+def run_batch(scan_dir: Path, out_dir: Path, settings: Settings, mpp: float | None = None, force: bool = False,
+              progress: Callable[[int], Any] | None = None, argv: list[str] | None = None) -> BatchResult:
+    """Process every scan below `scan_dir` into `out_dir`.  Raises ConfigError / ModelError when
+    nothing can run; a scan that fails is recorded and the batch goes on."""
+    from .model import load_model_info
+
+    started = dt.datetime.now(dt.timezone.utc)
+    run_id = started.strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:6]
+    model_path = resolve_model_path(settings.classification.model)
+    model_info = load_model_info(model_path)  # refuse a missing or corrupt model before any work
+    assigner = PatientAssigner(settings.patients)
+    store = ResultStore(out_dir)
+
+    jobs = [ScanJob(p, p.relative_to(scan_dir).as_posix(), "") for p in find_scans(scan_dir)]
+    for job in jobs:
+        job.patient_id = assigner.patient_of(job.relative)
+    missing = assigner.missing_from_manifest({j.relative for j in jobs})
+    digest = settings.result_digest() + (f"-mpp{mpp:g}" if mpp else "")
+
+    loaded: list = []
+
+    def get_classifier():
+        """Load TensorFlow and the model only when some scan needs computing."""
+        if not loaded:
+            from .classification import CellClassifier
+
+            loaded.append(CellClassifier(settings.classification))
+        return loaded[0]
+
+    metas: list[dict[str, Any]] = []
+    cell_tables: list[pd.DataFrame] = []
+    seen_hashes: dict[str, str] = {}
+    for job in jobs:
+        meta, cells = _process_one(job, store, settings, mpp, digest, model_info.sha256, force, seen_hashes,
+                                   get_classifier)
+        metas.append(meta)
+        if cells is not None and len(cells):
+            cells = cells.copy()
+            cells.insert(0, "scan", job.relative)
+            cells.insert(1, "patient_id", job.patient_id)
+            cell_tables.append(cells)
+        if progress is not None:
+            progress(1)
+
+    for relative in missing:
+        metas.append({"scan": relative, "patient_id": assigner.manifest[relative], "status": "failed",
+                      "stage": "find", "error": f"{relative}: listed in the manifest but not found in {scan_dir}"})
+
+    scans = pd.DataFrame(metas).reindex(columns=SCAN_COLUMNS + ["stage"])
+    for column in ("n_cells", "n_leukemic", "n_normal", "level", "tiles_read", "tiles_skipped"):
+        scans[column] = scans[column].astype("Int64")  # failed scans leave these empty, not NaN floats
+    cells = pd.concat(cell_tables, ignore_index=True) if cell_tables else pd.DataFrame(columns=CELL_COLUMNS)
+    patients = summarise_patients(scans, cells, settings.aggregation)
+    failures = scans[scans["status"] == "failed"].reindex(columns=FAILURE_COLUMNS)
+
+    atomic_write_csv(out_dir / "cells.csv", cells, CELL_COLUMNS)
+    atomic_write_csv(out_dir / "scans.csv", scans, SCAN_COLUMNS)
+    atomic_write_csv(out_dir / "patients.csv", patients, list(patients.columns))
+    atomic_write_csv(out_dir / "failures.csv", failures, FAILURE_COLUMNS)
+    for meta in metas:
+        if meta["status"] == "ok":
+            scan_cells = cells[cells["scan"] == meta["scan"]]
+            atomic_write_json(out_dir / "geojson" / f"{safe_filename(meta['scan'])}.geojson", cells_geojson(scan_cells))
+
+    n_failed = int((scans["status"] == "failed").sum())
+    finished = dt.datetime.now(dt.timezone.utc)
+    atomic_write_json(out_dir / "run.json", {
+        "run_id": run_id, "bcscan_version": __version__, "started": started.isoformat(),
+        "finished": finished.isoformat(), "argv": argv or [], "scan_dir": str(scan_dir),
+        "config": settings.as_dict(), "config_digest": digest,
+        "model": {"path": str(model_path), "name": model_info.name, "sha256": model_info.sha256,
+                  "input_size": model_info.input_size, "crop_um": model_info.crop_um},
+        "device": loaded[0].device if loaded else "not loaded (all results reused)",
+        "inputs": [{"scan": m["scan"], "sha256": m.get("sha256", ""), "status": m["status"]} for m in metas],
+        "counts": {"scans": len(metas), "failed": n_failed, "cells": int(len(cells)),
+                   "patients": int(len(patients))},
+        "software": software_versions(),
+    })
+    exit_code = EXIT_SCANS_FAILED if n_failed else EXIT_OK
+    return BatchResult(exit_code, len(metas), n_failed, int(len(cells)), out_dir)
+
+
+def _process_one(job: ScanJob, store: ResultStore, settings: Settings, mpp: float | None, digest: str,
+                 model_sha: str, force: bool, seen_hashes: dict[str, str], get_classifier):
+    """Reuse a stored result for this exact scan/model/config, or compute it.  Returns (meta, cells)."""
+    from .pipeline import StageError, scan_cells
+
+    base = {"scan": job.relative, "patient_id": job.patient_id}
+    t0 = time.perf_counter()
+    try:
+        job.sha256 = content_sha256(job.path)
+    except OSError as exc:
+        return {**base, "status": "failed", "stage": "read",
+                "error": f"{job.relative}: cannot read file ({exc.strerror or exc})"}, None
+    if job.sha256 in seen_hashes:
+        return {**base, "status": "failed", "stage": "find", "sha256": job.sha256,
+                "error": f"{job.relative}: same content as {seen_hashes[job.sha256]} (duplicate scan skipped)"}, None
+    seen_hashes[job.sha256] = job.relative
+    job.key = f"{job.sha256[:20]}-{model_sha[:12]}-{digest}"
+    if not force:
+        stored = store.load(job.key)
+        if stored is not None and stored[0].get("status") == "ok":
+            meta, cells = stored
+            log.info("reused %s (%d cells)", job.relative, len(cells))
+            return {**meta, **base}, cells
+    try:
+        with open_scan(job.path, settings.reading, mpp=mpp) as scan:
+            result = scan_cells(scan, settings.segmentation, settings.tiling, get_classifier())
+            meta = {**base, "status": "ok", "sha256": job.sha256, "mpp": round(scan.mpp, 5),
+                    "level": result.level, "working_mpp": result.working_mpp,
+                    "tiles_read": result.tiles_read, "tiles_skipped": result.tiles_skipped,
+                    "n_cells": len(result.cells), "n_leukemic": int((result.cells["label"] == "leukemic").sum()),
+                    "n_normal": int((result.cells["label"] == "normal").sum()), "error": ""}
+    except ScanError as exc:
+        meta, result = {**base, "status": "failed", "stage": "read", "sha256": job.sha256, "error": str(exc)}, None
+    except StageError as exc:
+        meta, result = {**base, "status": "failed", "stage": exc.stage, "sha256": job.sha256, "error": str(exc)}, None
+    meta["seconds"] = round(time.perf_counter() - t0, 2)
+    if result is not None:
+        store.save(job.key, meta, result.cells)
+        log.info("scanned %s: %d cells in %.1f s", job.relative, meta["n_cells"], meta["seconds"])
+        return meta, result.cells
+    store.save(job.key, meta, None)
+    log.error("failed %s [%s]: %s", job.relative, meta["stage"], meta["error"])
+    return meta, None

@@ -1,0 +1,171 @@
+"""Classifying cell crops as leukemic or normal with the VGG-16 model.
+
+Crops are cut at a fixed physical size around each cell centre (the model's
+`crop_um`, at its `working_mpp`), resized to the model input and classified in
+batches.  Training (`bcscan train`, cells mode) cuts its crops with the same
+functions, so the model sees at scan time exactly what it saw in training.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .model import load_keras_model
+from .reading import crop_padded
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ClassificationParams:
+    model: str = "models/bcscan-vgg16.keras"  # relative paths are resolved against the bcscan install
+    batch_size: int = 64
+    threshold: float = 0.5                    # p_leukemic at or above which a cell is called leukemic
+    device: str = "auto"                      # auto | cpu | gpu
+    cpu_threads: int = 0                      # intra-op threads on CPU; 0 = all cores
+
+    def __post_init__(self):
+        if self.batch_size < 1:
+            raise ValueError("batch_size must be >= 1")
+        if not 0.0 < self.threshold < 1.0:
+            raise ValueError("threshold must be in (0, 1)")
+        if self.device not in {"auto", "cpu", "gpu"}:
+            raise ValueError("device must be auto, cpu or gpu")
+
+
+def crop_side_px(crop_um: float, mpp: float) -> int:
+    """Crop side in pixels at `mpp`, rounded to an even number so the centre pixel is well defined."""
+    return max(2, 2 * int(math.ceil(crop_um / mpp / 2)))
+
+
+def crop_cells(image: np.ndarray, centres: np.ndarray, side: int) -> np.ndarray:
+    """Square `side`×`side` crops centred on each (x, y); outside the image is white glass."""
+    crops = np.empty((len(centres), side, side, 3), dtype=np.uint8)
+    half = side // 2
+    for i, (x, y) in enumerate(np.asarray(centres, dtype=np.float64).reshape(-1, 2)):
+        crops[i] = crop_padded(image, int(round(x)) - half, int(round(y)) - half, side, side)
+    return crops
+
+
+def to_model_input(crops: np.ndarray, input_size: int) -> np.ndarray:
+    """uint8 crops → float32 model input in [0, 1] (the paper's rescale 1/255)."""
+    import cv2
+
+    out = np.empty((len(crops), input_size, input_size, 3), dtype=np.float32)
+    for i, crop in enumerate(crops):
+        if crop.shape[0] != input_size:
+            interp = cv2.INTER_AREA if crop.shape[0] > input_size else cv2.INTER_LINEAR
+            crop = cv2.resize(crop, (input_size, input_size), interpolation=interp)
+        out[i] = crop
+    out *= 1.0 / 255.0
+    return out
+
+
+def calibrate(probabilities: np.ndarray, temperature: float) -> np.ndarray:
+    """Temperature scaling of softmax outputs: softmax(log p / T)."""
+    if temperature == 1.0:
+        return probabilities
+    logits = np.log(np.clip(probabilities, 1e-12, 1.0)) / temperature
+    logits -= logits.max(axis=1, keepdims=True)
+    exp = np.exp(logits)
+    return exp / exp.sum(axis=1, keepdims=True)
+
+
+def import_tensorflow():
+    """Import TensorFlow with its C++ start-up chatter (printed before its logging is set up)
+    kept off the console; Python exceptions still surface normally."""
+    import sys
+
+    if "tensorflow" in sys.modules:
+        return sys.modules["tensorflow"]
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        import tensorflow
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+    return tensorflow
+
+
+def configure_tensorflow(device: str = "auto", cpu_threads: int = 0) -> str:
+    """Pick the device once per process; returns 'gpu' or 'cpu'.
+
+    On a GPU: memory growth (so a second process can share the card) and mixed precision.
+    On the CPU: inter-op parallelism 1, which measured faster for VGG-16 on few cores.
+    """
+    tf = import_tensorflow()
+
+    gpus = tf.config.list_physical_devices("GPU") if device != "cpu" else []
+    if device == "gpu" and not gpus:
+        raise RuntimeError("device 'gpu' requested but TensorFlow sees no GPU")
+    if device == "cpu":
+        tf.config.set_visible_devices([], "GPU")
+    try:
+        if gpus:
+            for gpu in gpus:
+                tf.config.experimental.set_memory_growth(gpu, True)
+            import keras
+            keras.mixed_precision.set_global_policy("mixed_float16")
+        else:
+            tf.config.threading.set_inter_op_parallelism_threads(1)
+            if cpu_threads:
+                tf.config.threading.set_intra_op_parallelism_threads(cpu_threads)
+    except RuntimeError:
+        pass  # already initialised in this process: keep the first settings
+    return "gpu" if gpus else "cpu"
+
+
+def resolve_model_path(model: str | Path) -> Path:
+    from .config import PACKAGE_ROOT
+
+    path = Path(model).expanduser()
+    if not path.is_absolute() and not path.exists():
+        path = PACKAGE_ROOT / path
+    return path
+
+
+class CellClassifier:
+    """A loaded, verified model that turns uint8 crops into calibrated p_leukemic."""
+
+    def __init__(self, params: ClassificationParams):
+        self.params = params
+        self.model_path = resolve_model_path(params.model)
+        self.device = configure_tensorflow(params.device, params.cpu_threads)
+        self.model, self.info = load_keras_model(self.model_path)
+        self._predict = self._compile()
+
+    def _compile(self):
+        import tensorflow as tf
+
+        model = self.model
+
+        @tf.function(jit_compile=self.device == "cpu", reduce_retracing=True)
+        def predict(batch):
+            return tf.cast(model(batch, training=False), tf.float32)
+
+        return predict
+
+    def predict(self, crops: np.ndarray) -> np.ndarray:
+        """p_leukemic (calibrated) for each crop, computed in fixed-size batches."""
+        if len(crops) == 0:
+            return np.zeros(0, dtype=np.float32)
+        size = self.params.batch_size
+        out = []
+        for start in range(0, len(crops), size):
+            batch = to_model_input(crops[start:start + size], self.info.input_size)
+            n = len(batch)
+            if n < size:  # pad to one shape: no retracing / recompilation for the last batch
+                batch = np.concatenate([batch, np.zeros((size - n,) + batch.shape[1:], np.float32)])
+            probs = self._predict(batch).numpy()[:n]
+            out.append(calibrate(probs, self.info.temperature)[:, self.info.leukemic_index])
+        return np.concatenate(out).astype(np.float32)

@@ -1,0 +1,164 @@
+"""The VGG-16 cell classifier as a file: architecture, saving and verified loading.
+
+A model is two files side by side: `NAME.keras` (Keras native format) and
+`NAME.json` (metadata that `bcscan scan` needs to use it correctly: classes,
+input size, physical crop size, preprocessing, calibration temperature, and
+the SHA-256 of the `.keras` file, checked at load so that a corrupt or
+swapped model file is refused instead of silently used).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+MODEL_FORMAT = "bcscan-model/1"
+LEUKEMIC = "leukemic"
+NORMAL = "normal"
+
+
+class ModelError(Exception):
+    """A model file that cannot be used; the message is one line."""
+
+
+@dataclass
+class ModelInfo:
+    name: str
+    classes: list[str]
+    input_size: int           # square input side in pixels
+    crop_um: float            # physical side of the crop around a cell centre
+    working_mpp: float        # scale at which crops were cut (µm/px) before resizing to input_size
+    preprocessing: str = "rescale_1_255"
+    temperature: float = 1.0  # calibration: softmax(log p / T)
+    sha256: str = ""
+    format: str = MODEL_FORMAT
+    training: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def leukemic_index(self) -> int:
+        return self.classes.index(LEUKEMIC)
+
+
+def metadata_path(model_path: Path) -> Path:
+    return Path(model_path).with_suffix(".json")
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def load_model_info(model_path: Path) -> ModelInfo:
+    """Read and verify the metadata of a model; raises ModelError with a one-line reason."""
+    model_path = Path(model_path)
+    meta_path = metadata_path(model_path)
+    if not model_path.is_file():
+        raise ModelError(f"{model_path}: model file not found")
+    if not meta_path.is_file():
+        raise ModelError(f"{meta_path}: model metadata file not found (expected beside the model)")
+    try:
+        raw = json.loads(meta_path.read_text(encoding="utf-8"))
+        info = ModelInfo(**raw)
+    except (OSError, ValueError, TypeError) as exc:
+        raise ModelError(f"{meta_path}: unreadable model metadata ({exc})") from exc
+    if info.format != MODEL_FORMAT:
+        raise ModelError(f"{meta_path}: unsupported model format '{info.format}'")
+    if LEUKEMIC not in info.classes:
+        raise ModelError(f"{meta_path}: classes {info.classes} lack '{LEUKEMIC}'")
+    actual = file_sha256(model_path)
+    if actual != info.sha256:
+        raise ModelError(f"{model_path}: SHA-256 {actual[:12]}… does not match its metadata ({info.sha256[:12]}…): corrupt or mismatched model file")
+    return info
+
+
+def load_keras_model(model_path: Path):
+    """Load a verified model with Keras safe mode (no arbitrary code from the file)."""
+    import keras
+
+    info = load_model_info(model_path)
+    try:
+        model = keras.saving.load_model(model_path, compile=False, safe_mode=True)
+    except Exception as exc:  # Keras raises a wide range of types for broken archives
+        raise ModelError(f"{model_path}: cannot load Keras model ({type(exc).__name__}: {exc})") from exc
+    expected = (None, info.input_size, info.input_size, 3)
+    if tuple(model.input_shape) != expected:
+        raise ModelError(f"{model_path}: input shape {model.input_shape} differs from metadata {expected}")
+    return model, info
+
+
+def save_model(model, model_path: Path, info: ModelInfo) -> ModelInfo:
+    """Write `model` and its metadata atomically (temporary names, then rename)."""
+    model_path = Path(model_path)
+    model_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp_model = model_path.with_name(f".{model_path.stem}.tmp-{os.getpid()}.keras")
+    model.save(tmp_model)
+    info.sha256 = file_sha256(tmp_model)
+    meta = metadata_path(model_path)
+    tmp_meta = meta.with_name(f".{meta.name}.tmp-{os.getpid()}")
+    tmp_meta.write_text(json.dumps(asdict(info), indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    os.replace(tmp_model, model_path)
+    os.replace(tmp_meta, meta)
+    return info
+
+
+VGG16_BLOCKS = ((64, 2), (128, 2), (256, 3), (512, 3), (512, 3))
+
+
+def build_vgg16(input_size: int, n_classes: int = 2, hidden_units: int = 256, dropout: float = 0.5,
+                batch_norm: bool = False, weights: Path | None = None, seed: int = 0):
+    """VGG-16 (13 conv layers in 5 blocks, Keras `applications.VGG16` layer names) with the
+    paper's head: flatten → dense → dropout → softmax.
+
+    `batch_norm=True` inserts batch normalisation after every convolution: without it VGG-16
+    trained from scratch with Adam 1e-3 stays at chance.  `weights` is a local Keras VGG-16
+    "notop" weights file (ImageNet weights cannot be downloaded at run time); its conv kernels
+    are copied layer by layer, so it works with or without batch normalisation.
+    """
+    import keras
+    from keras import layers
+
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((input_size, input_size, 3), name="image")
+    x = inputs
+    for block, (filters, convs) in enumerate(VGG16_BLOCKS, start=1):
+        for conv in range(1, convs + 1):
+            name = f"block{block}_conv{conv}"
+            x = layers.Conv2D(filters, 3, padding="same", use_bias=not batch_norm, name=name,
+                              activation=None if batch_norm else "relu")(x)
+            if batch_norm:
+                x = layers.BatchNormalization(name=f"{name}_bn")(x)
+                x = layers.Activation("relu", name=f"{name}_relu")(x)
+        x = layers.MaxPooling2D(2, name=f"block{block}_pool")(x)
+    x = layers.Flatten(name="flatten")(x)
+    x = layers.Dense(hidden_units, activation="relu", name="fc")(x)
+    x = layers.Dropout(dropout, name="dropout")(x)
+    outputs = layers.Dense(n_classes, activation="softmax", name="predictions", dtype="float32")(x)
+    model = keras.Model(inputs, outputs, name="vgg16_bn" if batch_norm else "vgg16")
+    if weights is not None:
+        _copy_vgg16_conv_weights(model, Path(weights), input_size)
+    return model
+
+
+def _copy_vgg16_conv_weights(model, weights: Path, input_size: int) -> None:
+    import keras
+
+    if not weights.is_file():
+        raise ModelError(f"{weights}: weights file not found")
+    try:
+        base = keras.applications.VGG16(include_top=False, weights=str(weights),
+                                        input_shape=(input_size, input_size, 3))
+    except Exception as exc:
+        raise ModelError(f"{weights}: not a Keras VGG-16 'notop' weights file ({exc})") from exc
+    for layer in base.layers:
+        if not layer.name.endswith(tuple(f"conv{i}" for i in range(1, 4))):
+            continue
+        target = model.get_layer(layer.name)
+        kernel, bias = layer.get_weights()
+        target.set_weights([kernel, bias] if target.use_bias else [kernel])

@@ -1,0 +1,124 @@
+"""Scanning one scan end to end: read → tile → segment → crop → classify.
+
+`cells_in_field` is the same path for a single field image; `bcscan train`
+(cells mode) uses it so that training crops are cut exactly as scan crops.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from .classification import CellClassifier, crop_cells, crop_side_px
+from .reading import Scan, ScanError, resample
+from .segmentation import Segmentation, SegmentationParams, segment
+from .tiling import TilingParams, plan_tiles, read_tile
+
+
+@dataclass
+class FieldCells:
+    segmentation: Segmentation   # at params.working_mpp
+    crops: np.ndarray            # uint8, one crop per cell, cut at params.working_mpp
+    scale: float                 # working_mpp / source mpp: multiply to go back to source pixels
+
+
+def cells_in_field(rgb: np.ndarray, mpp: float, params: SegmentationParams, crop_um: float) -> FieldCells:
+    """Segment a whole field image and cut one crop of `crop_um` µm around every white cell."""
+    work = resample(rgb, mpp, params.working_mpp)
+    seg = segment(work, params.working_mpp, params)
+    centres = np.array([(c.x, c.y) for c in seg.cells], dtype=np.float64).reshape(-1, 2)
+    crops = crop_cells(work, centres, crop_side_px(crop_um, params.working_mpp))
+    return FieldCells(seg, crops, params.working_mpp / mpp)
+
+
+CELL_RESULT_COLUMNS = ["cell_id", "x", "y", "x0", "y0", "x1", "y1", "area_um2", "label", "p_leukemic"]
+
+
+class StageError(Exception):
+    """A scan failed in one stage (read, segment, classify); the batch goes on."""
+
+    def __init__(self, stage: str, message: str):
+        super().__init__(message)
+        self.stage = stage
+
+
+@dataclass
+class ScanCells:
+    cells: pd.DataFrame     # CELL_RESULT_COLUMNS, level-0 pixel coordinates
+    level: int
+    working_mpp: float
+    tiles_read: int
+    tiles_skipped: int
+
+
+def scan_cells(scan: Scan, seg_params: SegmentationParams, tiling: TilingParams, classifier: CellClassifier,
+               on_tile=None) -> ScanCells:
+    """Find and classify every white cell of a scan, tile by tile, each cell once.
+
+    Crops are classified in groups of several batches while tiles stream in, so
+    memory holds at most a few batches of crops whatever the slide size.
+    """
+    info = classifier.info
+    side = crop_side_px(info.crop_um, seg_params.working_mpp)
+    if tiling.margin_um < info.crop_um / 2:
+        raise StageError("tile", f"tiling.margin_um ({tiling.margin_um}) must be at least half the model's crop "
+                                 f"({info.crop_um} µm)")
+    try:
+        plan = plan_tiles(scan, seg_params.working_mpp, tiling)
+    except ScanError as exc:
+        raise StageError("read", str(exc)) from exc
+    records: list[tuple] = []
+    pending_crops: list[np.ndarray] = []
+    probabilities: list[np.ndarray] = []
+    flush_at = classifier.params.batch_size * 4
+
+    def flush():
+        if pending_crops:
+            try:
+                probabilities.append(classifier.predict(np.concatenate(pending_crops)))
+            except Exception as exc:
+                raise StageError("classify", f"{scan.path}: classification failed ({type(exc).__name__}: {exc})") from exc
+            pending_crops.clear()
+
+    scale = plan.to_level0
+    for tile in plan.tiles:
+        try:
+            rgb = read_tile(scan, plan, tile)
+        except ScanError as exc:
+            raise StageError("read", str(exc)) from exc
+        rx, ry = tile.read[0], tile.read[1]
+        try:
+            seg = segment(rgb, seg_params.working_mpp, seg_params)
+        except Exception as exc:
+            raise StageError("segment", f"{scan.path}: segmentation failed in tile {tile.core} "
+                                        f"({type(exc).__name__}: {exc})") from exc
+        owned = [c for c in seg.cells if tile.owns(c.x + rx, c.y + ry)]
+        if owned:
+            centres = np.array([(c.x, c.y) for c in owned], dtype=np.float64)
+            pending_crops.append(crop_cells(rgb, centres, side))
+            for c in owned:
+                records.append(((c.x + rx) * scale, (c.y + ry) * scale,
+                                (c.x0 + rx) * scale, (c.y0 + ry) * scale,
+                                (c.x1 + rx) * scale, (c.y1 + ry) * scale, c.area_um2))
+        if sum(len(p) for p in pending_crops) >= flush_at:
+            flush()
+        if on_tile is not None:
+            on_tile()
+    flush()
+
+    p = np.concatenate(probabilities) if probabilities else np.zeros(0, np.float32)
+    geometry = np.array(records, dtype=np.float64).reshape(-1, 7)
+    cells = pd.DataFrame({
+        "cell_id": np.arange(1, len(records) + 1),
+        "x": np.round(geometry[:, 0], 1),
+        "y": np.round(geometry[:, 1], 1),
+        "x0": np.floor(geometry[:, 2]).astype(np.int64),
+        "y0": np.floor(geometry[:, 3]).astype(np.int64),
+        "x1": np.ceil(geometry[:, 4]).astype(np.int64),
+        "y1": np.ceil(geometry[:, 5]).astype(np.int64),
+        "area_um2": np.round(geometry[:, 6], 1),
+        "label": np.where(p >= classifier.params.threshold, "leukemic", "normal"),
+        "p_leukemic": np.round(p.astype(np.float64), 4),
+    }, columns=CELL_RESULT_COLUMNS)
+    return ScanCells(cells, plan.level, plan.working_mpp, len(plan.tiles), plan.skipped)
