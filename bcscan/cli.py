@@ -110,3 +110,7 @@ def scan(scan_dir, out_dir, config_path, mpp, model, manifest, patient_pattern, 
 def _fail(message: str, code: int):
     click.echo(f"bcscan: error: {message}", err=True)
     sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

@@ -29,10 +29,17 @@ class ReadingParams:
     default_mpp: float | None = None     # µm/px for field images with no --mpp; None = refuse
     max_image_pixels: int = 400_000_000  # decompression-bomb guard for field images
     max_slide_pixels: int = 20_000_000_000
+    max_mpp: float = 2.0                 # coarser scans cannot show a white cell's nucleus
 
     def __post_init__(self):
         if self.default_mpp is not None and not self.default_mpp > 0:
             raise ValueError("default_mpp must be > 0")
+        if not self.max_mpp > 0:
+            raise ValueError("max_mpp must be > 0")
+
+
+# A TIFF resolution this coarse is a page-layout placeholder (72 or 96 dpi), not a microscope scale.
+PLACEHOLDER_MPP = 50.0
 
 
 def find_scans(scan_dir: Path) -> list[Path]:
@@ -215,15 +222,24 @@ def _slide_mpp(slide) -> float | None:
         mpp_y = float(props.get("openslide.mpp-y", "nan"))
     except ValueError:
         return None
-    if not (math.isfinite(mpp_x) and mpp_x > 0):
+    if not (math.isfinite(mpp_x) and 0 < mpp_x < PLACEHOLDER_MPP):
         return None
     if math.isfinite(mpp_y) and mpp_y > 0:
         return (mpp_x + mpp_y) / 2
     return mpp_x
 
 
-def _decode_field_image(path: Path, max_pixels: int) -> np.ndarray:
-    """Decode a plain image with a pixel-count guard checked before the pixels are decoded."""
+def _mpp_from_resolution(pixels_per_unit: float, unit_um: float) -> float | None:
+    """Scale from a resolution tag, or None for a missing tag or a page-layout placeholder."""
+    if not pixels_per_unit or pixels_per_unit <= 0:
+        return None
+    mpp = unit_um / pixels_per_unit
+    return mpp if mpp < PLACEHOLDER_MPP else None
+
+
+def _decode_field_image(path: Path, max_pixels: int) -> tuple[np.ndarray, float | None]:
+    """Decode a plain image, with a pixel-count guard checked before the pixels are decoded.
+    Returns the pixels and the scale recorded in the file, if it records a real one."""
     from PIL import Image, UnidentifiedImageError
 
     if path.suffix.lower() in {".tif", ".tiff"}:
@@ -234,7 +250,13 @@ def _decode_field_image(path: Path, max_pixels: int) -> np.ndarray:
                 page = tif.pages[0]
                 if int(np.prod(page.shape[:2])) > max_pixels:
                     raise ScanError(f"{path}: image of {page.shape[1]}x{page.shape[0]} pixels exceeds the limit of {max_pixels:,} pixels")
-                return page.asarray()
+                units = {2: 25400.0, 3: 10000.0}  # RESUNIT inch, centimetre
+                unit = units.get(int(page.tags["ResolutionUnit"].value) if "ResolutionUnit" in page.tags else 2)
+                mpp = None
+                if unit and "XResolution" in page.tags:
+                    num, den = page.tags["XResolution"].value
+                    mpp = _mpp_from_resolution(num / den if den else 0, unit)
+                return page.asarray(), mpp
         except ScanError:
             raise
         except Exception as exc:  # tifffile raises many kinds for bad files
@@ -247,7 +269,8 @@ def _decode_field_image(path: Path, max_pixels: int) -> np.ndarray:
             if img.mode == "CMYK" or img.mode == "P" or img.mode.startswith("YCbCr"):
                 img = img.convert("RGBA" if "transparency" in img.info else "RGB")
             img.load()
-            return np.asarray(img)
+            dpi = img.info.get("dpi", (0, 0))[0]
+            return np.asarray(img), _mpp_from_resolution(float(dpi or 0), 25400.0)
     except UnidentifiedImageError as exc:
         raise ScanError(f"{path}: not an image file that can be decoded") from exc
     except OSError as exc:
@@ -290,16 +313,21 @@ def open_scan(path: Path, params: ReadingParams, mpp: float | None = None) -> Sc
         if w * h > params.max_slide_pixels:
             slide.close()
             raise ScanError(f"{path}: slide of {w}x{h} pixels exceeds the limit of {params.max_slide_pixels:,} pixels")
-        scale = mpp or _slide_mpp(slide) or params.default_mpp
-        if not scale:
+        try:
+            scale = mpp or _slide_mpp(slide) or params.default_mpp
+            if not scale:
+                raise ScanError(f"{path}: scale unknown (no microns-per-pixel in the file); "
+                                "give --mpp or set reading.default_mpp")
+            _check_scale(path, scale, params)
+        except ScanError:
             slide.close()
-            raise ScanError(f"{path}: scale unknown (no microns-per-pixel in the file); give --mpp or set reading.default_mpp")
+            raise
         return SlideScan(path, slide, scale)
 
     if target.suffix.lower() not in IMAGE_SUFFIXES:
         raise ScanError(f"{path}: unsupported or corrupt scan format ('{target.suffix}' is not an image OpenSlide or PIL can open)")
     try:
-        decoded = _decode_field_image(target, params.max_image_pixels)
+        decoded, recorded_mpp = _decode_field_image(target, params.max_image_pixels)
         rgb = to_rgb8(decoded)
     except ScanError:
         raise
@@ -307,10 +335,18 @@ def open_scan(path: Path, params: ReadingParams, mpp: float | None = None) -> Sc
         raise ScanError(f"{path}: cannot decode image ({exc})") from exc
     if min(rgb.shape[:2]) < 8:
         raise ScanError(f"{path}: image of {rgb.shape[1]}x{rgb.shape[0]} pixels is too small to hold a cell")
-    scale = mpp or params.default_mpp
+    scale = mpp or recorded_mpp or params.default_mpp
     if not scale:
-        raise ScanError(f"{path}: scale unknown for a field image; give --mpp or set reading.default_mpp")
+        raise ScanError(f"{path}: scale unknown (no resolution recorded in the image); "
+                        "give --mpp or set reading.default_mpp")
+    _check_scale(path, scale, params)
     return FieldImageScan(path, rgb, scale)
+
+
+def _check_scale(path: Path, mpp: float, params: ReadingParams) -> None:
+    if mpp > params.max_mpp:
+        raise ScanError(f"{path}: scale {mpp:g} µm/px is too coarse to see white cells (limit {params.max_mpp:g}); "
+                        f"check --mpp or the scan's metadata")
 
 
 def _is_flat_tiff(path: Path) -> bool:

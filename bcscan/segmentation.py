@@ -1,0 +1,284 @@
+"""White-blood-cell segmentation of stained blood-smear images.
+
+Method (every size is in µm or µm², converted to pixels at run time, so one
+parameter set serves any scan resolution):
+
+1. Resample to ``working_mpp`` (coarse = fast; a WBC is still ~30 px across).
+2. Estimate the glass colour from the brightest pixels and convert to optical
+   density (OD) relative to it.  This white-balances yellow, pink or blue
+   casts, so fixed OD thresholds mean the same thing on every stain.
+3. Nucleus = violet pixels: OD(green) - OD(blue) above an absolute floor
+   (so a tile of red cells or glass yields nothing, no per-image Otsu), above
+   a multiple of this image's red-cell level (stains where red cells look
+   purple) and dominating the green absorption (dark red cells are not violet).
+   Lobes closer than 2 * nucleus_close_um are one nucleus; a nucleus group
+   with several thick round cores and more than one nucleus' area (touching
+   blasts) is split by distance transform + watershed.  Groups smaller than
+   min_nucleus_area_um2 (platelets, debris) are dropped.
+4. Cells = everything absorbing more than the glass.  A watershed on its
+   distance transform, seeded by this nucleus, the other nuclei and the red
+   cells' distance peaks, gives each WBC its own basin (touching cells split).
+5. The whole cell = its basin within max_cytoplasm_um of the nucleus.  The cap
+   is short (1.5 µm) on purpose: pale cytoplasm and touching red cells are
+   hard to tell apart across stains, and a tight cell beats one that annexes a
+   red cell (box IoU and crops both suffer more from the latter).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import cv2
+import numpy as np
+from scipy.ndimage import find_objects
+from skimage.segmentation import watershed
+
+
+@dataclass(frozen=True)
+class SegmentationParams:
+    """Thresholds of :func:`segment`; sizes in µm / µm², colours in optical density."""
+
+    working_mpp: float = 0.4
+    """µm/px the pipeline resamples to before calling segment(); segment() resamples to it too."""
+    smooth_um: float = 0.4
+    """Gaussian sigma applied before thresholding (removes JPEG noise and granules)."""
+    background_percentile: float = 90.0
+    """Pixels brighter than this percentile define the glass colour."""
+    nucleus_od: float = 0.30
+    """Minimum OD(green) - OD(blue) of nucleus pixels (absolute, so empty tiles stay empty)."""
+    nucleus_contrast: float = 3.5
+    """...and at least this multiple of the red-cell level (stains where red cells look violet)."""
+    nucleus_chroma: float = 0.6
+    """...and a share of the green absorption at least this large (dark red cells are not violet)."""
+    red_cell_percentile: float = 30.0
+    """Percentile of the violet score over all cell pixels taken as the red-cell level.
+
+    Assumes red cells are most of the cell area, true of smears; a field
+    crowded with blasts raises its own threshold and loses some (see report)."""
+    foreground_od: float = 0.07
+    """Minimum mean OD of any cell pixel (cytoplasm included) over the glass."""
+    nucleus_close_um: float = 1.0
+    """Closing radius that joins the lobes/fragments of one nucleus."""
+    peak_min_distance_um: float = 3.0
+    """Two distance-transform peaks closer than this are one cell."""
+    split_min_radius_um: float = 2.5
+    """A nucleus group with two cores at least this thick (and peak_min_distance_um apart) is two cells."""
+    split_min_area_um2: float = 120.0
+    """...and only a group larger than one nucleus can be (normal nuclei are < ~80 µm²)."""
+    max_cytoplasm_um: float = 1.5
+    """Cytoplasm extends at most this far beyond the nucleus."""
+    min_nucleus_area_um2: float = 12.0
+    """Smaller stained blobs are platelets or debris."""
+    min_cell_area_um2: float = 30.0
+    max_cell_area_um2: float = 600.0
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not np.isfinite(value):
+                raise ValueError(f"{f.name} must be a finite number, got {value!r}")
+        positive = ("working_mpp", "peak_min_distance_um", "split_min_radius_um", "split_min_area_um2", "min_cell_area_um2", "max_cell_area_um2",
+                    "nucleus_od", "foreground_od", "max_cytoplasm_um")
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        for name in ("smooth_um", "nucleus_close_um", "min_nucleus_area_um2"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not 50.0 <= self.background_percentile < 100.0:
+            raise ValueError(f"background_percentile must be in [50, 100), got {self.background_percentile}")
+        if self.min_cell_area_um2 >= self.max_cell_area_um2:
+            raise ValueError("min_cell_area_um2 must be < max_cell_area_um2")
+
+
+@dataclass
+class CellDetection:
+    x: float
+    y: float
+    x0: int
+    y0: int
+    x1: int
+    y1: int
+    area_um2: float
+    nucleus_area_um2: float
+
+
+@dataclass
+class Segmentation:
+    cells: list[CellDetection]
+    cell_labels: np.ndarray
+    nucleus_mask: np.ndarray
+
+
+def _disk(radius_px: float) -> np.ndarray:
+    r = max(int(round(radius_px)), 0)
+    return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
+
+
+def optical_density(rgb: np.ndarray, background_percentile: float) -> np.ndarray:
+    """OD per channel relative to the glass colour (brightest pixels), clipped at 0."""
+    brightness = rgb.sum(axis=2, dtype=np.uint16)
+    sample = brightness.ravel()[:: max(brightness.size // 20000, 1)]  # percentile of a subsample: fast, same value
+    bright = brightness >= np.percentile(sample, background_percentile)
+    glass = rgb[bright].mean(axis=0) + 1.0
+    levels = np.arange(256, dtype=np.float32) + 1.0
+    lut = np.maximum(np.log(glass[None, :] / levels[:, None]), 0.0).astype(np.float32)  # 256 x 3
+    return cv2.LUT(rgb, lut.reshape(256, 1, 3))
+
+
+def segment(rgb: np.ndarray, mpp: float, params: SegmentationParams) -> Segmentation:
+    """Find white blood cells in an RGB image at `mpp` µm/px (see module docstring)."""
+    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
+        raise ValueError(f"expected HxWx3 uint8 RGB, got {rgb.shape} {rgb.dtype}")
+    if not mpp > 0:
+        raise ValueError(f"mpp must be > 0, got {mpp}")
+    h, w = rgb.shape[:2]
+    wm = params.working_mpp
+    scale = mpp / wm
+    if abs(scale - 1.0) > 1e-3:
+        ws = (max(int(round(w * scale)), 1), max(int(round(h * scale)), 1))
+        work = cv2.resize(rgb, ws, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+    else:
+        work = rgb
+    labels_w, nucleus_w = _segment_working(work, params)
+
+    if work is not rgb:
+        cell_labels = cv2.resize(labels_w, (w, h), interpolation=cv2.INTER_NEAREST)
+        nucleus = cv2.resize(nucleus_w.view(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST) > 0
+    else:
+        cell_labels, nucleus = labels_w, nucleus_w
+    return _collect(cell_labels, nucleus, mpp)
+
+
+def _segment_working(rgb: np.ndarray, p: SegmentationParams) -> tuple[np.ndarray, np.ndarray]:
+    """Label image (int32) and nucleus mask at working resolution."""
+    um = 1.0 / p.working_mpp  # pixels per µm
+    px2 = p.working_mpp ** 2  # µm² per pixel
+    empty = np.zeros(rgb.shape[:2], np.int32), np.zeros(rgb.shape[:2], bool)
+    if p.smooth_um > 0:
+        rgb = cv2.GaussianBlur(rgb, (0, 0), p.smooth_um * um)
+    od = optical_density(rgb, p.background_percentile)
+    fg = od.mean(axis=2) > p.foreground_od
+    if not fg.any():
+        return empty
+
+    # Nucleus: violet absorption well above that of this image's red cells.
+    score = od[..., 1] - od[..., 2]
+    rbc_level = np.percentile(score[fg], p.red_cell_percentile)
+    nucleus = ((score > max(p.nucleus_od, p.nucleus_contrast * rbc_level))
+               & (score > p.nucleus_chroma * od[..., 1])).astype(np.uint8)
+    # Lobes / fragments closer than 2 * nucleus_close_um belong to one nucleus.
+    groups = cv2.dilate(nucleus, _disk(p.nucleus_close_um * um)) if p.nucleus_close_um > 0 else nucleus
+    n_grp, grp = cv2.connectedComponents(groups, connectivity=8)
+    nuc_lab = np.where(nucleus > 0, grp, 0).astype(np.int32)
+    nuc_area = np.bincount(nuc_lab.ravel(), minlength=n_grp) * px2
+    nuc_area[0] = 0
+    keep = nuc_area >= p.min_nucleus_area_um2
+    if not keep.any():
+        return empty
+    relabel = np.zeros(n_grp, np.int32)
+    relabel[keep] = np.arange(1, keep.sum() + 1)
+    nuc_lab = _split_touching_nuclei(relabel[nuc_lab], p)
+    nucleus = nuc_lab > 0
+    n_nuc = int(nuc_lab.max())
+
+    # Cells (any stain) vs glass; nuclei always count as cell.
+    fg = cv2.morphologyEx((fg | nucleus).astype(np.uint8), cv2.MORPH_OPEN, _disk(0.5 * um))
+    fg = _fill_holes(fg) | nucleus.astype(np.uint8)
+
+    # Touching cells: one distance-transform peak per cell.  Peaks near a
+    # nucleus belong to that WBC; the others are red cells that must stop it.
+    dist = cv2.distanceTransform(fg, cv2.DIST_L2, 5)
+    peaks = (dist >= cv2.dilate(dist, _disk(p.peak_min_distance_um * um))) & (dist > 1.0)
+    near_nucleus = cv2.dilate(nucleus.astype(np.uint8), _disk(p.peak_min_distance_um * um)) > 0
+    others = peaks & ~near_nucleus
+
+    labels = np.zeros(rgb.shape[:2], np.int32)
+    kept_nucleus = np.zeros(rgb.shape[:2], bool)
+    reach_px = int(np.ceil(p.max_cytoplasm_um * um))
+    reach_disk = _disk(p.max_cytoplasm_um * um)
+    k = 0
+    for n, box in enumerate(find_objects(nuc_lab), start=1):
+        if box is None:
+            continue
+        y0 = max(box[0].start - reach_px, 0)
+        y1 = min(box[0].stop + reach_px, labels.shape[0])
+        x0 = max(box[1].start - reach_px, 0)
+        x1 = min(box[1].stop + reach_px, labels.shape[1])
+        roi = (slice(y0, y1), slice(x0, x1))
+        own = nuc_lab[roi] == n
+        markers = (others[roi]).astype(np.int32) * 3
+        markers[nucleus[roi]] = 2
+        markers[own] = 1
+        basins = watershed(-dist[roi], markers, mask=fg[roi] > 0)
+        reach = cv2.dilate(own.astype(np.uint8), reach_disk) > 0
+        cell = _fill_holes(((basins == 1) & reach).astype(np.uint8)) > 0
+        area = cell.sum() * px2
+        if not p.min_cell_area_um2 <= area <= p.max_cell_area_um2:
+            continue
+        k += 1
+        labels[roi][cell & (labels[roi] == 0)] = k
+        kept_nucleus[roi] |= own
+    return labels, kept_nucleus
+
+
+def _split_touching_nuclei(nuc_lab: np.ndarray, p: SegmentationParams) -> np.ndarray:
+    """Split nucleus groups holding several round cores (touching blasts/lymphocytes).
+
+    A core is a distance-transform peak at least ``split_min_radius_um`` deep:
+    neutrophil lobes are thinner than that, so a lobed nucleus stays whole.
+    """
+    um = 1.0 / p.working_mpp
+    out = np.zeros_like(nuc_lab)
+    k = 0
+    for n, box in enumerate(find_objects(nuc_lab), start=1):
+        if box is None:
+            continue
+        pad = 2
+        y0, x0 = max(box[0].start - pad, 0), max(box[1].start - pad, 0)
+        roi = (slice(y0, box[0].stop + pad), slice(x0, box[1].stop + pad))
+        own = nuc_lab[roi] == n
+        solid = cv2.morphologyEx(own.astype(np.uint8), cv2.MORPH_CLOSE, _disk(0.5 * um))
+        solid = _fill_holes(solid)
+        dist = cv2.distanceTransform(solid, cv2.DIST_L2, 5)
+        core = p.split_min_radius_um * um
+        peaks = (dist >= cv2.dilate(dist, _disk(2 * core))) & (dist >= core)
+        n_peaks, markers = cv2.connectedComponents(peaks.astype(np.uint8), connectivity=8)
+        if n_peaks <= 2 or solid.sum() * p.working_mpp ** 2 < p.split_min_area_um2:  # one core or one nucleus' size
+            out[roi][own] = k + 1
+            k += 1
+            continue
+        parts = watershed(-dist, markers, mask=solid > 0)
+        out[roi][own] = parts[own] + k
+        k += n_peaks - 1
+    return out
+
+
+def _fill_holes(mask: np.ndarray) -> np.ndarray:
+    """Fill enclosed holes of a uint8 0/1 mask (pale centres of cells, granules)."""
+    h, w = mask.shape
+    flood = np.zeros((h + 2, w + 2), np.uint8)
+    flood[1:-1, 1:-1] = mask
+    cv2.floodFill(flood, None, (0, 0), 1)
+    holes = flood[1:-1, 1:-1] == 0
+    return (mask.astype(bool) | holes).astype(np.uint8)
+
+
+def _collect(cell_labels: np.ndarray, nucleus: np.ndarray, mpp: float) -> Segmentation:
+    """Detections sorted by (y, x), labels renumbered to match, nucleus limited to kept cells."""
+    px2 = mpp * mpp
+    found = []
+    for lab, sl in enumerate(find_objects(cell_labels), start=1):
+        if sl is None:
+            continue
+        own = cell_labels[sl] == lab
+        ys, xs = np.nonzero(own)
+        y, x = float(ys.mean() + sl[0].start), float(xs.mean() + sl[1].start)
+        found.append(((y, x), lab, CellDetection(
+            x=x, y=y, x0=sl[1].start, y0=sl[0].start, x1=sl[1].stop, y1=sl[0].stop,
+            area_um2=float(own.sum() * px2), nucleus_area_um2=float((own & nucleus[sl]).sum() * px2))))
+    found.sort(key=lambda t: t[0])
+    lut = np.zeros(int(cell_labels.max()) + 1, np.int32)
+    for new, (_, old, _) in enumerate(found, start=1):
+        lut[old] = new
+    labels = lut[cell_labels]
+    return Segmentation(cells=[f[2] for f in found], cell_labels=labels, nucleus_mask=nucleus & (labels > 0))

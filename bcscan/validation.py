@@ -1,0 +1,241 @@
+"""Ground truth for the segmentation stage: loaders, scales, matching and scores.
+
+The shared data sets (``../shared/data``) carry boxes or masks but no pixel
+size, so this module also holds the scale table that turns their pixels into
+micrometres.  Everything here is plain numpy / OpenCV and is used by the tests,
+the benchmarks and anyone who wants to score a detector.
+"""
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
+
+import cv2
+import numpy as np
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+
+# µm per pixel of each data set, keyed by (width, height) where a set mixes
+# sources.  BCCD / TXL / PBC / Ghaderzadeh: shared/data/README.md (a WBC taken
+# as ~12 µm, a red cell as ~7.5 µm).  Zheng 2018: measured here from the
+# median expert whole-cell area (see ZHENG_MPP).
+TXL_MPP_BY_SIZE: dict[tuple[int, int], float] = {
+    (575, 575): 0.046,
+    (360, 363): 0.088,
+    (366, 369): 0.088,
+    (360, 360): 0.088,
+    (416, 416): 0.076,
+    (640, 480): 0.058,
+}
+TXL_SOURCE_BY_SIZE: dict[tuple[int, int], str] = {
+    (575, 575): "raabin-575",
+    (360, 363): "pbc-360",
+    (366, 369): "pbc-360",
+    (360, 360): "pbc-360",
+    (416, 416): "bcd-416",
+    (640, 480): "bccd-640",
+}
+BCCD_MPP = 0.063
+PBC_MPP = 0.088
+GHADERZADEH_MPP = 0.45
+# Zheng 2018: the median expert whole-cell mask taken as a 12 µm-diameter disc
+# (113 µm², the convention behind the other sets' scales): Dataset1 median
+# 4405 px² -> 0.160 µm/px, Dataset2 median 19136 px² -> 0.077 µm/px.
+ZHENG_MPP: dict[str, float] = {"Dataset1": 0.160, "Dataset2": 0.077}
+
+
+@dataclass(frozen=True)
+class BoxSample:
+    """One field image with its ground-truth WBC boxes (x0, y0, x1, y1; x1/y1 exclusive)."""
+
+    image: Path
+    boxes: np.ndarray  # float (N, 4)
+    mpp: float
+    source: str
+
+
+@dataclass(frozen=True)
+class MaskSample:
+    """One Zheng 2018 crop: nucleus and whole-cell masks drawn by experts."""
+
+    image: Path
+    nucleus: np.ndarray  # bool
+    cell: np.ndarray  # bool, nucleus + cytoplasm
+    mpp: float
+    source: str
+
+
+@dataclass(frozen=True)
+class DetectionScore:
+    images: int
+    gt: int
+    detections: int
+    tp: int
+
+    @property
+    def precision(self) -> float:
+        return self.tp / self.detections if self.detections else 1.0
+
+    @property
+    def recall(self) -> float:
+        return self.tp / self.gt if self.gt else 1.0
+
+    @property
+    def f1(self) -> float:
+        p, r = self.precision, self.recall
+        return 2 * p * r / (p + r) if p + r else 0.0
+
+    def __add__(self, other: "DetectionScore") -> "DetectionScore":
+        return DetectionScore(self.images + other.images, self.gt + other.gt,
+                              self.detections + other.detections, self.tp + other.tp)
+
+
+def read_rgb(path: Path) -> np.ndarray:
+    """Read an image file as HxWx3 uint8 RGB."""
+    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise OSError(f"cannot read image {path}")
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+# --------------------------------------------------------------------------- loaders
+def load_voc_boxes(xml_path: Path, label: str = "WBC") -> np.ndarray:
+    """Boxes of objects named `label` in a Pascal VOC file, as (N, 4) float, x1/y1 exclusive.
+
+    VOC coordinates are 1-based inclusive; converting to 0-based exclusive keeps
+    the width (xmax - xmin + 1) right.
+    """
+    root = ET.parse(xml_path).getroot()
+    boxes = []
+    for obj in root.iter("object"):
+        if (obj.findtext("name") or "").strip() != label:
+            continue
+        bb = obj.find("bndbox")
+        x0, y0, x1, y1 = (float(bb.findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax"))
+        boxes.append((x0 - 1, y0 - 1, x1, y1))
+    return np.asarray(boxes, dtype=float).reshape(-1, 4)
+
+
+def load_yolo_boxes(txt_path: Path, width: int, height: int, cls: int = 0) -> np.ndarray:
+    """Boxes of class `cls` in a YOLO label file (normalised cx cy w h) as pixel (N, 4)."""
+    boxes = []
+    for line in Path(txt_path).read_text().splitlines():
+        parts = line.split()
+        if len(parts) < 5 or int(float(parts[0])) != cls:
+            continue
+        cx, cy, w, h = (float(v) for v in parts[1:5])
+        boxes.append(((cx - w / 2) * width, (cy - h / 2) * height,
+                      (cx + w / 2) * width, (cy + h / 2) * height))
+    return np.asarray(boxes, dtype=float).reshape(-1, 4)
+
+
+def load_zheng_mask(mask_path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(nucleus, whole cell) bool masks from a Zheng 2018 mask (255 nucleus, 128 cytoplasm)."""
+    m = cv2.imread(str(mask_path), cv2.IMREAD_GRAYSCALE)
+    if m is None:
+        raise OSError(f"cannot read mask {mask_path}")
+    return m > 191, m > 64
+
+
+def bccd_samples(data: Path = SHARED_DATA) -> Iterator[BoxSample]:
+    root = Path(data) / "bccd"
+    for img in sorted((root / "JPEGImages").glob("*.jpg")):
+        xml = root / "Annotations" / f"{img.stem}.xml"
+        if xml.exists():
+            yield BoxSample(img, load_voc_boxes(xml), BCCD_MPP, "bccd")
+
+
+def txl_samples(data: Path = SHARED_DATA, splits: Sequence[str] = ("train", "val")) -> Iterator[BoxSample]:
+    root = Path(data) / "txl-pbc"
+    for split in splits:
+        for img in sorted((root / "images" / split).glob("*.jpg")):
+            lbl = root / "labels" / split / f"{img.stem}.txt"
+            if not lbl.exists():
+                continue
+            w_full, h_full = _jpeg_size(img) or read_rgb(img).shape[1::-1]
+            mpp = TXL_MPP_BY_SIZE.get((w_full, h_full))
+            if mpp is None:
+                raise ValueError(f"{img}: no scale known for size {w_full}x{h_full}")
+            yield BoxSample(img, load_yolo_boxes(lbl, w_full, h_full), mpp,
+                            TXL_SOURCE_BY_SIZE[(w_full, h_full)])
+
+
+def zheng_samples(data: Path = SHARED_DATA, dataset: str = "Dataset1") -> Iterator[MaskSample]:
+    root = Path(data) / "wbc-seg-zheng2018" / dataset
+    for img in sorted((root / "images").glob("*.png")):
+        mask = root / "masks" / img.name
+        if mask.exists():
+            nucleus, cell = load_zheng_mask(mask)
+            yield MaskSample(img, nucleus, cell, ZHENG_MPP[dataset], f"zheng-{dataset}")
+
+
+def _jpeg_size(path: Path) -> tuple[int, int] | None:
+    """(width, height) from a JPEG's SOF marker without decoding the pixels."""
+    with open(path, "rb") as f:
+        data = f.read(65536)
+    i = 2
+    while i + 9 < len(data):
+        if data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        length = int.from_bytes(data[i + 2:i + 4], "big")
+        if marker in (0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF):
+            h = int.from_bytes(data[i + 5:i + 7], "big")
+            w = int.from_bytes(data[i + 7:i + 9], "big")
+            return w, h
+        i += 2 + length
+    return None
+
+
+# --------------------------------------------------------------------------- scores
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU matrix (len(a), len(b)) of boxes (x0, y0, x1, y1), x1/y1 exclusive."""
+    a = np.asarray(a, float).reshape(-1, 4)
+    b = np.asarray(b, float).reshape(-1, 4)
+    ix0 = np.maximum(a[:, None, 0], b[None, :, 0])
+    iy0 = np.maximum(a[:, None, 1], b[None, :, 1])
+    ix1 = np.minimum(a[:, None, 2], b[None, :, 2])
+    iy1 = np.minimum(a[:, None, 3], b[None, :, 3])
+    inter = np.clip(ix1 - ix0, 0, None) * np.clip(iy1 - iy0, 0, None)
+    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
+    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    union = area_a[:, None] + area_b[None, :] - inter
+    return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
+
+
+def match_boxes(pred: np.ndarray, gt: np.ndarray, iou_min: float = 0.5) -> list[tuple[int, int, float]]:
+    """One-to-one matches (pred index, gt index, IoU), greedy by decreasing IoU, IoU >= iou_min."""
+    iou = box_iou(pred, gt)
+    pairs = sorted(((iou[i, j], i, j) for i, j in zip(*np.nonzero(iou >= iou_min))), reverse=True)
+    used_p, used_g, matches = set(), set(), []
+    for v, i, j in pairs:
+        if i not in used_p and j not in used_g:
+            used_p.add(i)
+            used_g.add(j)
+            matches.append((int(i), int(j), float(v)))
+    return matches
+
+
+def score_boxes(pred: np.ndarray, gt: np.ndarray, iou_min: float = 0.5) -> DetectionScore:
+    """Detection counts of one image; add scores together to pool a data set."""
+    pred = np.asarray(pred, float).reshape(-1, 4)
+    gt = np.asarray(gt, float).reshape(-1, 4)
+    return DetectionScore(1, len(gt), len(pred), len(match_boxes(pred, gt, iou_min)))
+
+
+def pooled(scores: Iterable[DetectionScore]) -> DetectionScore:
+    total = DetectionScore(0, 0, 0, 0)
+    for s in scores:
+        total = total + s
+    return total
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    """Dice coefficient of two bool masks (1.0 when both are empty)."""
+    a = np.asarray(a, bool)
+    b = np.asarray(b, bool)
+    s = a.sum() + b.sum()
+    return 2.0 * np.logical_and(a, b).sum() / s if s else 1.0

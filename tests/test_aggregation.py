@@ -1,0 +1,61 @@
+"""Per-patient figures: Wilson intervals against published values, flags, patient assignment."""
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from bcscan.aggregation import (FLAG_INCOMPLETE, FLAG_INSUFFICIENT, FLAG_NEGATIVE, FLAG_REVIEW, AggregationParams,
+                                summarise_patients, wilson_interval)
+from bcscan.patients import PatientAssigner, PatientError, PatientParams
+
+
+@pytest.mark.parametrize("k, n, low, high", [
+    (0, 10, 0.0, 0.2775),      # Wilson 95 % for 0/10 (Newcombe 1998, table I style values)
+    (1, 10, 0.0179, 0.4042),
+    (5, 10, 0.2366, 0.7634),
+    (81, 263, 0.2553, 0.3662),  # Newcombe 1998 example 81/263
+    (10, 10, 0.7225, 1.0),
+])
+def test_wilson_interval_matches_reference_values(k, n, low, high):
+    lo, hi = wilson_interval(k, n)
+    assert lo == pytest.approx(low, abs=1e-4) and hi == pytest.approx(high, abs=1e-4)
+
+
+def test_patient_table_counts_and_flags():
+    scans = pd.DataFrame({"scan": ["a", "b", "c", "d", "e"], "patient_id": ["P1", "P1", "P2", "P3", "P4"],
+                          "status": ["ok", "ok", "ok", "ok", "failed"]})
+    labels = {"a": ["leukemic"] * 10 + ["normal"] * 40, "b": ["normal"] * 50, "c": ["normal"] * 20,
+              "d": ["normal"] * 100}
+    cells = pd.DataFrame([{"scan": s, "patient_id": scans.set_index("scan").at[s, "patient_id"], "label": lab}
+                          for s, labs in labels.items() for lab in labs])
+    table = summarise_patients(scans, cells, AggregationParams(review_threshold_pct=5, min_cells=50)).set_index("patient_id")
+    assert table.loc["P1", ["n_scans", "n_cells", "n_leukemic", "n_normal"]].tolist() == [2, 100, 10, 90]
+    assert table.loc["P1", "pct_leukemic"] == 10.0
+    assert table.loc["P1", "ci_low"] == pytest.approx(5.52, abs=0.01) and table.loc["P1", "ci_high"] == pytest.approx(17.44, abs=0.01)
+    assert table["flag"].to_dict() == {"P1": FLAG_REVIEW, "P2": FLAG_INSUFFICIENT, "P3": FLAG_NEGATIVE,
+                                       "P4": FLAG_INCOMPLETE}
+    assert table.loc["P4", ["n_scans", "n_cells", "n_scans_failed"]].tolist() == [0, 0, 1]
+
+
+def test_patient_assignment_order(tmp_path):
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("scan,patient_id\nward/x1.svs,PX\n")
+    assigner = PatientAssigner(PatientParams(manifest=str(manifest), filename_pattern=r"(?P<patient>P\d+)_"))
+    assert assigner.patient_of("ward/x1.svs") == "PX"             # manifest first
+    assert assigner.patient_of("ward/P17_a.svs") == "P17"         # then the pattern
+    assert assigner.patient_of("ward/other.svs") == "ward"        # then the folder
+    assert assigner.patient_of("lonely.slide.svs") == "lonely.slide"  # top level: the scan itself
+    assert assigner.missing_from_manifest({"ward/P17_a.svs"}) == ["ward/x1.svs"]
+
+
+def test_bad_manifest_and_pattern_are_refused(tmp_path):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("file,patient\na,b\n")
+    with pytest.raises(PatientError, match="scan,patient_id"):
+        PatientAssigner(PatientParams(manifest=str(bad)))
+    conflict = tmp_path / "conflict.csv"
+    conflict.write_text("scan,patient_id\na.svs,P1\na.svs,P2\n")
+    with pytest.raises(PatientError, match="two patients"):
+        PatientAssigner(PatientParams(manifest=str(conflict)))
+    with pytest.raises(ValueError, match="patient"):
+        PatientParams(filename_pattern=r"(\d+)")

@@ -1,0 +1,123 @@
+"""`bcscan scan` end to end on generated scans: outputs and their schemas, patients, exit codes,
+failure isolation, reuse of finished scans, provenance."""
+from __future__ import annotations
+
+import json
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from bcscan.cli import main
+from bcscan.outputs import CELL_COLUMNS, SCAN_COLUMNS
+from bcscan.synthetic import draw_smear, write_pyramidal_tiff
+
+
+@pytest.fixture(scope="module")
+def batch(tmp_path_factory):
+    root = tmp_path_factory.mktemp("batch")
+    scans = root / "scans"
+    (scans / "P1").mkdir(parents=True)
+    (scans / "P2 ünï").mkdir(parents=True)
+    slide, slide_cells = draw_smear(3000, 2200, 0.25, 25, seed=11)
+    write_pyramidal_tiff(scans / "P1" / "slide A.tif", slide, 0.25)
+    field, field_cells = draw_smear(800, 600, 0.25, 3, seed=12)
+    cv2.imwrite(str(scans / "P1" / "field.png"), cv2.cvtColor(field, cv2.COLOR_RGB2BGR))
+    cv2.imwrite(str(scans / "P2 ünï" / "field.jpg"), cv2.cvtColor(field[::-1], cv2.COLOR_RGB2BGR))
+    (scans / "P2 ünï" / "broken.svs").write_text("not a slide")
+    return {"scans": scans, "root": root, "expected": {"P1/slide A.tif": len(slide_cells),
+                                                        "P1/field.png": len(field_cells),
+                                                        "P2 ünï/field.jpg": len(field_cells)}}
+
+
+def run(args):
+    result = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+    return result
+
+
+def test_scan_writes_every_output_and_isolates_the_bad_scan(batch, untrained_model):
+    out = batch["root"] / "out"
+    result = run(["scan", batch["scans"], "--out", out, "--model", untrained_model, "--mpp", 0.25, "--quiet"])
+    assert result.exit_code == 1, result.output  # one scan failed, the batch completed
+
+    scans = pd.read_csv(out / "scans.csv")
+    assert list(scans.columns) == SCAN_COLUMNS
+    ok = scans[scans.status == "ok"].set_index("scan")
+    assert ok["n_cells"].to_dict() == batch["expected"]
+    assert ok.loc["P1/slide A.tif", "level"] == 0 and ok.loc["P1/slide A.tif", "mpp"] == 0.25
+
+    failures = pd.read_csv(out / "failures.csv")
+    assert failures[["scan", "stage"]].values.tolist() == [["P2 ünï/broken.svs", "read"]]
+    assert "broken.svs" in failures.error[0]
+
+    cells = pd.read_csv(out / "cells.csv")
+    assert list(cells.columns) == CELL_COLUMNS
+    assert len(cells) == sum(batch["expected"].values())
+    assert (cells.x0 <= cells.x).all() and (cells.x < cells.x1).all() and (cells.y0 <= cells.y).all()
+    assert cells.label.isin(["leukemic", "normal"]).all() and cells.p_leukemic.between(0, 1).all()
+    assert ((cells.p_leukemic >= 0.5) == (cells.label == "leukemic")).all()
+    assert not cells.duplicated(["scan", "cell_id"]).any()
+
+    patients = pd.read_csv(out / "patients.csv").set_index("patient_id")
+    assert patients.loc["P1", "n_scans"] == 2 and patients.loc["P1", "n_cells"] == 28
+    assert patients.loc["P2 ünï", "n_scans_failed"] == 1
+    for pid, row in patients.iterrows():
+        mine = cells[cells.patient_id == pid]
+        assert row.n_leukemic == (mine.label == "leukemic").sum() and row.n_normal == (mine.label == "normal").sum()
+
+    geo = json.loads((out / "geojson" / "P1_slide_A.tif.geojson").read_text())
+    assert len(geo["features"]) == 25
+    assert geo["features"][0]["properties"]["classification"]["name"] in ("leukemic", "normal")
+
+    run_json = json.loads((out / "run.json").read_text())
+    assert run_json["model"]["sha256"] and len(run_json["inputs"]) == 4
+    assert all(len(i["sha256"]) == 64 for i in run_json["inputs"])
+    assert run_json["config"]["segmentation"]["working_mpp"] > 0 and "tensorflow" in run_json["software"]
+
+
+def test_rerun_reuses_results_and_gives_identical_tables(batch, untrained_model):
+    out = batch["root"] / "out-rerun"
+    args = ["scan", batch["scans"], "--out", out, "--model", untrained_model, "--mpp", 0.25, "--quiet"]
+    run(args)
+    first = {name: (out / name).read_text() for name in ("cells.csv", "patients.csv")}
+    second_run = run(args + ["--log-format", "json"])
+    assert second_run.exit_code == 1
+    assert {name: (out / name).read_text() for name in first} == first
+    log_lines = [json.loads(line) for line in (out / "bcscan.log").read_text().splitlines() if line.startswith("{")]
+    assert sum("reused" in line["message"] for line in log_lines) == 3
+
+
+def test_missing_model_and_bad_config_exit_2(batch, tmp_path):
+    result = run(["scan", batch["scans"], "--out", tmp_path / "o", "--model", tmp_path / "none.keras"])
+    assert result.exit_code == 2 and "model file not found" in result.output
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("tiling:\n  tile_pixels: 3\n")
+    result = run(["scan", batch["scans"], "--out", tmp_path / "o", "--config", bad])
+    assert result.exit_code == 2 and "tile_pixels" in result.output
+
+
+def test_corrupt_model_is_refused(batch, tmp_path, untrained_model):
+    import shutil
+
+    model = tmp_path / "m.keras"
+    shutil.copy(untrained_model, model)
+    shutil.copy(untrained_model.with_suffix(".json"), model.with_suffix(".json"))
+    with open(model, "r+b") as fh:
+        fh.seek(2000)
+        fh.write(b"\0" * 64)
+    result = run(["scan", batch["scans"], "--out", tmp_path / "o", "--model", model])
+    assert result.exit_code == 2 and "does not match its metadata" in result.output
+
+
+def test_help_is_instant_and_lists_exit_codes():
+    import subprocess
+    import sys
+    import time
+
+    t0 = time.perf_counter()
+    out = subprocess.run([sys.executable, "-m", "bcscan.cli", "scan", "--help"], capture_output=True, text=True)
+    assert time.perf_counter() - t0 < 3.0
+    assert "Exit codes" in out.stdout and "failures.csv" in out.stdout
+    assert "tensorflow" not in out.stderr.lower()
