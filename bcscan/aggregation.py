@@ -11,7 +11,7 @@ PATIENT_COLUMNS = ["patient_id", "n_scans", "n_cells", "n_leukemic", "n_normal",
 
 FLAG_REVIEW = "review: leukemic cells detected"
 FLAG_INSUFFICIENT = "insufficient cells"
-FLAG_INCOMPLETE = "incomplete: scan failed"
+FLAG_INCOMPLETE = "incomplete: a scan failed or is pending"
 FLAG_NEGATIVE = "negative"
 
 
@@ -50,7 +50,8 @@ def patient_flag(n_cells: int, n_leukemic: int, n_failed: int, params: Aggregati
 
 
 def summarise_patients(scans: pd.DataFrame, cells: pd.DataFrame, params: AggregationParams) -> pd.DataFrame:
-    """One row per patient from the per-scan table (all scans, failed ones too) and the cell table."""
+    """One row per patient from the per-scan table (all scans, failed and pending ones too) and the
+    cell table; `n_scans_failed` counts the scans without a result (failed or pending)."""
     rows = []
     for patient, group in scans.groupby("patient_id", sort=True):
         ok = group[group["status"] == "ok"]
@@ -58,7 +59,7 @@ def summarise_patients(scans: pd.DataFrame, cells: pd.DataFrame, params: Aggrega
         n = len(patient_cells)
         k = int((patient_cells["label"] == "leukemic").sum())
         low, high = wilson_interval(k, n)
-        failed = int((group["status"] == "failed").sum())
+        failed = int((group["status"] != "ok").sum())
         rows.append({
             "patient_id": patient,
             "n_scans": len(ok),

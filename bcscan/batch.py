@@ -41,10 +41,32 @@ EXIT_CANNOT_RUN = 2
 EXIT_LOCKED = 3
 
 STATE_DIR = ".bcscan"
+EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
+
+
+@dataclass(frozen=True)
+class BatchParams:
+    settle_minutes: float = 0.0  # a scan modified more recently is still being written: left for the next run
+    umask: str = "077"           # octal; outputs hold patient data: by default readable by their owner only
+
+    def __post_init__(self):
+        if self.settle_minutes < 0:
+            raise ValueError("settle_minutes must be >= 0")
+        try:
+            value = int(str(self.umask), 8)
+        except ValueError:
+            raise ValueError(f"umask must be octal, e.g. '077' (got {self.umask!r})") from None
+        if not 0 <= value <= 0o777:
+            raise ValueError("umask must be between 000 and 777")
+
+    @property
+    def umask_value(self) -> int:
+        return int(str(self.umask), 8)
 
 
 @dataclass(frozen=True)
 class Settings:
+    batch: BatchParams = field(default_factory=BatchParams)
     reading: ReadingParams = field(default_factory=ReadingParams)
     tiling: TilingParams = field(default_factory=TilingParams)
     segmentation: SegmentationParams = field(default_factory=SegmentationParams)
@@ -63,7 +85,7 @@ class Settings:
                               "threshold": d["classification"]["threshold"]})
 
 
-SECTIONS = {"reading": ReadingParams, "tiling": TilingParams, "segmentation": SegmentationParams,
+SECTIONS = {"batch": BatchParams, "reading": ReadingParams, "tiling": TilingParams, "segmentation": SegmentationParams,
             "classification": ClassificationParams, "patients": PatientParams, "aggregation": AggregationParams}
 
 
@@ -129,6 +151,7 @@ class ScanJob:
     patient_id: str
     sha256: str = ""
     key: str = ""
+    number: str = ""   # "3/12": how logs name a scan (paths may carry patient names)
 
 
 @dataclass
@@ -195,6 +218,8 @@ def run_batch(scan_dir: Path, out_dir: Path, settings: Settings, mpp: float | No
 
     started = dt.datetime.now(dt.timezone.utc)
     run_id = started.strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:6]
+    os.umask(settings.batch.umask_value)
+    remove_stale_temporaries(out_dir)
     model_path = resolve_model_path(settings.classification.model)
     model_info = load_model_info(model_path)  # refuse a missing or corrupt model before any work
     assigner = PatientAssigner(settings.patients)
@@ -219,7 +244,14 @@ def run_batch(scan_dir: Path, out_dir: Path, settings: Settings, mpp: float | No
     metas: list[dict[str, Any]] = []
     cell_tables: list[pd.DataFrame] = []
     seen_hashes: dict[str, str] = {}
-    for job in jobs:
+    settled_before = time.time() - 60.0 * settings.batch.settle_minutes
+    for number, job in enumerate(jobs, start=1):
+        job.number = f"{number}/{len(jobs)}"
+        if settings.batch.settle_minutes and _modified_after(job.path, settled_before):
+            log.info("scan %s pending: modified in the last %g min", job.number, settings.batch.settle_minutes)
+            metas.append({"scan": job.relative, "patient_id": job.patient_id, "status": "pending",
+                          "error": f"modified less than {settings.batch.settle_minutes:g} min ago: left for the next run"})
+            continue
         meta, cells = _process_one(job, store, settings, mpp, digest, model_info.sha256, force, seen_hashes,
                                    get_classifier)
         metas.append(meta)
@@ -252,6 +284,7 @@ def run_batch(scan_dir: Path, out_dir: Path, settings: Settings, mpp: float | No
             atomic_write_json(out_dir / "geojson" / f"{safe_filename(meta['scan'])}.geojson", cells_geojson(scan_cells))
 
     n_failed = int((scans["status"] == "failed").sum())
+    n_pending = int((scans["status"] == "pending").sum())
     finished = dt.datetime.now(dt.timezone.utc)
     atomic_write_json(out_dir / "run.json", {
         "run_id": run_id, "bcscan_version": __version__, "started": started.isoformat(),
@@ -261,7 +294,7 @@ def run_batch(scan_dir: Path, out_dir: Path, settings: Settings, mpp: float | No
                   "input_size": model_info.input_size, "crop_um": model_info.crop_um},
         "device": loaded[0].device if loaded else "not loaded (all results reused)",
         "inputs": [{"scan": m["scan"], "sha256": m.get("sha256", ""), "status": m["status"]} for m in metas],
-        "counts": {"scans": len(metas), "failed": n_failed, "cells": int(len(cells)),
+        "counts": {"scans": len(metas), "failed": n_failed, "pending": n_pending, "cells": int(len(cells)),
                    "patients": int(len(patients))},
         "software": software_versions(),
     })
@@ -280,17 +313,21 @@ def _process_one(job: ScanJob, store: ResultStore, settings: Settings, mpp: floa
         job.sha256 = content_sha256(job.path)
     except OSError as exc:
         return {**base, "status": "failed", "stage": "read",
-                "error": f"{job.relative}: cannot read file ({exc.strerror or exc})"}, None
-    if job.sha256 in seen_hashes:
+                "error": f"{job.relative}: cannot read ({exc.strerror or exc})"}, None
+    if job.sha256 == EMPTY_SHA256:
+        pass  # nothing to compare: reading it reports an empty file or folder
+    elif job.sha256 in seen_hashes:
         return {**base, "status": "failed", "stage": "find", "sha256": job.sha256,
                 "error": f"{job.relative}: same content as {seen_hashes[job.sha256]} (duplicate scan skipped)"}, None
-    seen_hashes[job.sha256] = job.relative
+    else:
+        seen_hashes[job.sha256] = job.relative
     job.key = f"{job.sha256[:20]}-{model_sha[:12]}-{digest}"
     if not force:
         stored = store.load(job.key)
         if stored is not None and stored[0].get("status") == "ok":
             meta, cells = stored
-            log.info("reused %s (%d cells)", job.relative, len(cells))
+            log.info("scan %s reused (%d cells)", job.number, len(cells))
+            log.debug("scan %s is %s", job.number, job.relative)
             return {**meta, **base}, cells
     try:
         with open_scan(job.path, settings.reading, mpp=mpp) as scan:
@@ -300,15 +337,39 @@ def _process_one(job: ScanJob, store: ResultStore, settings: Settings, mpp: floa
                     "tiles_read": result.tiles_read, "tiles_skipped": result.tiles_skipped,
                     "n_cells": len(result.cells), "n_leukemic": int((result.cells["label"] == "leukemic").sum()),
                     "n_normal": int((result.cells["label"] == "normal").sum()), "error": ""}
-    except ScanError as exc:
-        meta, result = {**base, "status": "failed", "stage": "read", "sha256": job.sha256, "error": str(exc)}, None
-    except StageError as exc:
-        meta, result = {**base, "status": "failed", "stage": exc.stage, "sha256": job.sha256, "error": str(exc)}, None
+    except Exception as exc:  # noqa: BLE001 - one scan must never stop the batch
+        stage = "read" if isinstance(exc, ScanError) else getattr(exc, "stage", "internal")
+        if isinstance(exc, (ScanError, StageError)):
+            message = str(exc)
+        else:
+            message = f"{job.relative}: unexpected {type(exc).__name__}: {exc}"
+            log.debug("scan %s failed", job.number, exc_info=True)
+        meta, result = {**base, "status": "failed", "stage": stage, "sha256": job.sha256,
+                        "error": one_line(message.replace(str(job.path), job.relative))}, None
     meta["seconds"] = round(time.perf_counter() - t0, 2)
+    log.debug("scan %s is %s", job.number, job.relative)
     if result is not None:
         store.save(job.key, meta, result.cells)
-        log.info("scanned %s: %d cells in %.1f s", job.relative, meta["n_cells"], meta["seconds"])
+        log.info("scan %s done: %d cells in %.1f s", job.number, meta["n_cells"], meta["seconds"])
         return meta, result.cells
     store.save(job.key, meta, None)
-    log.error("failed %s [%s]: %s", job.relative, meta["stage"], meta["error"])
+    log.error("scan %s failed at stage %s (details in failures.csv)", job.number, meta["stage"])
     return meta, None
+
+
+def one_line(message: str) -> str:
+    return " ".join(message.split())
+
+
+def _modified_after(path: Path, timestamp: float) -> bool:
+    try:
+        paths = list(path.iterdir()) if path.is_dir() else [path]
+        return any(p.stat().st_mtime > timestamp for p in paths)
+    except OSError:
+        return False  # reading it will report the problem
+
+
+def remove_stale_temporaries(out_dir: Path) -> None:
+    """Temporary files of a killed run (never under a final name): safe to delete under the lock."""
+    for tmp in out_dir.rglob(".*.tmp"):
+        tmp.unlink(missing_ok=True)

@@ -141,6 +141,8 @@ class CellClassifier:
         self.params = params
         self.model_path = resolve_model_path(params.model)
         self.device = configure_tensorflow(params.device, params.cpu_threads)
+        self._on_gpu_originally = self.device == "gpu"
+        self.batch_size = params.batch_size
         self.model, self.info = load_keras_model(self.model_path)
         self._predict = self._compile()
 
@@ -156,16 +158,46 @@ class CellClassifier:
         return predict
 
     def predict(self, crops: np.ndarray) -> np.ndarray:
-        """p_leukemic (calibrated) for each crop, computed in fixed-size batches."""
+        """p_leukemic (calibrated) for each crop, computed in fixed-size batches.
+
+        Out of GPU memory, the batch is halved and retried; at one crop per batch the model
+        moves to the CPU for the rest of the run, so the scan still completes.
+        """
         if len(crops) == 0:
             return np.zeros(0, dtype=np.float32)
-        size = self.params.batch_size
-        out = []
-        for start in range(0, len(crops), size):
+        out, start = [], 0
+        while start < len(crops):
+            size = self.batch_size
             batch = to_model_input(crops[start:start + size], self.info.input_size)
             n = len(batch)
             if n < size:  # pad to one shape: no retracing / recompilation for the last batch
                 batch = np.concatenate([batch, np.zeros((size - n,) + batch.shape[1:], np.float32)])
-            probs = self._predict(batch).numpy()[:n]
+            try:
+                probs = self._run(batch)[:n]
+            except Exception as exc:  # tf.errors.ResourceExhaustedError, imported lazily
+                if type(exc).__name__ != "ResourceExhaustedError":
+                    raise
+                self._shrink_after_oom()
+                continue
             out.append(calibrate(probs, self.info.temperature)[:, self.info.leukemic_index])
+            start += n
         return np.concatenate(out).astype(np.float32)
+
+    def _run(self, batch: np.ndarray) -> np.ndarray:
+        if self.device == "cpu" and self._on_gpu_originally:
+            import tensorflow as tf
+
+            with tf.device("/CPU:0"):
+                return self._predict(batch).numpy()
+        return self._predict(batch).numpy()
+
+    def _shrink_after_oom(self) -> None:
+        if self.batch_size > 1:
+            self.batch_size //= 2
+            log.warning("out of accelerator memory: batch size reduced to %d", self.batch_size)
+        elif self.device == "gpu":
+            self.device = "cpu"
+            self.batch_size = self.params.batch_size
+            log.warning("out of accelerator memory at batch size 1: classifying on the CPU")
+        else:
+            raise MemoryError("out of memory classifying a single crop on the CPU")

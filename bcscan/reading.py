@@ -53,6 +53,10 @@ def find_scans(scan_dir: Path) -> list[Path]:
         dirs[:] = [d for d in dirs if d not in mrxs_dirs and not d.startswith(".")]
         if any(f.lower().endswith(DICOM_SUFFIX) for f in files):
             scans.add(root_path)
+        # A folder named like a slide file is listed, so that it fails with a clear message.
+        for d in dirs:
+            if Path(d).suffix.lower() in SLIDE_SUFFIXES | IMAGE_SUFFIXES:
+                scans.add(root_path / d)
         for name in files:
             if name.startswith("."):
                 continue
@@ -283,6 +287,8 @@ def open_scan(path: Path, params: ReadingParams, mpp: float | None = None) -> Sc
     from PIL import UnidentifiedImageError
 
     path = Path(path)
+    if path.is_symlink() and not path.exists():
+        raise ScanError(f"{path}: broken or looping symbolic link")
     if path.is_dir():
         dicoms = sorted(p for p in path.iterdir() if p.suffix.lower() == DICOM_SUFFIX)
         if not dicoms:
@@ -328,6 +334,9 @@ def open_scan(path: Path, params: ReadingParams, mpp: float | None = None) -> Sc
         raise ScanError(f"{path}: unsupported or corrupt scan format ('{target.suffix}' is not an image OpenSlide or PIL can open)")
     try:
         decoded, recorded_mpp = _decode_field_image(target, params.max_image_pixels)
+        if _is_greyscale(decoded):
+            raise ScanError(f"{path}: greyscale image: white cells are found by their stain colour, "
+                            "a colour scan is needed")
         rgb = to_rgb8(decoded)
     except ScanError:
         raise
@@ -341,6 +350,14 @@ def open_scan(path: Path, params: ReadingParams, mpp: float | None = None) -> Sc
                         "give --mpp or set reading.default_mpp")
     _check_scale(path, scale, params)
     return FieldImageScan(path, rgb, scale)
+
+
+def _is_greyscale(image: np.ndarray) -> bool:
+    """One channel (with or without alpha), or three identical ones."""
+    if image.ndim == 2 or image.shape[-1] <= 2:
+        return True
+    colour = image[..., :3]
+    return bool((colour[..., 0] == colour[..., 1]).all() and (colour[..., 1] == colour[..., 2]).all())
 
 
 def _check_scale(path: Path, mpp: float, params: ReadingParams) -> None:

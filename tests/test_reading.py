@@ -74,12 +74,10 @@ def field_variants(rgb):
     return {
         "field.jpg": lambda p: Image.fromarray(rgb).save(p, quality=95),
         "field.png": lambda p: Image.fromarray(rgb).save(p),
-        "grey.png": lambda p: Image.fromarray(grey).save(p),
         "rgba.png": lambda p: Image.fromarray(rgba).save(p),
         "cmyk.jpg": lambda p: Image.fromarray(rgb).convert("CMYK").save(p),
         "palette.png": lambda p: Image.fromarray(rgb).convert("P").save(p),
         "rgb16.tif": lambda p: tifffile.imwrite(p, rgb.astype(np.uint16) * 257),
-        "grey16.png": lambda p: cv2.imwrite(str(p), grey.astype(np.uint16) * 257),
         "flat.tif": lambda p: tifffile.imwrite(p, rgb),
     }
 
@@ -95,6 +93,16 @@ def test_field_images_in_every_pixel_format_read_as_rgb8(tmp_path):
             if name in ("field.png", "rgba.png", "rgb16.tif", "flat.tif", "palette.png"):
                 tolerance = 40 if name == "palette.png" else 1
                 assert np.abs(out.astype(int) - rgb).mean() < tolerance, name
+
+
+def test_greyscale_images_are_refused_with_the_reason(tmp_path):
+    rgb, _ = draw_smear(200, 160, 0.4, 1)
+    grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+    Image.fromarray(grey).save(tmp_path / "grey.png")
+    cv2.imwrite(str(tmp_path / "grey16.png"), grey.astype(np.uint16) * 257)
+    for name in ("grey.png", "grey16.png"):
+        with pytest.raises(ScanError, match="greyscale image"):
+            open_scan(tmp_path / name, PARAMS, mpp=0.4)
 
 
 def test_field_image_needs_a_scale(tmp_path):
