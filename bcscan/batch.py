@@ -30,6 +30,7 @@ from .outputs import (CELL_COLUMNS, FAILURE_COLUMNS, SCAN_COLUMNS, atomic_write_
                       atomic_write_text, cells_geojson, safe_filename)
 from .patients import PatientAssigner, PatientParams
 from .reading import ReadingParams, ScanError, find_scans, open_scan
+from .reporting import ReportError, ReportingParams, write_reports
 from .segmentation import SegmentationParams
 from .tiling import TilingParams
 
@@ -73,6 +74,7 @@ class Settings:
     classification: ClassificationParams = field(default_factory=ClassificationParams)
     patients: PatientParams = field(default_factory=PatientParams)
     aggregation: AggregationParams = field(default_factory=AggregationParams)
+    reporting: ReportingParams = field(default_factory=ReportingParams)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -86,7 +88,8 @@ class Settings:
 
 
 SECTIONS = {"batch": BatchParams, "reading": ReadingParams, "tiling": TilingParams, "segmentation": SegmentationParams,
-            "classification": ClassificationParams, "patients": PatientParams, "aggregation": AggregationParams}
+            "classification": ClassificationParams, "patients": PatientParams, "aggregation": AggregationParams,
+            "reporting": ReportingParams}
 
 
 def load_settings(config_path: Path | None = None, overrides: dict[str, Any] | None = None) -> Settings:
@@ -288,7 +291,7 @@ def run_batch(scan_dir: Path, out_dir: Path, settings: Settings, mpp: float | No
     finished = dt.datetime.now(dt.timezone.utc)
     atomic_write_json(out_dir / "run.json", {
         "run_id": run_id, "bcscan_version": __version__, "started": started.isoformat(),
-        "finished": finished.isoformat(), "argv": argv or [], "scan_dir": str(scan_dir),
+        "finished": finished.isoformat(), "argv": argv or [], "scan_dir": str(Path(scan_dir).resolve()),
         "config": settings.as_dict(), "config_digest": digest,
         "model": {"path": str(model_path), "name": model_info.name, "sha256": model_info.sha256,
                   "input_size": model_info.input_size, "crop_um": model_info.crop_um},
@@ -298,6 +301,10 @@ def run_batch(scan_dir: Path, out_dir: Path, settings: Settings, mpp: float | No
                    "patients": int(len(patients))},
         "software": software_versions(),
     })
+    try:
+        write_reports(out_dir, scan_dir, settings.reporting)
+    except ReportError as exc:
+        log.error("reports: %s", exc)
     exit_code = EXIT_SCANS_FAILED if n_failed else EXIT_OK
     return BatchResult(exit_code, len(metas), n_failed, int(len(cells)), out_dir)
 

@@ -112,5 +112,9 @@ def _fail(message: str, code: int):
     sys.exit(code)
 
 
+from .cli_report import report_command  # noqa: E402  (commands register after the group exists)
+
+main.add_command(report_command)
+
 if __name__ == "__main__":
     main()
