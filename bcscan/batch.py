@@ -155,6 +155,7 @@ class ScanJob:
     sha256: str = ""
     key: str = ""
     number: str = ""   # "3/12": how logs name a scan (paths may carry patient names)
+    outcome: dict[str, Any] | None = None  # settled while planning (pending, duplicate, unreadable)
 
 
 @dataclass
@@ -213,62 +214,143 @@ def software_versions() -> dict[str, str]:
     return versions
 
 
-def run_batch(scan_dir: Path, out_dir: Path, settings: Settings, mpp: float | None = None, force: bool = False,
-              progress: Callable[[int], Any] | None = None, argv: list[str] | None = None) -> BatchResult:
-    """Process every scan below `scan_dir` into `out_dir`.  Raises ConfigError / ModelError when
-    nothing can run; a scan that fails is recorded and the batch goes on."""
-    from .model import load_model_info
-
-    started = dt.datetime.now(dt.timezone.utc)
-    run_id = started.strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:6]
-    os.umask(settings.batch.umask_value)
-    remove_stale_temporaries(out_dir)
-    model_path = resolve_model_path(settings.classification.model)
-    model_info = load_model_info(model_path)  # refuse a missing or corrupt model before any work
+def plan_batch(scan_dir: Path, settings: Settings, mpp: float | None, model_sha: str) -> list[ScanJob]:
+    """Every scan below `scan_dir` with its patient, content hash and result key.  Scans that
+    cannot even be hashed, duplicates, scans still being written and manifest rows naming no
+    scan are settled here (`job.outcome`), before any work is shared out."""
     assigner = PatientAssigner(settings.patients)
-    store = ResultStore(out_dir)
-
-    jobs = [ScanJob(p, p.relative_to(scan_dir).as_posix(), "") for p in find_scans(scan_dir)]
+    digest = settings.result_digest() + (f"-mpp{mpp:g}" if mpp else "")
+    found = find_scans(scan_dir)
+    jobs = [ScanJob(p, p.relative_to(scan_dir).as_posix(), "", number=f"{i}/{len(found)}")
+            for i, p in enumerate(found, start=1)]
+    settled_before = time.time() - 60.0 * settings.batch.settle_minutes
+    seen: dict[str, str] = {}
     for job in jobs:
         job.patient_id = assigner.patient_of(job.relative)
-    missing = assigner.missing_from_manifest({j.relative for j in jobs})
-    digest = settings.result_digest() + (f"-mpp{mpp:g}" if mpp else "")
-
-    loaded: list = []
-
-    def get_classifier():
-        """Load TensorFlow and the model only when some scan needs computing."""
-        if not loaded:
-            from .classification import CellClassifier
-
-            loaded.append(CellClassifier(settings.classification))
-        return loaded[0]
-
-    metas: list[dict[str, Any]] = []
-    cell_tables: list[pd.DataFrame] = []
-    seen_hashes: dict[str, str] = {}
-    settled_before = time.time() - 60.0 * settings.batch.settle_minutes
-    for number, job in enumerate(jobs, start=1):
-        job.number = f"{number}/{len(jobs)}"
         if settings.batch.settle_minutes and _modified_after(job.path, settled_before):
-            log.info("scan %s pending: modified in the last %g min", job.number, settings.batch.settle_minutes)
-            metas.append({"scan": job.relative, "patient_id": job.patient_id, "status": "pending",
-                          "error": f"modified less than {settings.batch.settle_minutes:g} min ago: left for the next run"})
+            job.outcome = {"status": "pending", "error": f"modified less than {settings.batch.settle_minutes:g} "
+                                                         "min ago: left for the next run"}
             continue
-        meta, cells = _process_one(job, store, settings, mpp, digest, model_info.sha256, force, seen_hashes,
-                                   get_classifier)
-        metas.append(meta)
-        if cells is not None and len(cells):
-            cells = cells.copy()
-            cells.insert(0, "scan", job.relative)
-            cells.insert(1, "patient_id", job.patient_id)
-            cell_tables.append(cells)
+        try:
+            job.sha256 = content_sha256(job.path)
+        except OSError as exc:
+            job.outcome = {"status": "failed", "stage": "read",
+                           "error": f"{job.relative}: cannot read ({exc.strerror or exc})"}
+            continue
+        if job.sha256 in seen and job.sha256 != EMPTY_SHA256:  # empty: reading it reports the problem
+            job.outcome = {"status": "failed", "stage": "find", "sha256": job.sha256,
+                           "error": f"{job.relative}: same content as {seen[job.sha256]} (duplicate scan skipped)"}
+            continue
+        seen.setdefault(job.sha256, job.relative)
+        job.key = f"{job.sha256[:20]}-{model_sha[:12]}-{digest}"
+    for relative in assigner.missing_from_manifest({j.relative for j in jobs}):
+        jobs.append(ScanJob(scan_dir / relative, relative, assigner.manifest[relative], number="manifest",
+                            outcome={"status": "failed", "stage": "find",
+                                     "error": f"{relative}: listed in the manifest but not found in the scan folder"}))
+    return jobs
+
+
+_classifiers: dict[ClassificationParams, Any] = {}
+
+
+def classifier_for(params: ClassificationParams):
+    """One loaded model per process (TensorFlow and the model load once, on first real work)."""
+    if params not in _classifiers:
+        from .classification import CellClassifier
+
+        _classifiers[params] = CellClassifier(params)
+    return _classifiers[params]
+
+
+def process_scan(job: ScanJob, settings: Settings, out_dir: Path, mpp: float | None = None,
+                 force: bool = False) -> dict[str, Any]:
+    """Reuse the stored result for this exact scan/model/config, or compute and store it.
+    Returns the scan's row for scans.csv.  Never raises for a bad scan: it becomes a failed row."""
+    from .pipeline import StageError, scan_cells
+
+    base = {"scan": job.relative, "patient_id": job.patient_id}
+    if job.outcome is not None:
+        if job.outcome["status"] == "pending":
+            log.info("scan %s pending: still being written", job.number)
+        else:
+            log.error("scan %s failed at stage %s (details in failures.csv)", job.number, job.outcome["stage"])
+        return {**base, **job.outcome}
+    store = ResultStore(out_dir)
+    if not force:
+        stored = store.load(job.key)
+        if stored is not None and stored[0].get("status") == "ok":
+            log.info("scan %s reused (%d cells)", job.number, len(stored[1]))
+            return {**stored[0], **base}
+    t0 = time.perf_counter()
+    try:
+        with open_scan(job.path, settings.reading, mpp=mpp) as scan:
+            result = scan_cells(scan, settings.segmentation, settings.tiling, classifier_for(settings.classification))
+            meta = {**base, "status": "ok", "sha256": job.sha256, "mpp": round(scan.mpp, 5),
+                    "level": result.level, "working_mpp": result.working_mpp,
+                    "tiles_read": result.tiles_read, "tiles_skipped": result.tiles_skipped,
+                    "n_cells": len(result.cells), "n_leukemic": int((result.cells["label"] == "leukemic").sum()),
+                    "n_normal": int((result.cells["label"] == "normal").sum()), "error": ""}
+    except Exception as exc:  # noqa: BLE001 - one scan must never stop the batch
+        stage = "read" if isinstance(exc, ScanError) else getattr(exc, "stage", "internal")
+        if isinstance(exc, (ScanError, StageError)):
+            message = str(exc)
+        else:
+            message = f"{job.relative}: unexpected {type(exc).__name__}: {exc}"
+            log.debug("scan %s failed", job.number, exc_info=True)
+        meta, result = {**base, "status": "failed", "stage": stage, "sha256": job.sha256,
+                        "error": one_line(message.replace(str(job.path), job.relative))}, None
+    meta["seconds"] = round(time.perf_counter() - t0, 2)
+    log.debug("scan %s is %s", job.number, job.relative)
+    store.save(job.key, meta, None if result is None else result.cells)
+    if result is not None:
+        log.info("scan %s done: %d cells in %.1f s", job.number, meta["n_cells"], meta["seconds"])
+    else:
+        log.error("scan %s failed at stage %s (details in failures.csv)", job.number, meta["stage"])
+    return meta
+
+
+def run_batch(scan_dir: Path, out_dir: Path, settings: Settings, mpp: float | None = None, force: bool = False,
+              progress: Callable[[int], Any] | None = None, argv: list[str] | None = None) -> BatchResult:
+    """Process every scan below `scan_dir` into `out_dir`, one after the other, in this process.
+    Raises ConfigError / ModelError / PatientError when nothing can run; a scan that fails is
+    recorded and the batch goes on."""
+    started = dt.datetime.now(dt.timezone.utc)
+    model_info = prepare_output(out_dir, settings)
+    jobs = plan_batch(scan_dir, settings, mpp, model_info.sha256)
+    metas = []
+    for job in jobs:
+        metas.append(process_scan(job, settings, out_dir, mpp, force))
         if progress is not None:
             progress(1)
+    return collect_outputs(scan_dir, out_dir, settings, jobs, metas, started, mpp, argv)
 
-    for relative in missing:
-        metas.append({"scan": relative, "patient_id": assigner.manifest[relative], "status": "failed",
-                      "stage": "find", "error": f"{relative}: listed in the manifest but not found in {scan_dir}"})
+
+def prepare_output(out_dir: Path, settings: Settings):
+    """Checks before any work: the model (missing or corrupt → refused), permissions, leftovers."""
+    from .model import load_model_info
+
+    os.umask(settings.batch.umask_value)
+    remove_stale_temporaries(out_dir)
+    return load_model_info(resolve_model_path(settings.classification.model))
+
+
+def collect_outputs(scan_dir: Path, out_dir: Path, settings: Settings, jobs: list[ScanJob],
+                    metas: list[dict[str, Any]], started: dt.datetime, mpp: float | None,
+                    argv: list[str] | None) -> BatchResult:
+    """The tables, GeoJSON, provenance and reports, rebuilt from the per-scan results."""
+    from .model import load_model_info
+
+    model_path = resolve_model_path(settings.classification.model)
+    model_info = load_model_info(model_path)
+    store = ResultStore(out_dir)
+    cell_tables = []
+    for job, meta in zip(jobs, metas):
+        if meta["status"] != "ok":
+            continue
+        cells = store.load(job.key)[1].copy()
+        cells.insert(0, "scan", job.relative)
+        cells.insert(1, "patient_id", job.patient_id)
+        cell_tables.append(cells)
 
     scans = pd.DataFrame(metas).reindex(columns=SCAN_COLUMNS + ["stage"])
     for column in ("n_cells", "n_leukemic", "n_normal", "level", "tiles_read", "tiles_skipped"):
@@ -290,12 +372,13 @@ def run_batch(scan_dir: Path, out_dir: Path, settings: Settings, mpp: float | No
     n_pending = int((scans["status"] == "pending").sum())
     finished = dt.datetime.now(dt.timezone.utc)
     atomic_write_json(out_dir / "run.json", {
-        "run_id": run_id, "bcscan_version": __version__, "started": started.isoformat(),
+        "run_id": started.strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:6],
+        "bcscan_version": __version__, "started": started.isoformat(),
         "finished": finished.isoformat(), "argv": argv or [], "scan_dir": str(Path(scan_dir).resolve()),
-        "config": settings.as_dict(), "config_digest": digest,
+        "config": settings.as_dict(), "config_digest": settings.result_digest() + (f"-mpp{mpp:g}" if mpp else ""),
         "model": {"path": str(model_path), "name": model_info.name, "sha256": model_info.sha256,
                   "input_size": model_info.input_size, "crop_um": model_info.crop_um},
-        "device": loaded[0].device if loaded else "not loaded (all results reused)",
+        "device": next((c.device for c in _classifiers.values()), "not loaded in this process"),
         "inputs": [{"scan": m["scan"], "sha256": m.get("sha256", ""), "status": m["status"]} for m in metas],
         "counts": {"scans": len(metas), "failed": n_failed, "pending": n_pending, "cells": int(len(cells)),
                    "patients": int(len(patients))},
@@ -307,61 +390,6 @@ def run_batch(scan_dir: Path, out_dir: Path, settings: Settings, mpp: float | No
         log.error("reports: %s", exc)
     exit_code = EXIT_SCANS_FAILED if n_failed else EXIT_OK
     return BatchResult(exit_code, len(metas), n_failed, int(len(cells)), out_dir)
-
-
-def _process_one(job: ScanJob, store: ResultStore, settings: Settings, mpp: float | None, digest: str,
-                 model_sha: str, force: bool, seen_hashes: dict[str, str], get_classifier):
-    """Reuse a stored result for this exact scan/model/config, or compute it.  Returns (meta, cells)."""
-    from .pipeline import StageError, scan_cells
-
-    base = {"scan": job.relative, "patient_id": job.patient_id}
-    t0 = time.perf_counter()
-    try:
-        job.sha256 = content_sha256(job.path)
-    except OSError as exc:
-        return {**base, "status": "failed", "stage": "read",
-                "error": f"{job.relative}: cannot read ({exc.strerror or exc})"}, None
-    if job.sha256 == EMPTY_SHA256:
-        pass  # nothing to compare: reading it reports an empty file or folder
-    elif job.sha256 in seen_hashes:
-        return {**base, "status": "failed", "stage": "find", "sha256": job.sha256,
-                "error": f"{job.relative}: same content as {seen_hashes[job.sha256]} (duplicate scan skipped)"}, None
-    else:
-        seen_hashes[job.sha256] = job.relative
-    job.key = f"{job.sha256[:20]}-{model_sha[:12]}-{digest}"
-    if not force:
-        stored = store.load(job.key)
-        if stored is not None and stored[0].get("status") == "ok":
-            meta, cells = stored
-            log.info("scan %s reused (%d cells)", job.number, len(cells))
-            log.debug("scan %s is %s", job.number, job.relative)
-            return {**meta, **base}, cells
-    try:
-        with open_scan(job.path, settings.reading, mpp=mpp) as scan:
-            result = scan_cells(scan, settings.segmentation, settings.tiling, get_classifier())
-            meta = {**base, "status": "ok", "sha256": job.sha256, "mpp": round(scan.mpp, 5),
-                    "level": result.level, "working_mpp": result.working_mpp,
-                    "tiles_read": result.tiles_read, "tiles_skipped": result.tiles_skipped,
-                    "n_cells": len(result.cells), "n_leukemic": int((result.cells["label"] == "leukemic").sum()),
-                    "n_normal": int((result.cells["label"] == "normal").sum()), "error": ""}
-    except Exception as exc:  # noqa: BLE001 - one scan must never stop the batch
-        stage = "read" if isinstance(exc, ScanError) else getattr(exc, "stage", "internal")
-        if isinstance(exc, (ScanError, StageError)):
-            message = str(exc)
-        else:
-            message = f"{job.relative}: unexpected {type(exc).__name__}: {exc}"
-            log.debug("scan %s failed", job.number, exc_info=True)
-        meta, result = {**base, "status": "failed", "stage": stage, "sha256": job.sha256,
-                        "error": one_line(message.replace(str(job.path), job.relative))}, None
-    meta["seconds"] = round(time.perf_counter() - t0, 2)
-    log.debug("scan %s is %s", job.number, job.relative)
-    if result is not None:
-        store.save(job.key, meta, result.cells)
-        log.info("scan %s done: %d cells in %.1f s", job.number, meta["n_cells"], meta["seconds"])
-        return meta, result.cells
-    store.save(job.key, meta, None)
-    log.error("scan %s failed at stage %s (details in failures.csv)", job.number, meta["stage"])
-    return meta, None
 
 
 def one_line(message: str) -> str:
