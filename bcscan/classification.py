@@ -170,8 +170,9 @@ class CellClassifier:
             size = self.batch_size
             batch = to_model_input(crops[start:start + size], self.info.input_size)
             n = len(batch)
-            if n < size:  # pad to one shape: no retracing / recompilation for the last batch
-                batch = np.concatenate([batch, np.zeros((size - n,) + batch.shape[1:], np.float32)])
+            padded = min(size, 1 << (n - 1).bit_length())
+            if n < padded:  # pad to a power of two: few compiled shapes, little wasted work on small scans
+                batch = np.concatenate([batch, np.zeros((padded - n,) + batch.shape[1:], np.float32)])
             try:
                 probs = self._run(batch)[:n]
             except Exception as exc:  # tf.errors.ResourceExhaustedError, imported lazily

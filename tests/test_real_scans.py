@@ -80,3 +80,51 @@ def test_mosaic_slide_gives_the_same_cells_as_its_fields(tmp_path, untrained_mod
     assert len(expected) >= 9 and len(found) == len(expected)
     distance_um = np.linalg.norm(found[:, None] - expected[None], axis=2).min(axis=1) * BCCD_MPP
     assert distance_um.max() < 1.5
+
+
+def pipeline_detection_score(samples) -> "DetectionScore":
+    """Detection score of the whole scan path (reader → tiler → segmenter → owner tile), level-0 boxes."""
+    from bcscan.validation import score_boxes
+
+    classifier = CellClassifier(ClassificationParams(model=str(UNTRAINED[0])))
+    total = None
+    for sample in samples:
+        with open_scan(sample.image, ReadingParams(), mpp=sample.mpp) as scan:
+            cells = scan_cells(scan, SegmentationParams(), TilingParams(tile_px=256), classifier).cells
+        score = score_boxes(cells[["x0", "y0", "x1", "y1"]].to_numpy(float), sample.boxes)
+        total = score if total is None else total + score
+    return total
+
+
+UNTRAINED: list = []
+
+
+@pytest.fixture
+def untrained(untrained_model):
+    UNTRAINED[:] = [untrained_model]
+
+
+@pytest.mark.parametrize("dataset, step, bound", [("bccd", 5, 0.95), ("txl", 13, 0.94)])
+def test_scan_pipeline_detects_annotated_white_cells(untrained, dataset, step, bound):
+    """The scan path with small tiles (cells cut by tile borders) scores like the segmenter alone."""
+    import itertools
+
+    from bcscan import validation
+
+    shared(dataset if dataset == "bccd" else "txl-pbc")
+    loader = validation.bccd_samples if dataset == "bccd" else validation.txl_samples
+    score = pipeline_detection_score(itertools.islice(loader(), 0, None, step))
+    assert score.f1 >= bound, (score.precision, score.recall, score.f1)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dataset", ["bccd", "txl"])
+def test_scan_pipeline_detection_on_full_sets(untrained, dataset):
+    from bcscan import validation
+
+    shared(dataset if dataset == "bccd" else "txl-pbc")
+    loader = validation.bccd_samples if dataset == "bccd" else validation.txl_samples
+    score = pipeline_detection_score(loader())
+    print(f"{dataset}: images {score.images} GT {score.gt} detections {score.detections} "
+          f"P {score.precision:.3f} R {score.recall:.3f} F1 {score.f1:.3f}")
+    assert score.f1 >= 0.95
