@@ -136,6 +136,16 @@ def build_bad_corpus(folder: Path) -> dict[str, str]:
     (bad / "loop.svs").symlink_to(bad / "loop.svs")
     Image.new("L", (6000, 5000)).save(bad / "bomb.png", dpi=(101600, 101600))
     shutil.copy(folder / "good" / "field-two.jpg", bad / "copy-of-field-two.jpg")
+    slide, _ = draw_smear(900, 900, 0.25, 4, seed=4)
+    write_pyramidal_tiff(bad / "corrupt-tile.tif", slide, 0.25, min_side=400)
+    with tifffile.TiffFile(bad / "corrupt-tile.tif") as tif:  # garble one tile in the middle of level 0
+        offsets, counts = tif.pages[0].dataoffsets, tif.pages[0].databytecounts
+    middle = len(offsets) // 2 + 1
+    with open(bad / "corrupt-tile.tif", "r+b") as fh:
+        fh.seek(offsets[middle])
+        fh.write(b"\xff" * counts[middle])
+    big, _ = draw_smear(1200, 1000, 0.25, 1, seed=5)
+    write_pyramidal_tiff(bad / "enormous.tif", big, 0.25, min_side=300)
     return {
         "bad/empty.svs": "empty file",
         "bad/truncated.jpg": "truncated",
@@ -146,6 +156,8 @@ def build_bad_corpus(folder: Path) -> dict[str, str]:
         "bad/loop.svs": "symbolic link",
         "bad/bomb.png": "exceeds the limit",
         "formats/grey.png": "greyscale image",
+        "bad/corrupt-tile.tif": "decoding error",
+        "bad/enormous.tif": "exceeds the limit",
         "good/field-two.jpg": "same content as bad/copy-of-field-two.jpg",
         "missing/ghost.svs": "listed in the manifest but not found",
     }
@@ -157,7 +169,7 @@ def test_bad_input_corpus_fails_scan_by_scan_and_the_rest_completes(tmp_path, un
     manifest = tmp_path / "manifest.csv"
     manifest.write_text("scan,patient_id\ngood/field one ü.png,../../etc\nmissing/ghost.svs,P-GHOST\n")
     config = tmp_path / "config.yaml"
-    config.write_text("reading:\n  max_image_pixels: 20000000\n  default_mpp: 0.25\n")
+    config.write_text("reading:\n  max_image_pixels: 20000000\n  max_slide_pixels: 1000000\n  default_mpp: 0.25\n")
     out = tmp_path / "out"
     before = set(tmp_path.rglob("*"))
     result = CliRunner().invoke(main, ["scan", str(scans), "--out", str(out), "--model", str(untrained_model),
