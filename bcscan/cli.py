@@ -50,11 +50,16 @@ def main():
 @click.option("--batch-size", type=click.IntRange(min=1), help="Cells per model batch.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "gpu"]), help="Where the model runs.")
 @click.option("--force", is_flag=True, help="Recompute every scan instead of reusing earlier results.")
+@click.option("--scheduler", metavar="ADDRESS",
+              help="Send one task per scan to a running Dask cluster: tcp://HOST:8786 or a scheduler JSON file. "
+                   "SCAN_DIR, --out and the model must be the same paths on a filesystem every worker shares.")
+@click.option("--workers", type=click.IntRange(min=1),
+              help="Start a local Dask cluster of N worker processes (needs bcscan[distributed]).")
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True,
               help="Console and log file format; json = one object per line.")
 @click.option("--quiet", "-q", is_flag=True, help="Only errors on the console (the log file keeps everything).")
 def scan(scan_dir, out_dir, config_path, mpp, model, manifest, patient_pattern, batch_size, device, force,
-         log_format, quiet):
+         scheduler, workers, log_format, quiet):
     """Scan every smear in SCAN_DIR and write the results to --out.
 
     \b
@@ -94,8 +99,14 @@ def scan(scan_dir, out_dir, config_path, mpp, model, manifest, patient_pattern, 
         from tqdm import tqdm
 
         with tqdm(total=n_scans, unit="scan", disable=not show_bar, file=sys.stderr) as bar:
-            result = run_batch(scan_dir, out_dir, settings, mpp=mpp, force=force, progress=bar.update,
-                               argv=sys.argv)
+            if scheduler or workers:
+                from .distributed import run_batch_dask
+
+                result = run_batch_dask(scan_dir, out_dir, settings, mpp=mpp, force=force, scheduler=scheduler,
+                                        workers=workers, progress=bar.update, argv=sys.argv)
+            else:
+                result = run_batch(scan_dir, out_dir, settings, mpp=mpp, force=force, progress=bar.update,
+                                   argv=sys.argv)
     except (ConfigError, ModelError, PatientError) as exc:
         _fail(str(exc), EXIT_CANNOT_RUN)
     finally:
@@ -113,8 +124,11 @@ def _fail(message: str, code: int):
 
 
 from .cli_report import report_command  # noqa: E402  (commands register after the group exists)
+from .cli_train import evaluate_command, train_command  # noqa: E402
 
 main.add_command(report_command)
+main.add_command(train_command)
+main.add_command(evaluate_command)
 
 if __name__ == "__main__":
     main()

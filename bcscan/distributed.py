@@ -1,0 +1,323 @@
+"""The same night's batch, shared out over a Dask cluster: one task per scan.
+
+`run_batch_dask` has the contract of `batch.run_batch` (same outputs, same exit codes, same
+exceptions when nothing can run) but hands each scan to a Dask worker:
+
+- `workers=N` starts a `distributed.LocalCluster` of N single-threaded worker processes on this
+  machine (and closes it at the end);
+- `scheduler="tcp://HOST:8786"` (or the path of a scheduler JSON file written by
+  `dask scheduler --scheduler-file`) connects to a cluster that is already running, e.g. workers
+  on several GPU nodes or submitted to Slurm/PBS by dask-jobqueue.
+
+Workers run `batch.process_scan`, which writes each scan's result under
+`OUT_DIR/.bcscan/scans/<key>` atomically (cells first, the json that marks it complete last)
+and keeps one loaded model per worker process.  The client then rebuilds every table, GeoJSON,
+`run.json` and report from those stored results, exactly as the single-machine run does.  A worker
+killed mid-scan makes the scheduler run the task again on another worker; the result is keyed by
+the scan's content, the model and the configuration, and read once per scan, so a retried
+scan is never counted twice.
+
+OUT_DIR, SCAN_DIR and the model file must be reachable under the same absolute paths on every
+worker node (a shared filesystem); this is checked before any scan is sent out.
+
+Dask is an optional dependency (`pip install 'bcscan[distributed]'`) imported only here, inside
+the functions: `bcscan --help` and a plain `bcscan scan` never import it.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import os
+import threading
+import time
+import uuid
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Callable
+
+from . import __version__
+from .batch import (STATE_DIR, BatchResult, ResultStore, ScanJob, Settings, collect_outputs, one_line,
+                    plan_batch, prepare_output, process_scan)
+from .classification import resolve_model_path
+from .config import ConfigError
+from .outputs import atomic_write_json
+
+log = logging.getLogger("bcscan")
+
+DEFAULT_RETRIES = 2            # re-runs of a task that raised (e.g. a transient I/O error on the share)
+CONNECT_TIMEOUT_S = 30         # to reach a running scheduler
+WORKER_WAIT_S = 600            # for a first worker to join (Slurm jobs may wait in the queue)
+RESULT_VISIBLE_WAIT_S = 60     # for results written on another node to appear (NFS attribute caches)
+
+
+def run_batch_dask(scan_dir: Path, out_dir: Path, settings: Settings, mpp: float | None = None, force: bool = False,
+                   scheduler: str | None = None, workers: int | None = None,
+                   progress: Callable[[int], Any] | None = None, argv: list[str] | None = None,
+                   retries: int = DEFAULT_RETRIES) -> BatchResult:
+    """Process every scan below `scan_dir` into `out_dir` with one Dask task per scan.
+    Raises ConfigError (no Dask, scheduler unreachable, no worker, paths not shared),
+    ModelError or PatientError when nothing can run; a scan that fails, even one whose
+    worker keeps dying, is recorded and the batch goes on."""
+    if scheduler and workers:
+        raise ConfigError("--scheduler and --workers exclude each other (a cluster is either joined or started)")
+    if workers is not None and workers < 1:
+        raise ConfigError("--workers must be at least 1")
+    try:
+        import distributed
+    except ImportError:
+        raise ConfigError("--scheduler/--workers need Dask: pip install 'bcscan[distributed]'") from None
+
+    started = dt.datetime.now(dt.timezone.utc)
+    # Workers on other nodes have another working directory: every path they get is absolute.
+    scan_dir, out_dir = Path(scan_dir).resolve(), Path(out_dir).resolve()
+    model_info = prepare_output(out_dir, settings)
+    jobs = plan_batch(scan_dir, settings, mpp, model_info.sha256)
+    model_path = resolve_model_path(settings.classification.model).resolve()
+    # Same classification parameters, the model by absolute path (not part of the result key).
+    worker_settings = replace(settings, classification=replace(settings.classification, model=str(model_path)))
+
+    cluster = client = None
+    futures: dict[Any, int] = {}
+    metas: list[dict[str, Any] | None] = [None] * len(jobs)
+    executor: dict[str, Any] = {"engine": f"dask.distributed {distributed.__version__}"}
+    try:
+        cluster, client = _connect(distributed, scheduler, workers)
+        executor["scheduler"] = "LocalCluster" if cluster is not None else str(scheduler)
+        resources = _check_workers(client, scan_dir, out_dir, model_path, jobs, executor)
+        run_token = uuid.uuid4().hex[:8]  # task keys unique per run: two runs may share one scheduler
+        for i, job in enumerate(jobs):
+            if job.outcome is not None:  # settled while planning: nothing to send out
+                metas[i] = process_scan(job, worker_settings, out_dir, mpp, force)
+                if progress is not None:
+                    progress(1)
+                continue
+            future = client.submit(scan_task, job, worker_settings, out_dir, mpp, force, __version__,
+                                   key=f"bcscan-scan-{i:05d}-{run_token}", pure=False, retries=retries,
+                                   resources=resources)
+            futures[future] = i
+        devices: dict[str, str] = {}
+        scan_workers: dict[str, str] = {}
+        for future in distributed.as_completed(list(futures), loop=client.loop):
+            i = futures[future]
+            metas[i], worker, device = _outcome(distributed, future, jobs[i])
+            if worker:
+                scan_workers[jobs[i].relative] = worker
+            if device:
+                devices[worker] = device
+            if progress is not None:
+                progress(1)
+        executor["scans"] = scan_workers  # which worker made each result (after any retry)
+        executor["devices"] = sorted(set(devices.values()))
+    finally:
+        if client is not None:
+            if futures and any(m is None for m in metas):  # interrupted: leave nothing running for this batch
+                client.cancel(list(futures), force=True)
+            client.close()
+        if cluster is not None:
+            cluster.close()
+    _wait_until_visible(out_dir, jobs, metas)
+    result = collect_outputs(scan_dir, out_dir, settings, jobs, metas, started, mpp, argv)
+    _record_executor(out_dir, executor)
+    return result
+
+
+def scan_task(job: ScanJob, settings: Settings, out_dir: Path, mpp: float | None, force: bool,
+              client_version: str) -> dict[str, Any]:
+    """What a worker runs for one scan: `process_scan` with the batch's umask, its log lines
+    captured for the client's log, and the worker's bcscan version checked against the client's
+    (a result is keyed by the client's version, so a different one must not write it)."""
+    from . import batch
+
+    base = {"scan": job.relative, "patient_id": job.patient_id}
+    if __version__ != client_version:
+        return {"meta": {**base, "status": "failed", "stage": "worker", "sha256": job.sha256,
+                         "error": f"{job.relative}: bcscan {__version__} on worker {_worker_address()}, "
+                                  f"{client_version} on the client (install the same version on every node)"},
+                "logs": [], "device": "", "worker": _worker_address()}
+    os.umask(settings.batch.umask_value)  # outputs hold patient data, whichever process writes them
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    records: list[tuple[int, str]] = []
+    handler = _ListHandler(records)
+    bcscan_log = logging.getLogger("bcscan")
+    saved_level = bcscan_log.level
+    bcscan_log.addHandler(handler)
+    bcscan_log.setLevel(logging.DEBUG)
+    try:
+        meta = process_scan(job, settings, out_dir, mpp, force)
+    finally:
+        bcscan_log.removeHandler(handler)
+        bcscan_log.setLevel(saved_level)
+    device = batch._classifiers[settings.classification].device if settings.classification in batch._classifiers \
+        else ""
+    return {"meta": meta, "logs": records, "device": device, "worker": _worker_address()}
+
+
+def check_worker(scan_dir: str, out_dir: str, model_path: str, probe: str, probe_text: str,
+                 sample_scan: str | None, client_version: str) -> str:
+    """Run on every worker before any scan is sent: '' when this worker sees what the client sees."""
+    problems = []
+    if __version__ != client_version:
+        problems.append(f"bcscan {__version__} here, {client_version} on the client")
+    if not Path(scan_dir).is_dir():
+        problems.append(f"SCAN_DIR {scan_dir} not found")
+    elif sample_scan and not Path(sample_scan).exists():
+        problems.append(f"SCAN_DIR {scan_dir} is not the client's (a scan is missing)")
+    try:
+        if Path(probe).read_text() != probe_text:
+            problems.append(f"OUT_DIR {out_dir} is not the client's")
+    except OSError:
+        problems.append(f"OUT_DIR {out_dir} is not shared with the client")
+    if not os.access(Path(probe).parent, os.W_OK):
+        problems.append(f"OUT_DIR {out_dir} is not writable")
+    if not Path(model_path).is_file():
+        problems.append(f"model {model_path} not found")
+    return "; ".join(problems)
+
+
+def _connect(distributed, scheduler: str | None, workers: int | None):
+    if scheduler is None:
+        n = workers or max(1, (os.cpu_count() or 1) // 2)
+        log.info("starting a local Dask cluster of %d worker process(es)", n)
+        cluster = distributed.LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
+                                           dashboard_address=None, silence_logs=logging.ERROR)
+        try:
+            return cluster, distributed.Client(cluster, set_as_default=False)
+        except BaseException:
+            cluster.close()
+            raise
+    try:
+        if Path(scheduler).suffix == ".json" or Path(scheduler).is_file():
+            client = distributed.Client(scheduler_file=scheduler, timeout=CONNECT_TIMEOUT_S, set_as_default=False)
+        else:
+            client = distributed.Client(scheduler, timeout=CONNECT_TIMEOUT_S, set_as_default=False)
+    except (OSError, TimeoutError, ValueError) as exc:
+        raise ConfigError(f"cannot reach the Dask scheduler {scheduler}: {one_line(str(exc)) or type(exc).__name__}") \
+            from None
+    log.info("connected to the Dask scheduler %s", client.scheduler.address)
+    return None, client
+
+
+def _check_workers(client, scan_dir: Path, out_dir: Path, model_path: Path, jobs: list[ScanJob],
+                   executor: dict[str, Any]) -> dict[str, float] | None:
+    """Every connected worker must see SCAN_DIR, OUT_DIR and the model as the client does.
+    Returns the resources each task asks for: one GPU when the cluster has GPU workers."""
+    if not _workers_info(client):
+        log.info("waiting up to %d s for a first Dask worker", WORKER_WAIT_S)
+        try:
+            client.wait_for_workers(1, timeout=WORKER_WAIT_S)
+        except TimeoutError:
+            raise ConfigError(f"no Dask worker joined the scheduler within {WORKER_WAIT_S} s") from None
+    probe = out_dir / STATE_DIR / f"dask-probe-{uuid.uuid4().hex}"
+    probe_text = f"{os.uname().nodename} {os.getpid()} {time.time()}"
+    probe.parent.mkdir(parents=True, exist_ok=True)
+    probe.write_text(probe_text)
+    sample = next((str(j.path) for j in jobs if j.outcome is None), None)
+    try:
+        answers = client.run(check_worker, str(scan_dir), str(out_dir), str(model_path), str(probe), probe_text,
+                             sample, __version__)
+    except Exception as exc:  # noqa: BLE001 - e.g. bcscan not installed in a worker's environment
+        raise ConfigError(f"a Dask worker cannot run bcscan ({type(exc).__name__}: {one_line(str(exc))[:200]}): "
+                          "install the same bcscan version on every node") from None
+    finally:
+        probe.unlink(missing_ok=True)
+    bad = {worker: problem for worker, problem in answers.items() if problem}
+    if bad:
+        raise ConfigError("Dask workers cannot run this batch (SCAN_DIR, OUT_DIR and the model must be the same "
+                          "paths on a filesystem shared by every node): "
+                          + "; ".join(f"{w}: {p}" for w, p in sorted(bad.items())))
+    info = _workers_info(client)
+    n_gpu = sum(1 for w in info.values() if (w.get("resources") or {}).get("GPU", 0) > 0)
+    executor["workers"] = len(info)
+    executor["gpu_workers"] = n_gpu
+    if n_gpu:
+        log.info("%d Dask worker(s), %d with a GPU: scans go to the GPU workers", len(info), n_gpu)
+        return {"GPU": 1}
+    log.info("%d Dask worker(s), none advertising a GPU resource", len(info))
+    return None
+
+
+def _workers_info(client) -> dict[str, dict[str, Any]]:
+    """Every connected worker (recent versions list only the first 5 unless asked for all)."""
+    try:
+        return client.scheduler_info(n_workers=-1)["workers"]
+    except TypeError:  # distributed before 2025: no n_workers argument, always all workers
+        return client.scheduler_info()["workers"]
+
+
+def _outcome(distributed, future, job: ScanJob) -> tuple[dict[str, Any], str, str]:
+    """The scan's row for scans.csv, the worker that made it and its device; a task that could
+    not finish (its worker died too often, or it raised after its retries) is a failed scan,
+    stored nowhere, so the next run tries it again."""
+    base = {"scan": job.relative, "patient_id": job.patient_id, "sha256": job.sha256}
+    try:
+        answer = future.result()
+    except distributed.KilledWorker as exc:
+        log.error("scan %s failed at stage worker (details in failures.csv)", job.number)
+        return {**base, "status": "failed", "stage": "worker",
+                "error": f"{job.relative}: Dask workers died while processing it, the scan was given up "
+                         f"({one_line(str(exc))[:200]})"}, "", ""
+    except Exception as exc:  # noqa: BLE001 - one scan must never stop the batch
+        log.error("scan %s failed at stage worker (details in failures.csv)", job.number)
+        return {**base, "status": "failed", "stage": "worker",
+                "error": f"{job.relative}: task failed on its Dask worker: {type(exc).__name__}: "
+                         f"{one_line(str(exc))[:300]}"}, "", ""
+    for level, message in answer["logs"]:
+        log.log(level, "%s [%s]", message, answer["worker"])
+    return answer["meta"], answer["worker"], answer["device"]
+
+
+def _wait_until_visible(out_dir: Path, jobs: list[ScanJob], metas: list[dict[str, Any]]) -> None:
+    """Results written on another node may take a moment to appear here (NFS caches); one that never
+    does means OUT_DIR is not shared."""
+    store = ResultStore(out_dir)
+    missing = [job for job, meta in zip(jobs, metas) if meta["status"] == "ok" and job.key]
+    deadline = time.monotonic() + RESULT_VISIBLE_WAIT_S
+    while True:
+        missing = [job for job in missing if store.load(job.key) is None]
+        if not missing or time.monotonic() > deadline:
+            break
+        time.sleep(1.0)
+    if missing:
+        raise ConfigError(f"{len(missing)} scan result(s) written by Dask workers are not visible in "
+                          f"{store.dir} on this machine: OUT_DIR must be on a filesystem shared by every node")
+
+
+def _record_executor(out_dir: Path, executor: dict[str, Any]) -> None:
+    """run.json names the device of the workers and how the scans were shared out."""
+    path = out_dir / "run.json"
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return
+    if executor.get("devices"):
+        record["device"] = "+".join(executor["devices"])
+    record["executor"] = executor
+    atomic_write_json(path, record)
+
+
+def _worker_address() -> str:
+    try:
+        from distributed import get_worker
+
+        return get_worker().address
+    except (ImportError, ValueError):
+        return "local"
+
+
+class _ListHandler(logging.Handler):
+    """Collects this task's log lines (only its own thread's: a worker started with several threads
+    runs several tasks at once)."""
+
+    def __init__(self, records: list[tuple[int, str]]):
+        super().__init__(logging.DEBUG)
+        self.records = records
+        self.thread = threading.get_ident()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.thread != self.thread:
+            return
+        try:
+            self.records.append((record.levelno, record.getMessage()))
+        except Exception:  # noqa: BLE001
+            pass
