@@ -336,8 +336,9 @@ def prepare_output(out_dir: Path, settings: Settings):
 
 def collect_outputs(scan_dir: Path, out_dir: Path, settings: Settings, jobs: list[ScanJob],
                     metas: list[dict[str, Any]], started: dt.datetime, mpp: float | None,
-                    argv: list[str] | None) -> BatchResult:
-    """The tables, GeoJSON, provenance and reports, rebuilt from the per-scan results."""
+                    argv: list[str] | None, executor: dict[str, Any] | None = None) -> BatchResult:
+    """The tables, GeoJSON, provenance and reports, rebuilt from the per-scan results.
+    `executor` describes where the scans ran when it was not this process (Dask workers)."""
     from .model import load_model_info
 
     model_path = resolve_model_path(settings.classification.model)
@@ -378,7 +379,9 @@ def collect_outputs(scan_dir: Path, out_dir: Path, settings: Settings, jobs: lis
         "config": settings.as_dict(), "config_digest": settings.result_digest() + (f"-mpp{mpp:g}" if mpp else ""),
         "model": {"path": str(model_path), "name": model_info.name, "sha256": model_info.sha256,
                   "input_size": model_info.input_size, "crop_um": model_info.crop_um},
-        "device": next((c.device for c in _classifiers.values()), "not loaded in this process"),
+        "device": ("+".join(executor["devices"]) if executor and executor.get("devices")
+                   else next((c.device for c in _classifiers.values()), "not loaded in this process")),
+        "executor": executor or {"engine": "in-process"},
         "inputs": [{"scan": m["scan"], "sha256": m.get("sha256", ""), "status": m["status"]} for m in metas],
         "counts": {"scans": len(metas), "failed": n_failed, "pending": n_pending, "cells": int(len(cells)),
                    "patients": int(len(patients))},

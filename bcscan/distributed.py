@@ -26,7 +26,6 @@ the functions: `bcscan --help` and a plain `bcscan scan` never import it.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 import os
 import threading
@@ -41,7 +40,6 @@ from .batch import (STATE_DIR, BatchResult, ResultStore, ScanJob, Settings, coll
                     plan_batch, prepare_output, process_scan)
 from .classification import resolve_model_path
 from .config import ConfigError
-from .outputs import atomic_write_json
 
 log = logging.getLogger("bcscan")
 
@@ -117,8 +115,7 @@ def run_batch_dask(scan_dir: Path, out_dir: Path, settings: Settings, mpp: float
         if cluster is not None:
             cluster.close()
     _wait_until_visible(out_dir, jobs, metas)
-    result = collect_outputs(scan_dir, out_dir, settings, jobs, metas, started, mpp, argv)
-    _record_executor(out_dir, executor)
+    result = collect_outputs(scan_dir, out_dir, settings, jobs, metas, started, mpp, argv, executor)
     return result
 
 
@@ -281,19 +278,6 @@ def _wait_until_visible(out_dir: Path, jobs: list[ScanJob], metas: list[dict[str
     if missing:
         raise ConfigError(f"{len(missing)} scan result(s) written by Dask workers are not visible in "
                           f"{store.dir} on this machine: OUT_DIR must be on a filesystem shared by every node")
-
-
-def _record_executor(out_dir: Path, executor: dict[str, Any]) -> None:
-    """run.json names the device of the workers and how the scans were shared out."""
-    path = out_dir / "run.json"
-    try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return
-    if executor.get("devices"):
-        record["device"] = "+".join(executor["devices"])
-    record["executor"] = executor
-    atomic_write_json(path, record)
 
 
 def _worker_address() -> str:
