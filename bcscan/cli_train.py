@@ -1,0 +1,138 @@
+"""Click commands `bcscan train` and `bcscan evaluate` (registered on the main group by cli.py).
+
+TensorFlow is imported inside the command bodies only, so `bcscan --help` stays instant.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import click
+
+DID_NOT_LEARN_EXIT = 3
+
+
+def _fail(message: str) -> None:
+    raise click.ClickException(message.splitlines()[0] if message else "failed")
+
+
+@click.command("train", context_settings={"show_default": True})
+@click.argument("data_dir", type=click.Path(path_type=Path))
+@click.option("--config", "config_path", required=True, type=click.Path(path_type=Path),
+              help="Training recipe (YAML), e.g. configs/train-default.yaml or configs/paper.yaml.")
+@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path),
+              help="Folder for NAME.keras, NAME.json, NAME.md and the report folder NAME/.")
+@click.option("--weights", type=click.Path(path_type=Path), default=None,
+              help="Local Keras VGG-16 'notop' weights file (e.g. ImageNet); default: train from scratch.")
+@click.option("--epochs", type=click.IntRange(min=1), default=None, help="Override the config's epochs.")
+@click.option("--seed", type=int, default=None, help="Override the config's seed (splits, sampling, init).")
+@click.option("--max-images-per-source", type=click.IntRange(min=1), default=None,
+              help="Use a seeded random subset of each source folder (quick runs).")
+@click.option("--max-minutes", type=float, default=None, help="Stop before an epoch would overrun this budget.")
+@click.option("--work", "work_dir", type=click.Path(path_type=Path), default=None,
+              help="Cache of decoded/segmented samples and checkpoints [default: OUT/NAME/work].")
+@click.option("--device", type=click.Choice(["auto", "cpu", "gpu"]), default="auto")
+def train_command(data_dir, config_path, out_dir, weights, epochs, seed, max_images_per_source, max_minutes,
+                  work_dir, device):
+    """Train the VGG-16 leukemic/normal classifier on labelled folders under DATA_DIR.
+
+    Writes the model and its metadata (read by `bcscan scan`), metrics.json, a classification
+    report, confusion matrix and learning-curve PNGs and a model card.  Exits with status 3
+    (after writing everything, flagged in metrics.json as "did_not_learn") when the validation
+    balanced accuracy stayed at chance.
+    """
+    from .config import ConfigError
+    from .model import ModelError
+    from .training import TrainingError, train
+
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    try:
+        metrics = train(data_dir, config_path, out_dir, weights=weights, epochs=epochs, seed=seed,
+                        max_images_per_source=max_images_per_source, work_dir=work_dir, max_minutes=max_minutes,
+                        device=device, echo=click.echo)
+    except (ConfigError, ModelError, TrainingError) as exc:
+        _fail(str(exc))
+    except RuntimeError as exc:  # e.g. --device gpu without a GPU
+        _fail(str(exc))
+    name = metrics["config"].get("name", "bcscan-vgg16")
+    click.echo(f"[train] test accuracy {_f(metrics['accuracy'])}, balanced accuracy {_f(metrics['balanced_accuracy'])}, "
+               f"ROC AUC {_f(metrics['roc_auc'])}, ECE {_f(metrics['calibration'].get('ece_test_images_before'))} → "
+               f"{_f(metrics['ece'])} (T = {metrics['calibration']['temperature']:g})")
+    base = (metrics.get("colour_baseline") or {}).get("test_images") or {}
+    click.echo(f"[train] colour-only baseline: accuracy {_f(base.get('accuracy'))}, "
+               f"balanced accuracy {_f(base.get('balanced_accuracy'))}")
+    for ds, block in metrics["per_source"]["datasets"].items():
+        b = block.get("images") or {}
+        click.echo(f"[train]   {ds}: accuracy {_f(b.get('accuracy'))}, balanced {_f(b.get('balanced_accuracy'))}, "
+                   f"called normal {_f(block.get('called_normal_rate_images'))} ({b.get('n', 0)} images)")
+    for line in metrics.get("source_shortcut_warning") or []:
+        click.echo(f"[train] WARNING (source shortcut): {line}", err=True)
+    click.echo(f"[train] wrote {out_dir / (name + '.keras')}, {out_dir / (name + '.json')}, "
+               f"{out_dir / (name + '.md')} and {out_dir / name}/")
+    if metrics.get("did_not_learn"):
+        val = metrics["validation_cells"]["balanced_accuracy"]
+        click.echo(f"[train] DID NOT LEARN: validation balanced accuracy {_f(val)} is at chance (0.5); "
+                   "the model is useless (try batch norm, a lower learning rate, more epochs or --weights)", err=True)
+        raise SystemExit(DID_NOT_LEARN_EXIT)
+
+
+@click.command("evaluate", context_settings={"show_default": True})
+@click.argument("model_dir", type=click.Path(path_type=Path))
+@click.argument("data_dir", type=click.Path(path_type=Path))
+@click.option("--class-map", "class_map", multiple=True, required=True,
+              help="CLASS=FOLDER[,FOLDER...] (folders relative to DATA_DIR), e.g. "
+                   "leukemic=ghaderzadeh-all/images/Early,ghaderzadeh-all/images/Pre; repeatable.")
+@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path))
+@click.option("--mode", type=click.Choice(["image", "cells"]), default=None,
+              help="Samples: whole images or segmented white cells [default: as the model was trained].")
+@click.option("--mpp", type=float, default=None, help="µm per pixel of the images (cells mode).")
+@click.option("--model-name", default=None, help="Model file stem inside MODEL_DIR [default: the only *.keras].")
+@click.option("--splits", "splits_csv", type=click.Path(path_type=Path), default=None,
+              help="splits.csv written by `bcscan train`: evaluate only its images of --split.")
+@click.option("--split", type=click.Choice(["train", "val", "test"]), default="test")
+@click.option("--device", type=click.Choice(["auto", "cpu", "gpu"]), default="auto")
+def evaluate_command(model_dir, data_dir, class_map, out_dir, mode, mpp, model_name, splits_csv, split, device):
+    """Score labelled image folders with a trained model (MODEL_DIR or a .keras file).
+
+    In cells mode each image's score is the mean calibrated p(leukemic) of its cells.
+    Writes metrics.json (accuracy, balanced_accuracy, roc_auc, ece, per-class precision/recall/F1,
+    confusion matrix), classification_report.txt, confusion_matrix.png and predictions.csv.
+    """
+    from .evaluation import evaluate, parse_class_map
+    from .model import ModelError, load_model_info
+    from .training import TrainingError
+
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    model_path = _model_path(Path(model_dir), model_name)
+    try:
+        cmap = parse_class_map(list(class_map))
+        info = load_model_info(model_path)
+        if mode is None:
+            mode = "cells" if info.crop_um else "image"
+        metrics = evaluate(model_path, data_dir, cmap, out_dir, mode=mode, mpp=mpp, splits_csv=splits_csv,
+                           split=split, device=device, echo=click.echo)
+    except (ValueError, ModelError, TrainingError, RuntimeError) as exc:
+        _fail(str(exc))
+    click.echo(f"[evaluate] {metrics['images_total']} images ({metrics['images_without_cells']} without cells), "
+               f"{metrics['samples']['n']} samples, mode {mode}")
+    click.echo(f"[evaluate] accuracy {_f(metrics['accuracy'])}, balanced accuracy {_f(metrics['balanced_accuracy'])}, "
+               f"ROC AUC {_f(metrics['roc_auc'])}, ECE {_f(metrics['ece'])}, called normal "
+               f"{_f(metrics['called_normal_rate_images'])} (images) / {_f(metrics['called_normal_rate_samples'])} (cells)")
+    click.echo(f"[evaluate] wrote {out_dir}/metrics.json, classification_report.txt, confusion_matrix.png, predictions.csv")
+
+
+def _model_path(model_dir: Path, name: str | None) -> Path:
+    if model_dir.suffix == ".keras":
+        return model_dir
+    if not model_dir.is_dir():
+        _fail(f"{model_dir}: model folder not found")
+    if name:
+        return model_dir / f"{name}.keras"
+    found = sorted(model_dir.glob("*.keras"))
+    if len(found) != 1:
+        _fail(f"{model_dir}: expected exactly one *.keras model, found {len(found)} (use --model-name)")
+    return found[0]
+
+
+def _f(v) -> str:
+    return "n/a" if v is None else f"{v:.4f}"

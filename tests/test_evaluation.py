@@ -1,0 +1,204 @@
+"""Metrics, calibration, colour baseline and `bcscan evaluate` (synthetic fixtures; real data when present)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from bcscan.cli_train import evaluate_command
+from bcscan.evaluation import (LogisticRegression, ece, fit_temperature, hsv_histograms, image_level, metrics_block,
+                               parse_class_map, roc_auc)
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+SHIPPED = ROOT / "models" / "bcscan-vgg16.keras"
+
+
+def test_roc_auc_matches_pair_counting():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 200).astype(bool)
+    s = np.round(rng.random(200) + 0.3 * y, 2)  # with ties
+    pos, neg = s[y], s[~y]
+    expected = ((pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()) / (len(pos) * len(neg))
+    assert roc_auc(y, s) == pytest.approx(expected)
+    assert roc_auc(np.ones(5, bool), np.arange(5.0)) is None
+
+
+def test_metrics_block_counts_and_per_class():
+    labels = np.array([0, 0, 0, 1, 1, 1, 1])          # 0 = leukemic
+    p = np.array([0.9, 0.8, 0.2, 0.1, 0.3, 0.6, 0.05])
+    m = metrics_block(labels, p)
+    assert m["confusion_matrix"]["matrix"] == [[2, 1], [1, 3]]
+    assert m["accuracy"] == pytest.approx(5 / 7)
+    assert m["balanced_accuracy"] == pytest.approx((2 / 3 + 3 / 4) / 2)
+    assert m["per_class"]["leukemic"]["precision"] == pytest.approx(2 / 3)
+    assert m["per_class"]["normal"]["f1"] == pytest.approx(2 * 0.75 * 0.75 / 1.5)
+    one = metrics_block(np.ones(4, int), np.array([0.1, 0.2, 0.7, 0.3]))   # a normal-only folder
+    assert one["balanced_accuracy"] == pytest.approx(0.75) and one["roc_auc"] is None
+
+
+def test_ece_and_temperature_scaling():
+    rng = np.random.default_rng(1)
+    n = 4000
+    true_p = rng.uniform(0.5, 1.0, n)                 # calibrated confidence of class 0
+    labels = np.where(rng.random(n) < true_p, 0, 1)
+    assert ece(labels, true_p) < 0.03
+    # overconfident version: logits × 3
+    logit = np.log(true_p / (1 - true_p)) * 3
+    p_over = 1 / (1 + np.exp(-logit))
+    assert ece(labels, p_over) > 0.1
+    probs = np.stack([p_over, 1 - p_over], axis=1)
+    t = fit_temperature(probs, labels)
+    assert 2.4 < t < 3.6
+    from bcscan.classification import calibrate
+
+    assert ece(labels, calibrate(probs, t)[:, 0]) < 0.03
+
+
+def test_image_level_mean_of_cells():
+    ids, y, p = image_level(np.array([3, 3, 5, 3]), np.array([0, 0, 1, 0]), np.array([0.9, 0.5, 0.2, 0.1]))
+    assert ids.tolist() == [3, 5] and y.tolist() == [0, 1]
+    assert p.tolist() == pytest.approx([0.5, 0.2])
+
+
+def test_colour_baseline_separates_colours():
+    rng = np.random.default_rng(2)
+    purple = np.clip(rng.normal((120, 60, 160), 20, (60, 8, 8, 3)), 0, 255).astype(np.uint8)
+    pink = np.clip(rng.normal((220, 150, 170), 20, (60, 8, 8, 3)), 0, 255).astype(np.uint8)
+    x = hsv_histograms(np.concatenate([purple, pink]))
+    y = np.r_[np.ones(60), np.zeros(60)]
+    clf = LogisticRegression().fit(x[::2], y[::2])
+    assert np.mean((clf.predict_proba(x[1::2]) >= 0.5) == y[1::2]) > 0.95
+
+
+def test_parse_class_map():
+    assert parse_class_map(["leukemic=a/b, a/c", "normal=d"]) == {"leukemic": ["a/b", "a/c"], "normal": ["d"]}
+    for bad in (["cancer=a"], ["leukemic"], ["normal="]):
+        with pytest.raises(ValueError):
+            parse_class_map(bad)
+
+
+def _tiny_model(tmp_path: Path, crop_um: float) -> Path:
+    from bcscan.model import ModelInfo, build_vgg16, save_model
+
+    model = build_vgg16(32, 2, hidden_units=8, dropout=0.0, batch_norm=True, seed=0)
+    path = tmp_path / "m" / "tiny.keras"
+    save_model(model, path, ModelInfo(name="tiny", classes=["leukemic", "normal"], input_size=32, crop_um=crop_um,
+                                      working_mpp=0.4 if crop_um else 0.0, temperature=1.5))
+    return path
+
+
+def synthetic_field(rng, size=224, mpp=0.45, nucleus_um=4.0):
+    """Pink red cells and two white cells with violet nuclei (as in test_training)."""
+    import cv2
+
+    img = np.empty((size, size, 3), np.uint8)
+    img[:] = (238, 222, 226)
+    for _ in range(25):
+        cv2.circle(img, tuple(int(v) for v in rng.integers(0, size, 2)), int(3.7 / mpp), (214, 150, 160), -1)
+    for _ in range(2):
+        c = tuple(int(v) for v in rng.integers(40, size - 40, 2))
+        cv2.circle(img, c, int(6 / mpp), (205, 185, 225), -1)
+        cv2.circle(img, c, int(nucleus_um / mpp), (95, 55, 150), -1)
+    return cv2.GaussianBlur(img, (3, 3), 0)
+
+
+def _write_fields(root: Path) -> None:
+    import cv2
+
+    rng = np.random.default_rng(0)
+    for folder, nucleus in (("x/big", 5.0), ("x/small", 3.0)):
+        (root / folder).mkdir(parents=True)
+        for i in range(5):
+            cv2.imwrite(str(root / folder / f"{i}.png"), synthetic_field(rng, nucleus_um=nucleus)[..., ::-1])
+    (root / "x/small/blank.png").write_bytes(cv2.imencode(".png", np.full((224, 224, 3), 240, np.uint8))[1].tobytes())
+
+
+@pytest.mark.parametrize("mode", ["cells", "image"])
+def test_evaluate_writes_metrics_and_reports(tmp_path, mode):
+    model = _tiny_model(tmp_path, 24.0 if mode == "cells" else 0.0)
+    _write_fields(tmp_path / "data")
+    out = tmp_path / "eval"
+    args = [str(model.parent), str(tmp_path / "data"), "--class-map", "leukemic=x/big", "--class-map",
+            "normal=x/small", "--out", str(out), "--mode", mode]
+    if mode == "cells":
+        args += ["--mpp", "0.45"]
+    result = CliRunner().invoke(evaluate_command, args)
+    assert result.exit_code == 0, result.output
+    m = json.loads((out / "metrics.json").read_text())
+    for key in ("accuracy", "balanced_accuracy", "roc_auc", "ece", "per_class", "confusion_matrix", "per_source"):
+        assert key in m, key
+    assert set(m["per_class"]) == {"leukemic", "normal"}
+    assert {"precision", "recall", "f1", "support"} <= set(m["per_class"]["leukemic"])
+    for f in ("classification_report.txt", "confusion_matrix.png", "predictions.csv"):
+        assert (out / f).is_file()
+    assert m["images_total"] == 11
+    if mode == "cells":
+        assert m["images_without_cells"] == 1          # the blank field: no white cell, left out
+        assert m["n"] == 10 and 15 <= m["samples"]["n"] <= 20   # two cells per field (overlaps merge)
+    else:
+        assert m["n"] == 11
+
+
+def test_evaluate_errors_are_one_line(tmp_path):
+    runner = CliRunner()
+    r = runner.invoke(evaluate_command, [str(tmp_path / "none"), str(tmp_path), "--class-map", "normal=a",
+                                         "--out", str(tmp_path / "o")])
+    assert r.exit_code == 1 and "model folder not found" in r.output and "Traceback" not in r.output
+    model = _tiny_model(tmp_path, 24.0)
+    r = runner.invoke(evaluate_command, [str(model), str(tmp_path), "--class-map", "normal=a", "--out",
+                                         str(tmp_path / "o"), "--mode", "cells"])
+    assert r.exit_code == 1 and "--mpp" in r.output
+    r = runner.invoke(evaluate_command, [str(model), str(tmp_path), "--class-map", "tumour=a", "--out",
+                                         str(tmp_path / "o")])
+    assert r.exit_code == 1 and "tumour" in r.output
+    model.with_suffix(".json").write_text(model.with_suffix(".json").read_text().replace('"sha256": "', '"sha256": "0'))
+    r = runner.invoke(evaluate_command, [str(model), str(tmp_path), "--class-map", "normal=a", "--out",
+                                         str(tmp_path / "o"), "--mpp", "0.4"])
+    assert r.exit_code == 1 and "SHA-256" in r.output
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not SHIPPED.is_file() or not (SHARED_DATA / "pbc-normal").is_dir(),
+                    reason="needs the shipped model and ../shared/data/pbc-normal")
+def test_shipped_model_on_held_out_pbc_normal_cells(tmp_path):
+    """The shipped model's own test split of pbc-normal: >= 0.98 called normal."""
+    splits = ROOT / "models" / "bcscan-vgg16" / "splits.csv"
+    folders = ",".join(f"pbc-normal/{t}" for t in ("basophil", "eosinophil", "erythroblast", "ig", "lymphocyte",
+                                                   "monocyte", "neutrophil"))
+    r = CliRunner().invoke(evaluate_command, [str(SHIPPED), str(SHARED_DATA), "--class-map", f"normal={folders}",
+                                              "--out", str(tmp_path), "--mpp", "0.088", "--splits", str(splits)])
+    assert r.exit_code == 0, r.output
+    m = json.loads((tmp_path / "metrics.json").read_text())
+    assert m["called_normal_rate_images"] >= 0.98
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not SHIPPED.is_file() or not (SHARED_DATA / "ghaderzadeh-all").is_dir(),
+                    reason="needs the shipped model and ../shared/data/ghaderzadeh-all")
+@pytest.mark.xfail(strict=False, reason="issue-7 targets not met by the shipped model: balanced accuracy 0.92 "
+                                         "(hematogone recall 0.85) and image ECE 0.094 (see models/bcscan-vgg16.md)")
+def test_shipped_model_on_its_ghaderzadeh_test_split(tmp_path):
+    splits = ROOT / "models" / "bcscan-vgg16" / "splits.csv"
+    g = "ghaderzadeh-all/images"
+    r = CliRunner().invoke(evaluate_command, [str(SHIPPED), str(SHARED_DATA), "--class-map",
+                                              f"leukemic={g}/Early,{g}/Pre,{g}/Pro", "--class-map", f"normal={g}/Benign",
+                                              "--out", str(tmp_path), "--mpp", "0.45", "--splits", str(splits)])
+    assert r.exit_code == 0, r.output
+    m = json.loads((tmp_path / "metrics.json").read_text())
+    assert m["accuracy"] >= 0.97 and m["balanced_accuracy"] >= 0.97 and m["ece"] <= 0.05
+
+
+def test_restain_transfers_lab_statistics():
+    from bcscan.evaluation import lab_stats, restain
+
+    rng = np.random.default_rng(3)
+    purple = np.clip(rng.normal((120, 60, 160), 25, (10, 16, 16, 3)), 0, 255).astype(np.uint8)
+    pink = np.clip(rng.normal((220, 150, 170), 15, (10, 16, 16, 3)), 0, 255).astype(np.uint8)
+    mean, std = lab_stats(pink)
+    moved = restain(purple, mean, std)
+    m2, s2 = lab_stats(moved)
+    assert np.allclose(m2, mean, atol=3) and np.allclose(s2, std, atol=3)

@@ -1,0 +1,239 @@
+"""`bcscan train`: config, near-duplicate splits, balancing, augmentation, end-to-end runs.
+
+End-to-end runs use synthetic smear fields generated here and, for the paper recipe, a tiny
+subset of ../shared/data (skipped with a reason when that folder is absent).
+"""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from bcscan.cli_train import DID_NOT_LEARN_EXIT, train_command
+from bcscan.config import ConfigError
+from bcscan.training import (AugmentParams, Samples, SourceSpec, SplitParams, average_hash, balance_indices,
+                             load_train_config, near_duplicate_groups, shortcut_check, split_images)
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+ARTEFACTS = ("metrics.json", "classification_report.txt", "confusion_matrix.png", "learning_curves.png",
+             "history.csv", "splits.csv")
+
+
+# ----------------------------------------------------------------------------- synthetic data
+
+def synthetic_field(rng, size=224, mpp=0.45, n_wbc=2, nucleus_um=4.0, tint=(0, 0, 0)):
+    """A stained-smear-like field: pink red cells and `n_wbc` white cells with violet nuclei."""
+    import cv2
+
+    img = np.empty((size, size, 3), np.uint8)
+    img[:] = np.clip(np.array((238, 222, 226)) + tint, 0, 255)
+    for _ in range(25):
+        c = tuple(int(v) for v in rng.integers(0, size, 2))
+        cv2.circle(img, c, int(3.7 / mpp), (214, 150, 160), -1)
+    for _ in range(n_wbc):
+        c = tuple(int(v) for v in rng.integers(40, size - 40, 2))
+        cv2.circle(img, c, int(6 / mpp), (205, 185, 225), -1)
+        cv2.circle(img, c, int(nucleus_um / mpp), (95, 55, 150), -1)
+    return cv2.GaussianBlur(img, (3, 3), 0)
+
+
+def write_dataset(root: Path, per_class: int = 12, seed: int = 0) -> Path:
+    """labA (big nuclei) = leukemic, labB (small nuclei) = normal; plus one exact duplicate."""
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    for folder, nucleus in (("lab/big", 5.0), ("lab/small", 3.0)):
+        d = root / folder
+        d.mkdir(parents=True)
+        for i in range(per_class):
+            cv2.imwrite(str(d / f"{i:03d}.png"), synthetic_field(rng, nucleus_um=nucleus)[..., ::-1])
+    (root / "lab/big/dup.png").write_bytes((root / "lab/big/000.png").read_bytes())
+    return root
+
+
+def write_config(path: Path, **over) -> Path:
+    cfg = {"name": "tiny", "mode": "cells", "input_size": 32, "crop_um": 24.0, "seed": 1,
+           "sources": [{"path": "lab/big", "label": "leukemic", "mpp": 0.45},
+                       {"path": "lab/small", "label": "normal", "mpp": 0.45}],
+           "model": {"batch_norm": True, "hidden_units": 16, "dropout": 0.1},
+           "training": {"epochs": 1, "batch_size": 8, "jit_compile": False, "lr_schedule": "cosine_time",
+                        "max_minutes": 30},
+           "augmentation": {"rotation_deg": 30, "scale": 0.1, "hue": 0.05, "saturation": 0.2}}
+    cfg.update(over)
+    path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
+    return path
+
+
+def fake_samples(hashes: np.ndarray, sources: np.ndarray, n_src: int = 2) -> Samples:
+    n = len(hashes)
+    specs = [SourceSpec(f"s{i}", "leukemic" if i == 0 else "normal") for i in range(n_src)]
+    return Samples(np.zeros((n, 4, 4, 3), np.uint8), np.zeros((n, 4, 4, 3), np.uint8), np.arange(n),
+                   [f"f{i}" for i in range(n)], sources, hashes, np.ones(n, int), specs)
+
+
+# ----------------------------------------------------------------------------- units
+
+def test_config_refuses_unknown_keys_and_missing_scale(tmp_path):
+    cfg = write_config(tmp_path / "a.yaml", trainig={"epochs": 2})
+    with pytest.raises(ConfigError, match="trainig"):
+        load_train_config(cfg)
+    cfg = write_config(tmp_path / "b.yaml", sources=[{"path": "x", "label": "leukemic"},
+                                                     {"path": "y", "label": "normal", "mpp": 0.4}])
+    with pytest.raises(ConfigError, match="mpp"):
+        load_train_config(cfg)
+    cfg = write_config(tmp_path / "c.yaml", sources=[{"path": "x", "label": "leukemic", "mpp": 0.4}])
+    with pytest.raises(ConfigError, match="both classes"):
+        load_train_config(cfg)
+    cfg = write_config(tmp_path / "d.yaml", augmentation={"hue_shift": 0.1})
+    with pytest.raises(ConfigError, match="hue_shift"):
+        load_train_config(cfg)
+
+
+@pytest.mark.parametrize("name", ["paper.yaml", "train-default.yaml"])
+def test_shipped_configs_load(name):
+    cfg = load_train_config(ROOT / "configs" / name, {"epochs": 1})
+    assert cfg.training.epochs == 1
+    assert {s.label for s in cfg.sources} == {"leukemic", "normal"}
+
+
+def test_paper_config_is_the_paper_recipe():
+    cfg = load_train_config(ROOT / "configs" / "paper.yaml")
+    assert (cfg.mode, cfg.input_size, cfg.training.epochs, cfg.training.batch_size) == ("image", 200, 10, 32)
+    assert cfg.training.learning_rate == pytest.approx(1e-3) and cfg.training.lr_schedule == "constant"
+    assert not cfg.model.batch_norm and cfg.balance == "undersample"
+    assert cfg.augmentation.horizontal_flip and cfg.augmentation.rotation_deg == 45
+    assert (cfg.split.train, cfg.split.val, cfg.split.test) == (0.8, 0.1, 0.1)
+
+
+def test_near_duplicates_grouped_and_kept_in_one_split():
+    rng = np.random.default_rng(0)
+    base = rng.integers(0, 2, (60, 256)).astype(np.uint8)
+    near = base[:10].copy()
+    near[:, :2] ^= 1                                   # Hamming distance 2 from its original
+    hashes = np.packbits(np.vstack([base, near]), axis=1)
+    groups = near_duplicate_groups(hashes, max_hamming=3)
+    assert all(groups[i] == groups[60 + i] for i in range(10))
+    assert len(np.unique(groups)) == 60
+    sources = np.array([0] * 30 + [1] * 30 + [0] * 10)
+    split, _ = split_images(fake_samples(hashes, sources), SplitParams(), seed=3)
+    assert all(split[i] == split[60 + i] for i in range(10))
+    assert set(split) == {"train", "val", "test"}
+    split2, _ = split_images(fake_samples(hashes, sources), SplitParams(), seed=3)
+    assert list(split) == list(split2)                 # seeded: reproducible
+    assert np.sum(split == "train") >= 0.7 * len(split)
+
+
+def test_average_hash_is_robust_to_jpeg_noise():
+    import cv2
+
+    img = synthetic_field(np.random.default_rng(2))
+    ok, enc = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 60])
+    noisy = cv2.imdecode(enc, cv2.IMREAD_COLOR)
+    a, b = average_hash(img), average_hash(noisy)
+    assert np.unpackbits(a ^ b).sum() <= 3
+
+
+def test_balance_undersamples_to_equal_counts_reproducibly():
+    labels = np.array([0] * 70 + [1] * 30)
+    a = balance_indices(labels, np.random.default_rng(5), "undersample")
+    b = balance_indices(labels, np.random.default_rng(5), "undersample")
+    assert np.array_equal(a, b)
+    assert np.sum(labels[a] == 0) == np.sum(labels[a] == 1) == 30
+    assert len(balance_indices(labels, np.random.default_rng(5), "none")) == 100
+
+
+def test_shortcut_check():
+    same = [SourceSpec("d/a", "leukemic"), SourceSpec("d/b", "normal")]
+    assert shortcut_check(same) == []
+    apart = [SourceSpec("d/a", "leukemic"), SourceSpec("e/b", "normal")]
+    assert "different datasets" in shortcut_check(apart)[0]
+    partial = same + [SourceSpec("pbc/x", "normal")]
+    assert "pbc" in shortcut_check(partial)[0]
+
+
+def test_augmenter_shapes_and_range():
+    from bcscan.training import make_augmenter
+
+    params = AugmentParams(horizontal_flip=True, vertical_flip=True, rotation_deg=90, scale=0.2, translate=0.05,
+                           hue=0.1, saturation=0.3, brightness=0.2, contrast=0.2, channel_gain=0.1, grayscale_p=0.5)
+    aug = make_augmenter(params, 32, 1.25, seed=0)
+    x = np.random.default_rng(0).integers(0, 256, (6, 40, 40, 3)).astype(np.uint8)
+    y = aug(x).numpy()
+    assert y.shape == (6, 32, 32, 3) and y.dtype == np.float32
+    assert 0.0 <= y.min() and y.max() <= 1.0
+    plain = make_augmenter(AugmentParams(horizontal_flip=False), 40, 1.0, seed=0)(x).numpy()
+    assert np.allclose(plain, x / 255.0, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- end to end
+
+def _check_outputs(out: Path, name: str) -> dict:
+    from bcscan.model import load_keras_model
+
+    for suffix in (".keras", ".json", ".md"):
+        assert (out / f"{name}{suffix}").is_file(), suffix
+    for artefact in ARTEFACTS:
+        assert (out / name / artefact).is_file(), artefact
+    metrics = json.loads((out / name / "metrics.json").read_text())
+    for key in ("accuracy", "balanced_accuracy", "roc_auc", "ece", "per_class", "confusion_matrix",
+                "calibration", "colour_baseline", "per_source", "did_not_learn", "history"):
+        assert key in metrics, key
+    assert metrics["calibration"]["temperature"] > 0
+    model, info = load_keras_model(out / f"{name}.keras")
+    assert info.classes == ["leukemic", "normal"] and info.sha256
+    assert "Limitations" in (out / f"{name}.md").read_text()
+    return metrics
+
+
+def test_train_cells_mode_end_to_end_on_synthetic_fields(tmp_path):
+    data = write_dataset(tmp_path / "data")
+    cfg = write_config(tmp_path / "tiny.yaml")
+    out = tmp_path / "model"
+    result = CliRunner().invoke(train_command, [str(data), "--config", str(cfg), "--out", str(out)])
+    assert result.exit_code in (0, DID_NOT_LEARN_EXIT), result.output
+    metrics = _check_outputs(out, "tiny")
+    info = json.loads((out / "tiny.json").read_text())
+    assert info["crop_um"] == 24.0 and info["working_mpp"] > 0 and info["input_size"] == 32
+    assert metrics["data"]["samples"] >= 2 * 24           # about two cells per field
+    with open(out / "tiny" / "splits.csv", newline="") as fh:
+        rows = {r["file"]: r for r in csv.DictReader(fh)}
+    assert rows["lab/big/dup.png"]["split"] == rows["lab/big/000.png"]["split"]   # duplicate kept together
+    assert (result.exit_code == DID_NOT_LEARN_EXIT) == metrics["did_not_learn"]
+    if metrics["did_not_learn"]:
+        assert "DID NOT LEARN" in result.output
+
+
+def test_train_reports_bad_inputs_in_one_line(tmp_path):
+    cfg = write_config(tmp_path / "tiny.yaml")
+    result = CliRunner().invoke(train_command, [str(tmp_path / "nope"), "--config", str(cfg), "--out",
+                                                str(tmp_path / "o")])
+    assert result.exit_code == 1 and "data folder not found" in result.output
+    assert "Traceback" not in result.output
+    (tmp_path / "data/lab/big").mkdir(parents=True)
+    result = CliRunner().invoke(train_command, [str(tmp_path / "data"), "--config", str(cfg), "--out",
+                                                str(tmp_path / "o")])
+    assert result.exit_code == 1 and "lab/big" in result.output
+    result = CliRunner().invoke(train_command, [str(tmp_path), "--config", str(tmp_path / "missing.yaml"),
+                                                "--out", str(tmp_path / "o")])
+    assert result.exit_code == 1 and "missing.yaml" in result.output
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "ghaderzadeh-all" / "images").is_dir(),
+                    reason=f"shared data not found at {SHARED_DATA} (needs ghaderzadeh-all)")
+def test_paper_recipe_runs_end_to_end_on_a_tiny_real_subset(tmp_path):
+    """configs/paper.yaml as is (200×200 VGG-16, Adam 1e-3, flip + rotation 45°), 1 epoch, 5 images per source folder."""
+    out = tmp_path / "paper"
+    result = CliRunner().invoke(train_command, [str(SHARED_DATA), "--config", str(ROOT / "configs/paper.yaml"),
+                                                "--out", str(out), "--epochs", "1", "--max-images-per-source", "5",
+                                                "--work", str(tmp_path / "work")])
+    assert result.exit_code in (0, DID_NOT_LEARN_EXIT), result.output
+    metrics = _check_outputs(out, "paper-vgg16")
+    assert metrics["config"]["input_size"] == 200 and metrics["epochs_run"] == 1
+    assert metrics["data"]["images"] == 20
+    assert "supply only" not in " ".join(metrics["source_shortcut_warning"])   # one dataset: no shortcut warning
