@@ -86,3 +86,27 @@ def write_pyramidal_tiff(path: Path, rgb: np.ndarray, mpp: float, tile: int = 25
             tif.write(level, tile=(tile, tile), compression=compression, photometric="rgb",
                       subfiletype=0 if i == 0 else 1, resolution=(pixels_per_cm, pixels_per_cm),
                       resolutionunit="CENTIMETER")
+
+
+def write_field_png(path: Path, rgb: np.ndarray, mpp: float) -> None:
+    """A field image that records its own scale (PNG pHYs), as a microscope camera can."""
+    from PIL import Image
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(rgb).save(path, dpi=(25400 / mpp, 25400 / mpp))
+
+
+def write_batch(scans: Path, n_slides: int, n_fields: int, slide_size: tuple[int, int] = (3000, 2200),
+                wbc_per_slide: int = 30, seed: int = 0, mpp: float = 0.25) -> Path:
+    """A night's batch: patient folders P0, P1, … with a pyramidal slide and/or a field image each,
+    plus one file that is not a slide (P0/broken.svs)."""
+    for i in range(n_slides):
+        rgb, _ = draw_smear(slide_size[0], slide_size[1], mpp, wbc_per_slide, seed=seed + i)
+        write_pyramidal_tiff(scans / f"P{i}" / "slide.tif", rgb, mpp)
+    for i in range(n_fields):
+        rgb, _ = draw_smear(900, 700, mpp, 3, seed=seed + 100 + i)
+        write_field_png(scans / f"P{i}" / "field.png", rgb, mpp)
+    (scans / "P0").mkdir(parents=True, exist_ok=True)
+    (scans / "P0" / "broken.svs").write_text("not a slide")
+    return scans

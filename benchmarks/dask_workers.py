@@ -23,22 +23,13 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import pandas as pd  # noqa: E402
-from PIL import Image  # noqa: E402
 
 from bcscan.batch import load_settings, run_batch  # noqa: E402
-from bcscan.synthetic import draw_smear, write_pyramidal_tiff  # noqa: E402
+from bcscan.synthetic import write_batch  # noqa: E402
 
 
 def make_batch(scans: Path, n_slides: int, n_fields: int) -> None:
-    for i in range(n_slides):
-        rgb, _ = draw_smear(3000, 2200, 0.25, 30, seed=500 + i)
-        write_pyramidal_tiff(scans / f"P{i}" / "slide.tif", rgb, 0.25)
-    for i in range(n_fields):
-        rgb, _ = draw_smear(900, 700, 0.25, 3, seed=600 + i)
-        path = scans / f"P{i}" / "field.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(rgb).save(path, dpi=(25400 / 0.25, 25400 / 0.25))
-    (scans / "P0" / "broken.svs").write_text("not a slide")
+    write_batch(scans, n_slides, n_fields, slide_size=(3000, 2200), wbc_per_slide=30, seed=500)
 
 
 def make_model(path: Path) -> Path:

@@ -12,9 +12,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from PIL import Image
-
-from bcscan.synthetic import draw_smear, write_pyramidal_tiff
+from bcscan.synthetic import draw_smear, write_field_png, write_pyramidal_tiff
 
 MPP = 0.25
 
@@ -36,7 +34,7 @@ def main() -> None:
             if name.endswith(".tif"):
                 write_pyramidal_tiff(path, rgb, MPP)
             else:
-                Image.fromarray(rgb).save(path, dpi=(25400 / MPP, 25400 / MPP))
+                write_field_png(path, rgb, MPP)
             print(f"wrote {path} ({width}x{height} px, {MPP} µm/px, {n_wbc} white cells)")
 
 

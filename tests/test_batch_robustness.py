@@ -20,15 +20,14 @@ from click.testing import CliRunner
 from PIL import Image
 
 from bcscan.cli import main
-from bcscan.synthetic import draw_smear, write_pyramidal_tiff
+from bcscan.synthetic import draw_smear, write_field_png, write_pyramidal_tiff
 
 from conftest import shared
 
 
 def write_field(path: Path, seed: int, n_wbc: int = 3, size=(900, 700)) -> None:
     rgb, _ = draw_smear(size[0], size[1], 0.25, n_wbc, seed=seed)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(rgb).save(path, dpi=(25400 / 0.25, 25400 / 0.25))
+    write_field_png(path, rgb, 0.25)
 
 
 def bcscan_process(scan_dir: Path, out_dir: Path, model: Path, *extra: str) -> subprocess.Popen:

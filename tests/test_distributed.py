@@ -14,10 +14,9 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from PIL import Image
 
 from bcscan.batch import load_settings, run_batch
-from bcscan.synthetic import draw_smear, write_pyramidal_tiff
+from bcscan.synthetic import write_batch
 
 distributed = pytest.importorskip("distributed", reason="needs the optional extra: pip install 'bcscan[distributed]'")
 
@@ -26,17 +25,7 @@ TABLES = ("cells.csv", "patients.csv", "scans.csv", "failures.csv")
 
 def make_batch(root: Path, n_slides: int = 2, n_fields: int = 2, slide_size=(2200, 1700)) -> Path:
     """Pyramidal TIFF slides and field PNGs for a few patients, plus one bad file."""
-    scans = root / "scans"
-    for i in range(n_slides):
-        rgb, _ = draw_smear(slide_size[0], slide_size[1], 0.25, 15, seed=300 + i)
-        write_pyramidal_tiff(scans / f"P{i}" / "slide.tif", rgb, 0.25)
-    for i in range(n_fields):
-        rgb, _ = draw_smear(900, 700, 0.25, 3, seed=400 + i)
-        path = scans / f"P{i}" / "field.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(rgb).save(path, dpi=(25400 / 0.25, 25400 / 0.25))
-    (scans / "P0" / "broken.svs").write_text("not a slide")
-    return scans
+    return write_batch(root / "scans", n_slides, n_fields, slide_size=slide_size, wbc_per_slide=15, seed=300)
 
 
 def comparable(out_dir: Path) -> dict[str, pd.DataFrame]:
