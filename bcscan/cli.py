@@ -96,9 +96,15 @@ def scan(scan_dir, out_dir, config_path, mpp, model, manifest, patient_pattern, 
 
         n_scans = len(find_scans(scan_dir))
         show_bar = sys.stderr.isatty() and not quiet
-        from tqdm import tqdm
+        import contextlib
+        import logging
 
-        with tqdm(total=n_scans, unit="scan", disable=not show_bar, file=sys.stderr) as bar:
+        from tqdm import tqdm
+        from tqdm.contrib.logging import logging_redirect_tqdm
+
+        # with a bar, log lines are printed above it instead of through it
+        redirect = logging_redirect_tqdm(loggers=[logging.getLogger("bcscan")]) if show_bar else contextlib.nullcontext()
+        with tqdm(total=n_scans, unit="scan", disable=not show_bar, file=sys.stderr) as bar, redirect:
             if scheduler or workers:
                 from .distributed import run_batch_dask
 
