@@ -79,12 +79,14 @@ class Settings:
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-    def result_digest(self) -> str:
-        """What a per-scan result depends on (not patients or aggregation, which are applied later)."""
+    def result_digest(self, mpp: float | None = None) -> str:
+        """What a per-scan result depends on (not patients or aggregation, which are applied later),
+        including a scale forced with --mpp."""
         d = self.as_dict()
-        return config_digest({"version": __version__, "reading": d["reading"], "tiling": d["tiling"],
-                              "segmentation": d["segmentation"],
-                              "threshold": d["classification"]["threshold"]})
+        digest = config_digest({"version": __version__, "reading": d["reading"], "tiling": d["tiling"],
+                                "segmentation": d["segmentation"],
+                                "threshold": d["classification"]["threshold"]})
+        return digest + (f"-mpp{mpp:g}" if mpp else "")
 
 
 SECTIONS = {"batch": BatchParams, "reading": ReadingParams, "tiling": TilingParams, "segmentation": SegmentationParams,
@@ -219,7 +221,7 @@ def plan_batch(scan_dir: Path, settings: Settings, mpp: float | None, model_sha:
     cannot even be hashed, duplicates, scans still being written and manifest rows naming no
     scan are settled here (`job.outcome`), before any work is shared out."""
     assigner = PatientAssigner(settings.patients)
-    digest = settings.result_digest() + (f"-mpp{mpp:g}" if mpp else "")
+    digest = settings.result_digest(mpp)
     found = find_scans(scan_dir)
     jobs = [ScanJob(p, p.relative_to(scan_dir).as_posix(), "", number=f"{i}/{len(found)}")
             for i, p in enumerate(found, start=1)]
@@ -322,7 +324,7 @@ def run_batch(scan_dir: Path, out_dir: Path, settings: Settings, mpp: float | No
         metas.append(process_scan(job, settings, out_dir, mpp, force))
         if progress is not None:
             progress(1)
-    return collect_outputs(scan_dir, out_dir, settings, jobs, metas, started, mpp, argv)
+    return collect_outputs(scan_dir, out_dir, settings, model_info, jobs, metas, started, mpp, argv)
 
 
 def prepare_output(out_dir: Path, settings: Settings):
@@ -334,15 +336,13 @@ def prepare_output(out_dir: Path, settings: Settings):
     return load_model_info(resolve_model_path(settings.classification.model))
 
 
-def collect_outputs(scan_dir: Path, out_dir: Path, settings: Settings, jobs: list[ScanJob],
+def collect_outputs(scan_dir: Path, out_dir: Path, settings: Settings, model_info, jobs: list[ScanJob],
                     metas: list[dict[str, Any]], started: dt.datetime, mpp: float | None,
                     argv: list[str] | None, executor: dict[str, Any] | None = None) -> BatchResult:
     """The tables, GeoJSON, provenance and reports, rebuilt from the per-scan results.
-    `executor` describes where the scans ran when it was not this process (Dask workers)."""
-    from .model import load_model_info
-
+    `model_info` is the model checked by `prepare_output`; `executor` describes where the scans
+    ran when it was not this process (Dask workers)."""
     model_path = resolve_model_path(settings.classification.model)
-    model_info = load_model_info(model_path)
     store = ResultStore(out_dir)
     cell_tables = []
     for job, meta in zip(jobs, metas):
@@ -376,7 +376,7 @@ def collect_outputs(scan_dir: Path, out_dir: Path, settings: Settings, jobs: lis
         "run_id": started.strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:6],
         "bcscan_version": __version__, "started": started.isoformat(),
         "finished": finished.isoformat(), "argv": argv or [], "scan_dir": str(Path(scan_dir).resolve()),
-        "config": settings.as_dict(), "config_digest": settings.result_digest() + (f"-mpp{mpp:g}" if mpp else ""),
+        "config": settings.as_dict(), "config_digest": settings.result_digest(mpp),
         "model": {"path": str(model_path), "name": model_info.name, "sha256": model_info.sha256,
                   "input_size": model_info.input_size, "crop_um": model_info.crop_um},
         "device": ("+".join(executor["devices"]) if executor and executor.get("devices")

@@ -52,16 +52,21 @@ def crop_cells(image: np.ndarray, centres: np.ndarray, side: int) -> np.ndarray:
     return crops
 
 
-def to_model_input(crops: np.ndarray, input_size: int) -> np.ndarray:
-    """uint8 crops → float32 model input in [0, 1] (the paper's rescale 1/255)."""
+def resize_square(image: np.ndarray, size: int) -> np.ndarray:
+    """uint8 image → size×size (area averaging when shrinking); training and scanning share it."""
     import cv2
 
+    if image.shape[0] == size and image.shape[1] == size:
+        return image
+    interp = cv2.INTER_AREA if image.shape[0] > size else cv2.INTER_LINEAR
+    return cv2.resize(image, (size, size), interpolation=interp)
+
+
+def to_model_input(crops: np.ndarray, input_size: int) -> np.ndarray:
+    """uint8 crops → float32 model input in [0, 1] (the paper's rescale 1/255)."""
     out = np.empty((len(crops), input_size, input_size, 3), dtype=np.float32)
     for i, crop in enumerate(crops):
-        if crop.shape[0] != input_size:
-            interp = cv2.INTER_AREA if crop.shape[0] > input_size else cv2.INTER_LINEAR
-            crop = cv2.resize(crop, (input_size, input_size), interpolation=interp)
-        out[i] = crop
+        out[i] = resize_square(crop, input_size)
     out *= 1.0 / 255.0
     return out
 

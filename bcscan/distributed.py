@@ -115,7 +115,7 @@ def run_batch_dask(scan_dir: Path, out_dir: Path, settings: Settings, mpp: float
         if cluster is not None:
             cluster.close()
     _wait_until_visible(out_dir, jobs, metas)
-    result = collect_outputs(scan_dir, out_dir, settings, jobs, metas, started, mpp, argv, executor)
+    result = collect_outputs(scan_dir, out_dir, settings, model_info, jobs, metas, started, mpp, argv, executor)
     return result
 
 

@@ -19,8 +19,9 @@ from .tiling import TilingParams, plan_tiles, read_tile
 @dataclass
 class FieldCells:
     segmentation: Segmentation   # at params.working_mpp
-    crops: np.ndarray            # uint8, one crop per cell, cut at params.working_mpp
-    scale: float                 # working_mpp / source mpp: multiply to go back to source pixels
+    image: np.ndarray            # the field resampled to params.working_mpp
+    centres: np.ndarray          # (n, 2) cell centres (x, y) in `image`
+    crops: np.ndarray            # uint8, one crop per cell, cut from `image`
 
 
 def cells_in_field(rgb: np.ndarray, mpp: float, params: SegmentationParams, crop_um: float) -> FieldCells:
@@ -29,7 +30,7 @@ def cells_in_field(rgb: np.ndarray, mpp: float, params: SegmentationParams, crop
     seg = segment(work, params.working_mpp, params)
     centres = np.array([(c.x, c.y) for c in seg.cells], dtype=np.float64).reshape(-1, 2)
     crops = crop_cells(work, centres, crop_side_px(crop_um, params.working_mpp))
-    return FieldCells(seg, crops, params.working_mpp / mpp)
+    return FieldCells(seg, work, centres, crops)
 
 
 CELL_RESULT_COLUMNS = ["cell_id", "x", "y", "x0", "y0", "x1", "y1", "area_um2", "label", "p_leukemic"]

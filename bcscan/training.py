@@ -272,16 +272,6 @@ def average_hash(rgb: np.ndarray, size: int = 16) -> np.ndarray:
     return np.packbits(small > small.mean())
 
 
-def resize_like_model_input(img: np.ndarray, size: int) -> np.ndarray:
-    """uint8 resize with the same interpolation as classification.to_model_input."""
-    import cv2
-
-    if img.shape[0] == size and img.shape[1] == size:
-        return img
-    interp = cv2.INTER_AREA if img.shape[0] > size else cv2.INTER_LINEAR
-    return cv2.resize(img, (size, size), interpolation=interp)
-
-
 def _read_rgb(path: Path) -> np.ndarray:
     import cv2
 
@@ -299,22 +289,20 @@ def _extract_one(args):
     cv2.setNumThreads(1)
     rgb = _read_rgb(Path(path))
     h = average_hash(rgb, hash_size)
+    from .classification import crop_cells, crop_side_px, resize_square
+
     if mode == "image":
-        x = resize_like_model_input(rgb, input_size)[None]
+        x = resize_square(rgb, input_size)[None]
         return h, x, x
-    from .classification import crop_cells, crop_side_px
     from .pipeline import cells_in_field
-    from .reading import resample
 
     fc = cells_in_field(rgb, mpp, seg_params, crop_um)
     msize = int(round(input_size * margin))
-    x = np.stack([resize_like_model_input(c, input_size) for c in fc.crops]) if len(fc.crops) else \
+    x = np.stack([resize_square(c, input_size) for c in fc.crops]) if len(fc.crops) else \
         np.zeros((0, input_size, input_size, 3), np.uint8)
     if len(fc.crops):
-        work = resample(rgb, mpp, seg_params.working_mpp)
-        centres = np.array([(c.x, c.y) for c in fc.segmentation.cells], dtype=np.float64).reshape(-1, 2)
-        big = crop_cells(work, centres, crop_side_px(crop_um * margin, seg_params.working_mpp))
-        xm = np.stack([resize_like_model_input(c, msize) for c in big])
+        big = crop_cells(fc.image, fc.centres, crop_side_px(crop_um * margin, seg_params.working_mpp))
+        xm = np.stack([resize_square(c, msize) for c in big])
     else:
         xm = np.zeros((0, msize, msize, 3), np.uint8)
     return h, x, xm
