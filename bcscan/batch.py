@@ -32,6 +32,7 @@ from .patients import PatientAssigner, PatientParams
 from .reading import ReadingParams, ScanError, find_scans, open_scan
 from .reporting import ReportError, ReportingParams, write_reports
 from .segmentation import SegmentationParams
+from .streaming import PipelineParams
 from .tiling import TilingParams
 
 log = logging.getLogger("bcscan")
@@ -75,6 +76,7 @@ class Settings:
     patients: PatientParams = field(default_factory=PatientParams)
     aggregation: AggregationParams = field(default_factory=AggregationParams)
     reporting: ReportingParams = field(default_factory=ReportingParams)
+    pipeline: PipelineParams = field(default_factory=PipelineParams)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -91,7 +93,7 @@ class Settings:
 
 SECTIONS = {"batch": BatchParams, "reading": ReadingParams, "tiling": TilingParams, "segmentation": SegmentationParams,
             "classification": ClassificationParams, "patients": PatientParams, "aggregation": AggregationParams,
-            "reporting": ReportingParams}
+            "reporting": ReportingParams, "pipeline": PipelineParams}
 
 
 def load_settings(config_path: Path | None = None, overrides: dict[str, Any] | None = None) -> Settings:
@@ -268,8 +270,24 @@ def process_scan(job: ScanJob, settings: Settings, out_dir: Path, mpp: float | N
                  force: bool = False) -> dict[str, Any]:
     """Reuse the stored result for this exact scan/model/config, or compute and store it.
     Returns the scan's row for scans.csv.  Never raises for a bad scan: it becomes a failed row."""
-    from .pipeline import StageError, scan_cells
+    from .pipeline import scan_cells
 
+    settled = settled_meta(job, out_dir, force)
+    if settled is not None:
+        return settled
+    t0 = time.perf_counter()
+    try:
+        with open_scan(job.path, settings.reading, mpp=mpp) as scan:
+            result = scan_cells(scan, settings.segmentation, settings.tiling, classifier_for(settings.classification))
+        meta = ok_meta(job, result)
+    except Exception as exc:  # noqa: BLE001 - one scan must never stop the batch
+        stage = "read" if isinstance(exc, ScanError) else getattr(exc, "stage", "internal")
+        meta, result = failed_meta(job, stage, exc), None
+    return store_scan(job, out_dir, meta, None if result is None else result.cells, t0)
+
+
+def settled_meta(job: ScanJob, out_dir: Path, force: bool) -> dict[str, Any] | None:
+    """The row of a scan that needs no work now: settled while planning, or done by an earlier run."""
     base = {"scan": job.relative, "patient_id": job.patient_id}
     if job.outcome is not None:
         if job.outcome["status"] == "pending":
@@ -277,34 +295,43 @@ def process_scan(job: ScanJob, settings: Settings, out_dir: Path, mpp: float | N
         else:
             log.error("scan %s failed at stage %s (details in failures.csv)", job.number, job.outcome["stage"])
         return {**base, **job.outcome}
-    store = ResultStore(out_dir)
     if not force:
-        stored = store.load(job.key)
+        stored = ResultStore(out_dir).load(job.key)
         if stored is not None and stored[0].get("status") == "ok":
             log.info("scan %s reused (%d cells)", job.number, len(stored[1]))
             return {**stored[0], **base}
-    t0 = time.perf_counter()
-    try:
-        with open_scan(job.path, settings.reading, mpp=mpp) as scan:
-            result = scan_cells(scan, settings.segmentation, settings.tiling, classifier_for(settings.classification))
-            meta = {**base, "status": "ok", "sha256": job.sha256, "mpp": round(scan.mpp, 5),
-                    "level": result.level, "working_mpp": result.working_mpp,
-                    "tiles_read": result.tiles_read, "tiles_skipped": result.tiles_skipped,
-                    "n_cells": len(result.cells), "n_leukemic": int((result.cells["label"] == "leukemic").sum()),
-                    "n_normal": int((result.cells["label"] == "normal").sum()), "error": ""}
-    except Exception as exc:  # noqa: BLE001 - one scan must never stop the batch
-        stage = "read" if isinstance(exc, ScanError) else getattr(exc, "stage", "internal")
-        if isinstance(exc, (ScanError, StageError)):
-            message = str(exc)
-        else:
-            message = f"{job.relative}: unexpected {type(exc).__name__}: {exc}"
-            log.debug("scan %s failed", job.number, exc_info=True)
-        meta, result = {**base, "status": "failed", "stage": stage, "sha256": job.sha256,
-                        "error": one_line(message.replace(str(job.path), job.relative))}, None
+    return None
+
+
+def ok_meta(job: ScanJob, result) -> dict[str, Any]:
+    """scans.csv row of a scan done (`result`: pipeline.ScanCells)."""
+    labels = result.cells["label"]
+    return {"scan": job.relative, "patient_id": job.patient_id, "status": "ok", "sha256": job.sha256,
+            "mpp": round(result.scan_mpp, 5), "level": result.level, "working_mpp": result.working_mpp,
+            "tiles_read": result.tiles_read, "tiles_skipped": result.tiles_skipped, "n_cells": len(result.cells),
+            "n_leukemic": int((labels == "leukemic").sum()), "n_normal": int((labels == "normal").sum()), "error": ""}
+
+
+def failed_meta(job: ScanJob, stage: str, error: Exception | str) -> dict[str, Any]:
+    """scans.csv row of a failed scan; the message names the scan by its path relative to SCAN_DIR."""
+    from .pipeline import StageError
+
+    if isinstance(error, (ScanError, StageError, str)):
+        message = str(error)
+    else:
+        message = f"{job.relative}: unexpected {type(error).__name__}: {error}"
+        log.debug("scan %s failed", job.number, exc_info=error)
+    return {"scan": job.relative, "patient_id": job.patient_id, "status": "failed", "stage": stage,
+            "sha256": job.sha256, "error": one_line(message.replace(str(job.path), job.relative))}
+
+
+def store_scan(job: ScanJob, out_dir: Path, meta: dict[str, Any], cells: pd.DataFrame | None,
+               t0: float) -> dict[str, Any]:
+    """Store a scan's result (complete once its json is written) and log the outcome."""
     meta["seconds"] = round(time.perf_counter() - t0, 2)
     log.debug("scan %s is %s", job.number, job.relative)
-    store.save(job.key, meta, None if result is None else result.cells)
-    if result is not None:
+    ResultStore(out_dir).save(job.key, meta, cells)
+    if meta["status"] == "ok":
         log.info("scan %s done: %d cells in %.1f s", job.number, meta["n_cells"], meta["seconds"])
     else:
         log.error("scan %s failed at stage %s (details in failures.csv)", job.number, meta["stage"])
@@ -313,18 +340,28 @@ def process_scan(job: ScanJob, settings: Settings, out_dir: Path, mpp: float | N
 
 def run_batch(scan_dir: Path, out_dir: Path, settings: Settings, mpp: float | None = None, force: bool = False,
               progress: Callable[[int], Any] | None = None, argv: list[str] | None = None) -> BatchResult:
-    """Process every scan below `scan_dir` into `out_dir`, one after the other, in this process.
+    """Process every scan below `scan_dir` into `out_dir`: pipelined over tile worker processes
+    (`settings.pipeline`), or one after the other in this process when pipeline.workers is 0.
     Raises ConfigError / ModelError / PatientError when nothing can run; a scan that fails is
     recorded and the batch goes on."""
     started = dt.datetime.now(dt.timezone.utc)
     model_info = prepare_output(out_dir, settings)
     jobs = plan_batch(scan_dir, settings, mpp, model_info.sha256)
-    metas = []
-    for job in jobs:
-        metas.append(process_scan(job, settings, out_dir, mpp, force))
-        if progress is not None:
-            progress(1)
-    return collect_outputs(scan_dir, out_dir, settings, model_info, jobs, metas, started, mpp, argv)
+    workers = settings.pipeline.worker_count()
+    if workers:
+        from .streaming import run_pipelined
+
+        metas = run_pipelined(jobs, settings, out_dir, model_info, mpp, force, progress)
+        executor = {"engine": "pipelined", "tile_workers": workers, "tiles_in_flight": settings.pipeline.window(),
+                    "scans_in_flight": settings.pipeline.scans_in_flight}
+    else:
+        metas = []
+        for job in jobs:
+            metas.append(process_scan(job, settings, out_dir, mpp, force))
+            if progress is not None:
+                progress(1)
+        executor = None
+    return collect_outputs(scan_dir, out_dir, settings, model_info, jobs, metas, started, mpp, argv, executor)
 
 
 def prepare_output(out_dir: Path, settings: Settings):

@@ -62,13 +62,19 @@ def resize_square(image: np.ndarray, size: int) -> np.ndarray:
     return cv2.resize(image, (size, size), interpolation=interp)
 
 
-def to_model_input(crops: np.ndarray, input_size: int) -> np.ndarray:
-    """uint8 crops → float32 model input in [0, 1] (the paper's rescale 1/255)."""
-    out = np.empty((len(crops), input_size, input_size, 3), dtype=np.float32)
+def resize_crops(crops: np.ndarray, input_size: int) -> np.ndarray:
+    """uint8 crops → uint8 input_size×input_size crops (a no-op when already at that size)."""
+    if crops.shape[1:3] == (input_size, input_size):
+        return crops
+    out = np.empty((len(crops), input_size, input_size, 3), dtype=np.uint8)
     for i, crop in enumerate(crops):
         out[i] = resize_square(crop, input_size)
-    out *= 1.0 / 255.0
     return out
+
+
+def to_model_input(crops: np.ndarray, input_size: int) -> np.ndarray:
+    """uint8 crops → float32 model input in [0, 1] (the paper's rescale 1/255)."""
+    return resize_crops(crops, input_size).astype(np.float32) * np.float32(1.0 / 255.0)
 
 
 def calibrate(probabilities: np.ndarray, temperature: float) -> np.ndarray:

@@ -50,6 +50,9 @@ def main():
 @click.option("--batch-size", type=click.IntRange(min=1), help="Cells per model batch.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "gpu"]), help="Where the model runs.")
 @click.option("--force", is_flag=True, help="Recompute every scan instead of reusing earlier results.")
+@click.option("--tile-workers", type=click.IntRange(min=0),
+              help="Processes reading and segmenting tiles while this one classifies [default: cores - 1]; "
+                   "0 = everything in this process, one scan after the other.")
 @click.option("--scheduler", metavar="ADDRESS",
               help="Send one task per scan to a running Dask cluster: tcp://HOST:8786 or a scheduler JSON file. "
                    "SCAN_DIR, --out and the model must be the same paths on a filesystem every worker shares.")
@@ -59,7 +62,7 @@ def main():
               help="Console and log file format; json = one object per line.")
 @click.option("--quiet", "-q", is_flag=True, help="Only errors on the console (the log file keeps everything).")
 def scan(scan_dir, out_dir, config_path, mpp, model, manifest, patient_pattern, batch_size, device, force,
-         scheduler, workers, log_format, quiet):
+         tile_workers, scheduler, workers, log_format, quiet):
     """Scan every smear in SCAN_DIR and write the results to --out.
 
     \b
@@ -78,6 +81,7 @@ def scan(scan_dir, out_dir, config_path, mpp, model, manifest, patient_pattern, 
     overrides = {
         "classification": {"model": str(model) if model else None, "batch_size": batch_size, "device": device},
         "patients": {"manifest": str(manifest) if manifest else None, "filename_pattern": patient_pattern},
+        "pipeline": {"workers": tile_workers},
     }
     try:
         settings = load_settings(config_path, overrides)

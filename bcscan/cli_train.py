@@ -24,16 +24,20 @@ def _fail(message: str) -> None:
               help="Folder for NAME.keras, NAME.json, NAME.md and the report folder NAME/.")
 @click.option("--weights", type=click.Path(path_type=Path), default=None,
               help="Local Keras VGG-16 'notop' weights file (e.g. ImageNet); default: train from scratch.")
+@click.option("--init-model", type=click.Path(path_type=Path), default=None,
+              help="Continue training a bcscan model (.keras) trained earlier with the same config and seed.")
 @click.option("--epochs", type=click.IntRange(min=1), default=None, help="Override the config's epochs.")
 @click.option("--seed", type=int, default=None, help="Override the config's seed (splits, sampling, init).")
 @click.option("--max-images-per-source", type=click.IntRange(min=1), default=None,
               help="Use a seeded random subset of each source folder (quick runs).")
 @click.option("--max-minutes", type=float, default=None, help="Stop before an epoch would overrun this budget.")
+@click.option("--learning-rate", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Override the config's initial learning rate (e.g. lower when continuing with --init-model).")
 @click.option("--work", "work_dir", type=click.Path(path_type=Path), default=None,
               help="Cache of decoded/segmented samples and checkpoints [default: OUT/NAME/work].")
 @click.option("--device", type=click.Choice(["auto", "cpu", "gpu"]), default="auto")
-def train_command(data_dir, config_path, out_dir, weights, epochs, seed, max_images_per_source, max_minutes,
-                  work_dir, device):
+def train_command(data_dir, config_path, out_dir, weights, init_model, epochs, seed, max_images_per_source,
+                  max_minutes, learning_rate, work_dir, device):
     """Train the VGG-16 leukemic/normal classifier on labelled folders under DATA_DIR.
 
     Writes the model and its metadata (read by `bcscan scan`), metrics.json, a classification
@@ -47,8 +51,9 @@ def train_command(data_dir, config_path, out_dir, weights, epochs, seed, max_ima
 
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     try:
-        metrics = train(data_dir, config_path, out_dir, weights=weights, epochs=epochs, seed=seed,
+        metrics = train(data_dir, config_path, out_dir, weights=weights, init_model=init_model, epochs=epochs, seed=seed,
                         max_images_per_source=max_images_per_source, work_dir=work_dir, max_minutes=max_minutes,
+                        learning_rate=learning_rate,
                         device=device, echo=click.echo)
     except (ConfigError, ModelError, TrainingError) as exc:
         _fail(str(exc))

@@ -10,10 +10,10 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from .classification import CellClassifier, crop_cells, crop_side_px
+from .classification import CellClassifier, crop_cells, crop_side_px, resize_crops
 from .reading import Scan, ScanError, resample
 from .segmentation import Segmentation, SegmentationParams, segment
-from .tiling import TilingParams, plan_tiles, read_tile
+from .tiling import Tile, TilePlan, TilingParams, plan_tiles, read_tile
 
 
 @dataclass
@@ -47,29 +47,82 @@ class StageError(Exception):
 @dataclass
 class ScanCells:
     cells: pd.DataFrame     # CELL_RESULT_COLUMNS, level-0 pixel coordinates
+    scan_mpp: float
     level: int
     working_mpp: float
     tiles_read: int
     tiles_skipped: int
 
 
-def scan_cells(scan: Scan, seg_params: SegmentationParams, tiling: TilingParams, classifier: CellClassifier,
-               on_tile=None) -> ScanCells:
-    """Find and classify every white cell of a scan, tile by tile, each cell once.
+@dataclass
+class TileCells:
+    """The cells a tile owns: what a tile worker hands to the classifier."""
+    geometry: np.ndarray    # float64 (n, 7): x, y, x0, y0, x1, y1 in level-0 pixels, area in µm²
+    crops: np.ndarray       # uint8 (n, S, S, 3) at the model's input size
+
+
+def plan_scan(scan: Scan, seg_params: SegmentationParams, tiling: TilingParams, crop_um: float) -> TilePlan:
+    """The tiles to read; refused when the read margin cannot hold a whole crop."""
+    if tiling.margin_um < crop_um / 2:
+        raise StageError("tile", f"tiling.margin_um ({tiling.margin_um}) must be at least half the model's crop "
+                                 f"({crop_um} µm)")
+    try:
+        return plan_tiles(scan, seg_params.working_mpp, tiling)
+    except ScanError as exc:
+        raise StageError("read", str(exc)) from exc
+
+
+def tile_cells(scan: Scan, plan: TilePlan, tile: Tile, seg_params: SegmentationParams, crop_um: float,
+               input_size: int) -> TileCells:
+    """Read, segment and crop one tile: the cells whose centre lies in its core, crops resized for the model."""
+    try:
+        rgb = read_tile(scan, plan, tile)
+    except ScanError as exc:
+        raise StageError("read", str(exc)) from exc
+    rx, ry = tile.read[0], tile.read[1]
+    try:
+        seg = segment(rgb, seg_params.working_mpp, seg_params)
+    except Exception as exc:
+        raise StageError("segment", f"{scan.path}: segmentation failed in tile {tile.core} "
+                                    f"({type(exc).__name__}: {exc})") from exc
+    owned = [c for c in seg.cells if tile.owns(c.x + rx, c.y + ry)]
+    offset = np.array([rx, ry, rx, ry, rx, ry], dtype=np.float64)
+    geometry = np.array([(c.x, c.y, c.x0, c.y0, c.x1, c.y1, c.area_um2) for c in owned], dtype=np.float64).reshape(-1, 7)
+    geometry[:, :6] = (geometry[:, :6] + offset) * plan.to_level0
+    centres = np.array([(c.x, c.y) for c in owned], dtype=np.float64).reshape(-1, 2)
+    crops = resize_crops(crop_cells(rgb, centres, crop_side_px(crop_um, seg_params.working_mpp)), input_size)
+    return TileCells(geometry, crops)
+
+
+def cells_table(geometry: np.ndarray, p_leukemic: np.ndarray, threshold: float) -> pd.DataFrame:
+    """One row per cell, numbered in tile order (the same order however the tiles were processed)."""
+    geometry = np.asarray(geometry, dtype=np.float64).reshape(-1, 7)
+    p = np.asarray(p_leukemic, dtype=np.float64)
+    return pd.DataFrame({
+        "cell_id": np.arange(1, len(geometry) + 1),
+        "x": np.round(geometry[:, 0], 1),
+        "y": np.round(geometry[:, 1], 1),
+        "x0": np.floor(geometry[:, 2]).astype(np.int64),
+        "y0": np.floor(geometry[:, 3]).astype(np.int64),
+        "x1": np.ceil(geometry[:, 4]).astype(np.int64),
+        "y1": np.ceil(geometry[:, 5]).astype(np.int64),
+        "area_um2": np.round(geometry[:, 6], 1),
+        "label": np.where(p >= threshold, "leukemic", "normal"),
+        "p_leukemic": np.round(p, 4),
+    }, columns=CELL_RESULT_COLUMNS)
+
+
+def scan_cells(scan: Scan, seg_params: SegmentationParams, tiling: TilingParams,
+               classifier: CellClassifier) -> ScanCells:
+    """Find and classify every white cell of a scan, tile by tile in this process, each cell once.
 
     Crops are classified in groups of several batches while tiles stream in, so
     memory holds at most a few batches of crops whatever the slide size.
+    (`streaming.run_pipelined` does the same with tiles in worker processes.)
     """
     info = classifier.info
-    side = crop_side_px(info.crop_um, seg_params.working_mpp)
-    if tiling.margin_um < info.crop_um / 2:
-        raise StageError("tile", f"tiling.margin_um ({tiling.margin_um}) must be at least half the model's crop "
-                                 f"({info.crop_um} µm)")
-    try:
-        plan = plan_tiles(scan, seg_params.working_mpp, tiling)
-    except ScanError as exc:
-        raise StageError("read", str(exc)) from exc
-    records: list[tuple] = []
+    plan = plan_scan(scan, seg_params, tiling, info.crop_um)
+    geometry: list[np.ndarray] = []
     pending_crops: list[np.ndarray] = []
     probabilities: list[np.ndarray] = []
     flush_at = classifier.params.batch_size * 4
@@ -82,44 +135,15 @@ def scan_cells(scan: Scan, seg_params: SegmentationParams, tiling: TilingParams,
                 raise StageError("classify", f"{scan.path}: classification failed ({type(exc).__name__}: {exc})") from exc
             pending_crops.clear()
 
-    scale = plan.to_level0
     for tile in plan.tiles:
-        try:
-            rgb = read_tile(scan, plan, tile)
-        except ScanError as exc:
-            raise StageError("read", str(exc)) from exc
-        rx, ry = tile.read[0], tile.read[1]
-        try:
-            seg = segment(rgb, seg_params.working_mpp, seg_params)
-        except Exception as exc:
-            raise StageError("segment", f"{scan.path}: segmentation failed in tile {tile.core} "
-                                        f"({type(exc).__name__}: {exc})") from exc
-        owned = [c for c in seg.cells if tile.owns(c.x + rx, c.y + ry)]
-        if owned:
-            centres = np.array([(c.x, c.y) for c in owned], dtype=np.float64)
-            pending_crops.append(crop_cells(rgb, centres, side))
-            for c in owned:
-                records.append(((c.x + rx) * scale, (c.y + ry) * scale,
-                                (c.x0 + rx) * scale, (c.y0 + ry) * scale,
-                                (c.x1 + rx) * scale, (c.y1 + ry) * scale, c.area_um2))
-        if sum(len(p) for p in pending_crops) >= flush_at:
+        found = tile_cells(scan, plan, tile, seg_params, info.crop_um, info.input_size)
+        geometry.append(found.geometry)
+        if len(found.crops):
+            pending_crops.append(found.crops)
+        if sum(len(c) for c in pending_crops) >= flush_at:
             flush()
-        if on_tile is not None:
-            on_tile()
     flush()
 
     p = np.concatenate(probabilities) if probabilities else np.zeros(0, np.float32)
-    geometry = np.array(records, dtype=np.float64).reshape(-1, 7)
-    cells = pd.DataFrame({
-        "cell_id": np.arange(1, len(records) + 1),
-        "x": np.round(geometry[:, 0], 1),
-        "y": np.round(geometry[:, 1], 1),
-        "x0": np.floor(geometry[:, 2]).astype(np.int64),
-        "y0": np.floor(geometry[:, 3]).astype(np.int64),
-        "x1": np.ceil(geometry[:, 4]).astype(np.int64),
-        "y1": np.ceil(geometry[:, 5]).astype(np.int64),
-        "area_um2": np.round(geometry[:, 6], 1),
-        "label": np.where(p >= classifier.params.threshold, "leukemic", "normal"),
-        "p_leukemic": np.round(p.astype(np.float64), 4),
-    }, columns=CELL_RESULT_COLUMNS)
-    return ScanCells(cells, plan.level, plan.working_mpp, len(plan.tiles), plan.skipped)
+    cells = cells_table(np.concatenate(geometry) if geometry else np.zeros((0, 7)), p, classifier.params.threshold)
+    return ScanCells(cells, scan.mpp, plan.level, plan.working_mpp, len(plan.tiles), plan.skipped)

@@ -169,7 +169,7 @@ def load_train_config(path: Path, overrides: dict[str, Any] | None = None) -> Tr
     for key in ("seed", "max_images_per_source", "input_size"):
         if overrides.get(key) is not None:
             raw[key] = overrides[key]
-    for key in ("epochs", "max_minutes", "batch_size"):
+    for key in ("epochs", "max_minutes", "batch_size", "learning_rate"):
         if overrides.get(key) is not None:
             raw.setdefault("training", {})[key] = overrides[key]
     try:
@@ -567,15 +567,17 @@ def predict_probs(model, x_uint8: np.ndarray, batch_size: int = 64) -> np.ndarra
 
 
 def train(data_dir: Path, config_path: Path, out_dir: Path, *, weights: Path | None = None,
-          epochs: int | None = None, seed: int | None = None, max_images_per_source: int | None = None,
-          work_dir: Path | None = None, max_minutes: float | None = None, device: str = "auto",
+          init_model: Path | None = None, epochs: int | None = None, seed: int | None = None, max_images_per_source: int | None = None,
+          work_dir: Path | None = None, max_minutes: float | None = None, learning_rate: float | None = None,
+          device: str = "auto",
           echo=print) -> dict:
     """Run a training as configured; returns metrics (also written to OUT/<name>/metrics.json)."""
     from .evaluation import (colour_baseline, ece, fit_temperature, image_level, metrics_block, per_source,
                              stain_swap_check, write_reports)
 
     cfg = load_train_config(config_path, {"epochs": epochs, "seed": seed, "max_minutes": max_minutes,
-                                          "max_images_per_source": max_images_per_source})
+                                          "max_images_per_source": max_images_per_source,
+                                          "learning_rate": learning_rate})
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     if not data_dir.is_dir():
         raise TrainingError(f"{data_dir}: data folder not found")
@@ -627,6 +629,7 @@ def train(data_dir: Path, config_path: Path, out_dir: Path, *, weights: Path | N
         tf.config.experimental.enable_op_determinism()
     model = build_vgg16(cfg.input_size, len(CLASSES), cfg.model.hidden_units, cfg.model.dropout,
                         cfg.model.batch_norm, weights, cfg.seed)
+    init_info = continue_from(model, Path(init_model), cfg) if init_model else None
     tp = cfg.training
     steps = math.ceil(len(train_idx) / tp.batch_size)
     if tp.lr_schedule == "cosine":
@@ -660,8 +663,10 @@ def train(data_dir: Path, config_path: Path, out_dir: Path, *, weights: Path | N
     if tp.max_minutes:
         budget = _TimeBudget.make(tp.max_minutes)
         callbacks.append(budget)
+    start = (f"continuing {init_model} ({init_info.training.get('epochs_run')} epochs)" if init_info
+             else f"weights {weights}" if weights else "from scratch")
     echo(f"[train] VGG-16{' + batch norm' if cfg.model.batch_norm else ''} {cfg.input_size}×{cfg.input_size}, "
-         f"{'weights ' + str(weights) if weights else 'from scratch'}, {tp.epochs} epochs max, device {dev}")
+         f"{start}, {tp.epochs} epochs max, device {dev}")
     t_fit = time.time()
     hist = model.fit(ds, validation_data=val_ds, epochs=tp.epochs, callbacks=callbacks, verbose=2)
     fit_s = time.time() - t_fit
@@ -720,6 +725,7 @@ def train(data_dir: Path, config_path: Path, out_dir: Path, *, weights: Path | N
                "best_epoch": best_epoch, "epochs_run": len(history.get("loss", [])),
                "stopped_for_time_budget": bool(budget.stopped_for_time) if budget else False,
                "history": history, "data": summary, "weights": str(weights) if weights else None,
+               "init_model": _init_summary(init_model, init_info),
                "timing_s": {"data": round(t_data, 1), "fit": round(fit_s, 1),
                             "train_images_per_s": round(len(train_idx) * len(history.get("loss", [])) / fit_s, 1)},
                "config": cfg.raw}
@@ -733,7 +739,8 @@ def train(data_dir: Path, config_path: Path, out_dir: Path, *, weights: Path | N
                      training={"mode": cfg.mode, "config": str(config_path), "seed": cfg.seed,
                                "sources": [dataclasses.asdict(s) for s in cfg.sources],
                                "segmentation": dataclasses.asdict(cfg.segmentation),
-                               "weights": str(weights) if weights else None, "epochs_run": metrics["epochs_run"],
+                               "weights": str(weights) if weights else None,
+                               "init_model": metrics["init_model"], "epochs_run": metrics["epochs_run"],
                                "best_epoch": best_epoch, "data": summary, "did_not_learn": did_not_learn},
                      metrics={k: metrics[k] for k in ("accuracy", "balanced_accuracy", "roc_auc", "ece")}
                      | {"ece_before_calibration": calib.get("ece_test_images_before", calib["ece_test_before"]),
@@ -753,6 +760,35 @@ def train(data_dir: Path, config_path: Path, out_dir: Path, *, weights: Path | N
     (report_dir / "metrics.json").write_text(json.dumps(_jsonable(metrics), indent=2) + "\n", encoding="utf-8")
     metrics["wall_s"] = round(time.time() - t_start, 1)
     return metrics
+
+
+def continue_from(model, init_model: Path, cfg: TrainConfig):
+    """Load the weights of a bcscan model trained earlier with the same data, seed and split into
+    `model` (a second training stage, e.g. after a time budget cut the first).  Refused when its
+    training data or seed differ: its training images could then sit in this run's test split."""
+    from .model import ModelError, load_keras_model
+
+    previous, info = load_keras_model(init_model)
+    trained = info.training or {}
+    same_data = (trained.get("mode") == cfg.mode and trained.get("seed") == cfg.seed
+                 and trained.get("sources") == [dataclasses.asdict(s) for s in cfg.sources]
+                 and info.input_size == cfg.input_size)
+    if not same_data:
+        raise TrainingError(f"{init_model}: trained on other data, seed, mode or input size than this config; "
+                            "continuing it would leak its training images into this test split")
+    try:
+        model.set_weights(previous.get_weights())
+    except ValueError as exc:
+        raise ModelError(f"{init_model}: architecture differs from the config's model ({exc})") from exc
+    return info
+
+
+def _init_summary(init_model: Path | None, info) -> dict | None:
+    if info is None:
+        return None
+    earlier = info.training.get("init_model") or {}
+    return {"path": str(init_model), "sha256": info.sha256,
+            "epochs_before": int(info.training.get("epochs_run") or 0) + int(earlier.get("epochs_before") or 0)}
 
 
 def shortcut_check(sources: list[SourceSpec]) -> list[str]:

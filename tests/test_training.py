@@ -208,6 +208,18 @@ def test_train_cells_mode_end_to_end_on_synthetic_fields(tmp_path):
     if metrics["did_not_learn"]:
         assert "DID NOT LEARN" in result.output
 
+    # a second stage continues the first with the same data and seed; another seed is refused
+    again = CliRunner().invoke(train_command, [str(data), "--config", str(cfg), "--out", str(tmp_path / "stage2"),
+                                               "--init-model", str(out / "tiny.keras"), "--learning-rate", "1e-4"])
+    assert again.exit_code in (0, DID_NOT_LEARN_EXIT), again.output
+    continued = json.loads((tmp_path / "stage2" / "tiny" / "metrics.json").read_text())
+    assert continued["init_model"]["sha256"] == info["sha256"]
+    assert continued["init_model"]["epochs_before"] == metrics["epochs_run"]
+    assert continued["config"]["training"]["learning_rate"] == 1e-4
+    refused = CliRunner().invoke(train_command, [str(data), "--config", str(cfg), "--out", str(tmp_path / "o"),
+                                                 "--init-model", str(out / "tiny.keras"), "--seed", "2"])
+    assert refused.exit_code == 1 and "leak its training images" in refused.output
+
 
 def test_train_reports_bad_inputs_in_one_line(tmp_path):
     cfg = write_config(tmp_path / "tiny.yaml")

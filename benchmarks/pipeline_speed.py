@@ -1,0 +1,345 @@
+"""Pipelined `bcscan scan` against each stage alone and against the one-process path, by slide size.
+
+    .venv/bin/python benchmarks/pipeline_speed.py [--sizes 10000,14142,20000] [--workers N]
+                                                  [--model PATH] [--json PATH]
+
+Why: the pipeline (bcscan/streaming.py) reads and segments tiles in worker processes while the
+main process classifies, so a scan should take little more than its slowest stage, clearly less
+than with `--tile-workers 0`, and its memory should not grow with the slide.  The results are
+ratios measured side by side in one run; absolute seconds depend on the machine and its load.
+
+For each size (square side in level-0 pixels; 10000/14142/20000 = areas 1x/2x/4x) a pyramidal
+TIFF is built from the BCCD fields (../shared/data/bccd/JPEGImages, 0.065 um/px) in sorted
+order, repeated to fill it, alone in its scan folder.  Then, in this order:
+  1. each stage alone, in this process, over the tiles bcscan plans: OpenSlide read_region of
+     the same level windows (raw), read_tile, segment, and the owned cells' crops classified by
+     the bare Keras model (XLA, best batch of 32/64/128) and by CellClassifier.predict at that batch;
+  2. `bcscan scan --force --quiet` as a subprocess, pipelined (--workers N, else bcscan's default)
+     then with --tile-workers 0: wall time and peak RSS of the process tree (main + tile workers,
+     summed, so shared pages count once per process), sampled every 0.05 s.
+Start-up (imports, TensorFlow, model, output tables and reports) is timed per mode on a 1000x1000
+slide (fastest of two runs) and shown subtracted ("net") beside the raw figures.  It is approximate:
+on a CPU, XLA compiles each new batch shape (see "first batch"), and a real slide needs the full
+batch shape that the tiny one, with a few cells, does not.
+Slides are written to a temporary folder ($TMPDIR), one size at a time (20000^2: 1.2 GB in memory).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+from PIL import Image
+
+from bcscan.classification import (ClassificationParams, crop_cells, crop_side_px, resize_crops,
+                                   resolve_model_path, to_model_input)
+from bcscan.model import load_model_info
+from bcscan.reading import ReadingParams, open_scan
+from bcscan.segmentation import SegmentationParams, segment
+from bcscan.streaming import PipelineParams
+from bcscan.synthetic import write_pyramidal_tiff
+from bcscan.tiling import TilingParams, plan_tiles, read_tile
+from bcscan.validation import SHARED_DATA
+
+BCCD = SHARED_DATA / "bccd" / "JPEGImages"
+BCCD_MPP = 0.065
+BATCH_SIZES = (32, 64, 128)
+STARTUP_SIDE = 1000
+REPEATS = 2
+MB = 1024 * 1024
+
+
+# ----------------------------------------------------------------------------- slides
+
+def build_slide(fields: list[Path], side: int, folder: Path) -> Path:
+    """A side x side mosaic of `fields` (row by row, repeated in order) as a pyramidal TIFF."""
+    fw, fh = Image.open(fields[0]).size
+    mosaic = np.full((side, side, 3), 255, np.uint8)
+    places = [(x, y) for y in range(0, side, fh) for x in range(0, side, fw)]
+    for i, (x, y) in enumerate(places):
+        field = np.asarray(Image.open(fields[i % len(fields)]).convert("RGB"))
+        part = mosaic[y:y + fh, x:x + fw]
+        part[:] = field[:part.shape[0], :part.shape[1]]
+    path = folder / "slide.tif"
+    write_pyramidal_tiff(path, mosaic, BCCD_MPP)
+    return path
+
+
+# ----------------------------------------------------------------------------- stages alone
+
+def level_window(plan, tile, level_size: tuple[int, int]) -> tuple[int, int, int, int]:
+    """x, y, width, height of the region tiling.read_tile reads for `tile` (same arithmetic)."""
+    factor = plan.working_mpp / plan.level_mpp
+    x0, y0, x1, y1 = tile.read
+    lx0, ly0 = math.floor(x0 * factor), math.floor(y0 * factor)
+    lx1 = min(max(math.ceil(x1 * factor), lx0 + 1), level_size[0])
+    ly1 = min(max(math.ceil(y1 * factor), ly0 + 1), level_size[1])
+    return lx0, ly0, lx1 - lx0, ly1 - ly0
+
+
+def time_raw_reads(slide: Path, plan) -> float:
+    """OpenSlide read_region of every tile's level window, as an RGBA array; a fresh handle, cold tile cache."""
+    import openslide
+
+    handle = openslide.OpenSlide(str(slide))
+    down = handle.level_downsamples[plan.level]
+    total = 0.0
+    for tile in plan.tiles:
+        x, y, w, h = level_window(plan, tile, handle.level_dimensions[plan.level])
+        t0 = time.perf_counter()
+        np.asarray(handle.read_region((round(x * down), round(y * down)), plan.level, (w, h)))
+        total += time.perf_counter() - t0
+    handle.close()
+    return total
+
+
+def time_tile_stages(slide: Path, crop_um: float, input_size: int) -> tuple[dict, np.ndarray]:
+    """read_tile and segment of every planned tile, each timed alone, one tile in memory at a time;
+    also the crops of the cells each tile owns (as pipeline.tile_cells cuts them)."""
+    seg_params = SegmentationParams()
+    side = crop_side_px(crop_um, seg_params.working_mpp)
+    t_read = t_seg = 0.0
+    crops = []
+    with open_scan(slide, ReadingParams()) as scan:
+        plan = plan_tiles(scan, seg_params.working_mpp, TilingParams())
+        t_raw = time_raw_reads(slide, plan)
+        for tile in plan.tiles:
+            t0 = time.perf_counter()
+            rgb = read_tile(scan, plan, tile)
+            t1 = time.perf_counter()
+            seg = segment(rgb, seg_params.working_mpp, seg_params)
+            t_read, t_seg = t_read + t1 - t0, t_seg + time.perf_counter() - t1
+            rx, ry = tile.read[:2]
+            centres = np.array([(c.x, c.y) for c in seg.cells if tile.owns(c.x + rx, c.y + ry)]).reshape(-1, 2)
+            crops.append(resize_crops(crop_cells(rgb, centres, side), input_size))
+    stages = {"level": plan.level, "tiles": len(plan.tiles), "tiles_skipped": plan.skipped,
+              "working_mp": plan.width * plan.height / 1e6,
+              "read_raw_s": t_raw, "read_tile_s": t_read, "segment_s": t_seg}
+    return stages, np.concatenate(crops)
+
+
+def padded_batches(x: np.ndarray, size: int) -> list[np.ndarray]:
+    """Batches of `size`, the last padded to a power of two, as CellClassifier.predict makes them."""
+    out = []
+    for start in range(0, len(x), size):
+        batch = x[start:start + size]
+        pad = min(size, 1 << (len(batch) - 1).bit_length()) - len(batch)
+        out.append(np.concatenate([batch, np.zeros((pad,) + batch.shape[1:], batch.dtype)]) if pad else batch)
+    return out
+
+
+def seconds(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def time_classify(crops: np.ndarray, model_path: Path) -> dict:
+    """The bare model at its best batch size, then bcscan's CellClassifier at that batch size;
+    each compiled for every batch shape first, then the fastest of REPEATS passes over all crops."""
+    from bcscan.classification import CellClassifier, configure_tensorflow
+    from bcscan.model import load_keras_model
+
+    device = configure_tensorflow()  # the process-wide settings CellClassifier uses, set before both
+    import tensorflow as tf
+
+    model, info = load_keras_model(model_path)
+    bare = tf.function(lambda b: model(b, training=False), jit_compile=True)
+    x = to_model_input(crops, info.input_size)
+    bare_s = {}
+    for size in BATCH_SIZES:
+        batches = padded_batches(x, size)
+        for batch in {b.shape: b for b in batches}.values():
+            bare(batch).numpy()
+        bare_s[size] = min(seconds(lambda: [bare(b).numpy() for b in batches]) for _ in range(REPEATS))
+    size = min(bare_s, key=bare_s.get)
+    classifier = CellClassifier(ClassificationParams(model=str(model_path), batch_size=size))
+    first_batch_s = seconds(lambda: classifier.predict(crops[:size]))
+    classifier.predict(crops[len(crops) - len(crops) % size:])  # the last batch's padded shape
+    return {"device": device, "batch_size": size, "bare_s": bare_s[size],
+            "bare_s_by_batch": {str(k): v for k, v in bare_s.items()}, "bcscan_first_batch_s": first_batch_s,
+            "bcscan_s": min(seconds(lambda: classifier.predict(crops)) for _ in range(REPEATS))}
+
+
+# ----------------------------------------------------------------------------- the CLI
+
+def tree_rss(root: psutil.Process) -> int:
+    total = 0
+    try:
+        processes = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return 0
+    for process in processes:
+        try:
+            total += process.memory_info().rss
+        except psutil.Error:
+            pass  # exited between listing and sampling
+    return total
+
+
+def run_cli(scan_dir: Path, out: Path, model: Path, tile_workers: int | None) -> dict:
+    """`bcscan scan` from scratch: wall seconds, peak RSS of its process tree, cells found."""
+    command = [str(Path(sys.executable).with_name("bcscan")), "scan", str(scan_dir), "--out", str(out),
+               "--model", str(model), "--force", "--quiet"]
+    if tile_workers is not None:
+        command += ["--tile-workers", str(tile_workers)]
+    with tempfile.TemporaryFile() as stderr:
+        t0 = time.perf_counter()
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr)
+        root, peak = psutil.Process(process.pid), 0
+        while True:
+            peak = max(peak, tree_rss(root))
+            try:
+                process.wait(timeout=0.05)
+                break
+            except subprocess.TimeoutExpired:
+                pass
+        wall = time.perf_counter() - t0
+        if process.returncode != 0:
+            stderr.seek(0)
+            raise SystemExit(f"{' '.join(command)} exited with {process.returncode}:\n"
+                             f"{stderr.read().decode(errors='replace')[-3000:]}")
+    with open(out / "scans.csv", newline="") as fh:
+        cells = sum(int(row["n_cells"]) for row in csv.DictReader(fh))
+    shutil.rmtree(out)
+    return {"wall_s": wall, "peak_rss_mb": peak / MB, "cells": cells}
+
+
+def measure_startup(fields: list[Path], tmp: Path, model: Path, workers: int | None) -> dict:
+    """Per mode, the fastest of two runs on a tiny slide (the first also warms the disk cache)."""
+    folder = tmp / "startup"
+    build_slide(fields, STARTUP_SIDE, folder)
+    startup = {}
+    for mode, tile_workers in (("pipelined", workers), ("single", 0)):
+        runs = [run_cli(folder, tmp / "out", model, tile_workers) for _ in range(2)]
+        startup[mode] = min(runs, key=lambda r: r["wall_s"])
+    shutil.rmtree(folder)
+    return startup
+
+
+def measure_size(fields: list[Path], side: int, tmp: Path, model: Path, workers: int | None) -> dict:
+    info = load_model_info(model)
+    folder = tmp / f"slide-{side}"
+    slide = build_slide(fields, side, folder)
+    stages, crops = time_tile_stages(slide, info.crop_um, info.input_size)
+    result = {"side": side, "level0_mp": side * side / 1e6, "crops": len(crops), **stages}
+    result.update(time_classify(crops, model))
+    result["pipelined"] = run_cli(folder, tmp / "out", model, workers)
+    result["single"] = run_cli(folder, tmp / "out", model, 0)
+    shutil.rmtree(folder)
+    return result
+
+
+# ----------------------------------------------------------------------------- tables
+
+def ratios(r: dict, startup: dict) -> dict:
+    stages = {"read_tile": r["read_tile_s"], "segment": r["segment_s"], "classify": r["bcscan_s"]}
+    slowest = max(stages, key=stages.get)
+    piped, single = r["pipelined"]["wall_s"], r["single"]["wall_s"]
+    piped_net, single_net = piped - startup["pipelined"]["wall_s"], single - startup["single"]["wall_s"]
+    return {"slowest_stage": slowest,
+            "stage_sum_over_slowest": sum(stages.values()) / stages[slowest],
+            "pipelined_over_slowest_stage": piped / stages[slowest],
+            "pipelined_net_over_slowest_stage": piped_net / stages[slowest],
+            "single_over_pipelined": single / piped,
+            "single_net_over_pipelined_net": single_net / piped_net,
+            "bcscan_over_bare_classify_throughput": r["bare_s"] / r["bcscan_s"],
+            "read_tile_over_raw_read_throughput": r["read_raw_s"] / r["read_tile_s"]}
+
+
+def blank_or(value: float | None, spec: str) -> str:
+    width = int(spec.split(".")[0])
+    return " " * width if value is None else format(value, spec)
+
+
+def print_size(r: dict, startup: dict, workers: int) -> None:
+    n, mp = r["crops"], r["level0_mp"]
+    print(f"\n== {r['side']}x{r['side']}: {mp:.0f} MP at level 0, {r['working_mp']:.1f} MP at "
+          f"{SegmentationParams().working_mpp} um/px read from level {r['level']}, {r['tiles']} tiles "
+          f"({r['tiles_skipped']} blank skipped), {n} cells, {workers} tile worker(s)\n"
+          f"   classify on {r['device']}, batch {r['batch_size']}; CellClassifier's first batch "
+          f"(trace + XLA compile) {r['bcscan_first_batch_s']:.2f} s")
+    rows = [("read: OpenSlide read_region (raw)", r["read_raw_s"], None, None),
+            ("read: read_tile", r["read_tile_s"], None, None),
+            ("segment", r["segment_s"], None, None),
+            ("classify: bare model, jit", r["bare_s"], None, None),
+            ("classify: CellClassifier.predict", r["bcscan_s"], None, None)]
+    for mode, label in (("pipelined", "bcscan scan, pipelined"), ("single", "bcscan scan, --tile-workers 0")):
+        run = r[mode]
+        rows.append((label, run["wall_s"], run["wall_s"] - startup[mode]["wall_s"], run["peak_rss_mb"]))
+    print(f"{'stage':<34}{'seconds':>9}{'net s':>9}{'L0 MP/s':>9}{'cells/s':>9}{'peak RSS MB':>13}")
+    for label, secs, net, rss in rows:
+        line = f"{label:<34}{secs:9.2f}{blank_or(net, '9.2f')}{mp / secs:9.1f}{n / secs:9.1f}{blank_or(rss, '13.0f')}"
+        print(line.rstrip())
+
+    q = r["ratios"]
+    print(f"{'ratio':<44}{'raw':>7}{'net':>7}  target")
+    for label, raw, net, target in [
+            (f"pipelined / slowest stage ({q['slowest_stage']})", q["pipelined_over_slowest_stage"],
+             q["pipelined_net_over_slowest_stage"], "<= 1.25"),
+            ("--tile-workers 0 / pipelined", q["single_over_pipelined"], q["single_net_over_pipelined_net"],
+             f">= 1.5 (at most sum/max of stages = {q['stage_sum_over_slowest']:.2f})"),
+            ("CellClassifier / bare model throughput", q["bcscan_over_bare_classify_throughput"], None, ">= 0.9"),
+            ("read_tile / raw read throughput", q["read_tile_over_raw_read_throughput"], None, "")]:
+        print(f"{label:<44}{raw:7.2f}{blank_or(net, '7.2f')}  {target}")
+    if len({n, r["pipelined"]["cells"], r["single"]["cells"]}) > 1:
+        print(f"WARNING: cell counts differ: stages {n}, pipelined {r['pipelined']['cells']}, "
+              f"--tile-workers 0 {r['single']['cells']}")
+
+
+def print_scaling(results: list[dict], startup: dict) -> None:
+    base = results[0]
+    net = lambda r: r["pipelined"]["wall_s"] - startup["pipelined"]["wall_s"]  # noqa: E731
+    print(f"\n== scaling (vs {base['side']}x{base['side']})")
+    print(f"{'side':>7}{'area x':>8}{'cells':>7}{'pipelined s':>13}{'time x':>8}{'net x':>7}"
+          f"{'RSS MB piped':>14}{'RSS MB single':>15}")
+    for r in results:
+        print(f"{r['side']:>7}{r['level0_mp'] / base['level0_mp']:8.2f}{r['pipelined']['cells']:7}"
+              f"{r['pipelined']['wall_s']:13.2f}{r['pipelined']['wall_s'] / base['pipelined']['wall_s']:8.2f}"
+              f"{net(r) / net(base):7.2f}{r['pipelined']['peak_rss_mb']:14.0f}{r['single']['peak_rss_mb']:15.0f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="10000,14142,20000", help="slide sides in level-0 pixels, comma-separated")
+    parser.add_argument("--workers", type=int, help="--tile-workers of the pipelined runs [default: bcscan's]")
+    parser.add_argument("--model", default=ClassificationParams().model)
+    parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
+    args = parser.parse_args()
+    if args.workers is not None and args.workers < 1:
+        parser.error("--workers must be >= 1 (the non-pipelined runs use --tile-workers 0 anyway)")
+
+    sizes = sorted(int(s) for s in args.sizes.split(","))
+    fields = sorted(BCCD.glob("*.jpg"))
+    if not fields:
+        raise SystemExit(f"no BCCD fields in {BCCD}: this benchmark needs the shared data (../shared/data)")
+    model = resolve_model_path(args.model).resolve()
+    workers = PipelineParams(workers=-1 if args.workers is None else args.workers).worker_count()
+
+    with tempfile.TemporaryDirectory(prefix="bcscan-speed-") as tmp:
+        startup = measure_startup(fields, Path(tmp), model, args.workers)
+        print(f"start-up ({STARTUP_SIDE}x{STARTUP_SIDE} slide): pipelined {startup['pipelined']['wall_s']:.2f} s, "
+              f"--tile-workers 0 {startup['single']['wall_s']:.2f} s")
+        results = []
+        for side in sizes:
+            result = measure_size(fields, side, Path(tmp), model, args.workers)
+            result["ratios"] = ratios(result, startup)
+            print_size(result, startup, workers)
+            results.append(result)
+    print_scaling(results, startup)
+    if args.json:
+        args.json.write_text(json.dumps({"tile_workers": workers, "model": str(model), "startup": startup,
+                                         "sizes": results}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
