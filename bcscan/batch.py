@@ -417,7 +417,7 @@ def collect_outputs(scan_dir: Path, out_dir: Path, settings: Settings, model_inf
         "model": {"path": str(model_path), "name": model_info.name, "sha256": model_info.sha256,
                   "input_size": model_info.input_size, "crop_um": model_info.crop_um},
         "device": ("+".join(executor["devices"]) if executor and executor.get("devices")
-                   else next((c.device for c in _classifiers.values()), "not loaded in this process")),
+                   else next((c.engine for c in _classifiers.values()), "not loaded in this process")),
         "executor": executor or {"engine": "in-process"},
         "inputs": [{"scan": m["scan"], "sha256": m.get("sha256", ""), "status": m["status"]} for m in metas],
         "counts": {"scans": len(metas), "failed": n_failed, "pending": n_pending, "cells": int(len(cells)),

@@ -20,6 +20,8 @@ from .reading import crop_padded
 
 log = logging.getLogger(__name__)
 
+ONNX_TOLERANCE = 1e-4   # largest softmax difference to TensorFlow accepted for the ONNX Runtime path
+
 
 @dataclass(frozen=True)
 class ClassificationParams:
@@ -28,6 +30,7 @@ class ClassificationParams:
     threshold: float = 0.5                    # p_leukemic at or above which a cell is called leukemic
     device: str = "auto"                      # auto | cpu | gpu
     cpu_threads: int = 0                      # intra-op threads on CPU; 0 = all cores
+    cpu_backend: str = "auto"                 # auto (ONNX Runtime when installed and equal) | onnxruntime | tensorflow
 
     def __post_init__(self):
         if self.batch_size < 1:
@@ -36,6 +39,8 @@ class ClassificationParams:
             raise ValueError("threshold must be in (0, 1)")
         if self.device not in {"auto", "cpu", "gpu"}:
             raise ValueError("device must be auto, cpu or gpu")
+        if self.cpu_backend not in {"auto", "onnxruntime", "tensorflow"}:
+            raise ValueError("cpu_backend must be auto, onnxruntime or tensorflow")
 
 
 def crop_side_px(crop_um: float, mpp: float) -> int:
@@ -156,6 +161,41 @@ class CellClassifier:
         self.batch_size = params.batch_size
         self.model, self.info = load_keras_model(self.model_path)
         self._predict = self._compile()
+        self._onnx = self._onnx_runner() if self.device == "cpu" else None
+
+    @property
+    def engine(self) -> str:
+        """Where and how the model runs, for provenance: e.g. 'cpu/onnxruntime', 'gpu/tensorflow'."""
+        if self._onnx is not None:
+            return "cpu/onnxruntime"
+        return f"{self.device}/tensorflow" + ("-xla" if self.device == "cpu" else "")
+
+    def _onnx_runner(self):
+        """ONNX Runtime when wanted, installed, able to express the model and equal to TensorFlow on a
+        probe batch (max |Δp| ≤ ONNX_TOLERANCE); otherwise None (TensorFlow)."""
+        wanted = self.params.cpu_backend
+        if wanted == "tensorflow":
+            return None
+        try:
+            from .onnx_backend import OnnxRunner, UnsupportedModel
+
+            runner = OnnxRunner(self.model, self.params.cpu_threads)
+        except ImportError:
+            if wanted == "onnxruntime":
+                raise RuntimeError("cpu_backend 'onnxruntime' needs the onnx extra: pip install 'bcscan[onnx]'") from None
+            return None
+        except UnsupportedModel as exc:
+            if wanted == "onnxruntime":
+                raise RuntimeError(f"{self.model_path}: not expressible for ONNX Runtime ({exc})") from exc
+            log.info("model stays on TensorFlow: %s", exc)
+            return None
+        probe = np.random.default_rng(0).uniform(0, 1, (8, self.info.input_size, self.info.input_size, 3))
+        probe = probe.astype(np.float32)
+        difference = float(np.abs(runner(probe) - self._predict(probe).numpy()).max())
+        if difference > ONNX_TOLERANCE:
+            log.warning("ONNX Runtime differs from TensorFlow by %.2g on the probe batch: using TensorFlow", difference)
+            return None
+        return runner
 
     def _compile(self):
         import tensorflow as tf
@@ -181,8 +221,8 @@ class CellClassifier:
             size = self.batch_size
             batch = to_model_input(crops[start:start + size], self.info.input_size)
             n = len(batch)
-            padded = min(size, 1 << (n - 1).bit_length())
-            if n < padded:  # pad to a power of two: few compiled shapes, little wasted work on small scans
+            padded = n if self._onnx is not None else min(size, 1 << (n - 1).bit_length())
+            if n < padded:  # XLA: pad to a power of two: few compiled shapes, little wasted work on small scans
                 batch = np.concatenate([batch, np.zeros((padded - n,) + batch.shape[1:], np.float32)])
             try:
                 probs = self._run(batch)[:n]
@@ -196,6 +236,8 @@ class CellClassifier:
         return np.concatenate(out).astype(np.float32)
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
+        if self._onnx is not None:
+            return self._onnx(batch)
         if self.device == "cpu" and self._on_gpu_originally:
             import tensorflow as tf
 

@@ -145,7 +145,7 @@ def scan_task(job: ScanJob, settings: Settings, out_dir: Path, mpp: float | None
     finally:
         bcscan_log.removeHandler(handler)
         bcscan_log.setLevel(saved_level)
-    device = batch._classifiers[settings.classification].device if settings.classification in batch._classifiers \
+    device = batch._classifiers[settings.classification].engine if settings.classification in batch._classifiers \
         else ""
     return {"meta": meta, "logs": records, "device": device, "worker": _worker_address()}
 

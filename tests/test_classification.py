@@ -1,0 +1,70 @@
+"""The CPU backends give the same probabilities: ONNX Runtime is used only where it equals
+TensorFlow (every p_leukemic within 1e-3 on real test cells, the same labels)."""
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from bcscan.classification import CellClassifier, ClassificationParams
+from bcscan.pipeline import cells_in_field
+from bcscan.segmentation import SegmentationParams
+
+from conftest import REPO, shared
+
+SHIPPED = REPO / "models" / "bcscan-vgg16.keras"
+SCALES = {"ghaderzadeh-all": 0.45, "pbc-normal": 0.088}
+
+
+def held_out_crops(limit: int | None) -> np.ndarray:
+    """Crops of the white cells of the shipped model's test images (never trained on), as `scan` cuts them."""
+    data = shared("ghaderzadeh-all").parent
+    with open(REPO / "models" / "bcscan-vgg16" / "splits.csv", newline="") as fh:
+        files = [row["file"] for row in csv.DictReader(fh) if row["split"] == "test"]
+    if limit:
+        files = files[:: max(1, len(files) // limit)][:limit]
+    crops = []
+    for file in files:
+        rgb = np.asarray(Image.open(data / file).convert("RGB"))
+        crops.append(cells_in_field(rgb, SCALES[file.split("/")[0]], SegmentationParams(), 24.0).crops)
+    return np.concatenate(crops)
+
+
+def backends_agree(crops: np.ndarray) -> None:
+    tensorflow = CellClassifier(ClassificationParams(model=str(SHIPPED), device="cpu", cpu_backend="tensorflow"))
+    onnx = CellClassifier(ClassificationParams(model=str(SHIPPED), device="cpu", cpu_backend="onnxruntime"))
+    assert (tensorflow.engine, onnx.engine) == ("cpu/tensorflow-xla", "cpu/onnxruntime")
+    p_tf, p_onnx = tensorflow.predict(crops), onnx.predict(crops)
+    assert np.abs(p_tf - p_onnx).max() <= 1e-3
+    assert np.array_equal(p_tf >= 0.5, p_onnx >= 0.5)
+    assert 0.05 < np.mean(p_tf >= 0.5) < 0.95  # both classes present: a real check, not all-one-class
+
+
+def test_onnx_runtime_equals_tensorflow_on_real_test_cells():
+    crops = held_out_crops(limit=24)
+    assert len(crops) >= 50
+    backends_agree(crops)
+
+
+@pytest.mark.slow
+def test_onnx_runtime_equals_tensorflow_on_every_test_cell():
+    backends_agree(held_out_crops(limit=None))
+
+
+def test_a_model_onnx_cannot_express_stays_on_tensorflow(tmp_path):
+    import keras
+
+    from bcscan.model import ModelInfo, save_model
+
+    inputs = keras.Input((32, 32, 3))
+    x = keras.layers.Conv2D(4, 3, padding="same", activation="relu")(inputs)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    outputs = keras.layers.Dense(2, activation="softmax")(x)
+    path = tmp_path / "gap.keras"
+    save_model(keras.Model(inputs, outputs), path, ModelInfo(name="gap", classes=["leukemic", "normal"],
+                                                             input_size=32, crop_um=20.0, working_mpp=0.4))
+    assert CellClassifier(ClassificationParams(model=str(path), device="cpu")).engine == "cpu/tensorflow-xla"
+    with pytest.raises(RuntimeError, match="GlobalAveragePooling2D"):
+        CellClassifier(ClassificationParams(model=str(path), device="cpu", cpu_backend="onnxruntime"))
