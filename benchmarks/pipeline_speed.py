@@ -1,6 +1,6 @@
 """Pipelined `bcscan scan` against each stage alone and against the one-process path, by slide size.
 
-    .venv/bin/python benchmarks/pipeline_speed.py [--sizes 10000,14142,20000] [--workers N]
+    .venv/bin/python benchmarks/pipeline_speed.py [--sizes 20000,28284,40000] [--workers N]
                                                   [--model PATH] [--json PATH]
 
 Why: the pipeline (bcscan/streaming.py) reads and segments tiles in worker processes while the
@@ -8,12 +8,13 @@ main process classifies, so a scan should take little more than its slowest stag
 than with `--tile-workers 0`, and its memory should not grow with the slide.  The results are
 ratios measured side by side in one run; absolute seconds depend on the machine and its load.
 
-For each size (square side in level-0 pixels; 10000/14142/20000 = areas 1x/2x/4x) a pyramidal
+For each size (square side in level-0 pixels; 20000/28284/40000 = areas 1x/2x/4x) a pyramidal
 TIFF is built from the BCCD fields (../shared/data/bccd/JPEGImages, 0.065 um/px) in sorted
 order, repeated to fill it, alone in its scan folder.  Then, in this order:
   1. each stage alone, in this process, over the tiles bcscan plans: OpenSlide read_region of
      the same level windows (raw), read_tile, segment, and the owned cells' crops classified by
-     the bare Keras model (XLA, best batch of 32/64/128) and by CellClassifier.predict at that batch;
+     each bare engine (Keras/XLA; ONNX Runtime session when installed; batches of 32/64/128) and
+     by CellClassifier.predict (its default engine) at that engine's best batch;
   2. `bcscan scan --force --quiet` as a subprocess, pipelined (--workers N, else bcscan's default)
      then with --tile-workers 0: wall time and peak RSS of the process tree (main + tile workers,
      summed, so shared pages count once per process), sampled every 0.05 s.
@@ -21,7 +22,7 @@ Start-up (imports, TensorFlow, model, output tables and reports) is timed per mo
 slide (fastest of two runs) and shown subtracted ("net") beside the raw figures.  It is approximate:
 on a CPU, XLA compiles each new batch shape (see "first batch"), and a real slide needs the full
 batch shape that the tiny one, with a few cells, does not.
-Slides are written to a temporary folder ($TMPDIR), one size at a time (20000^2: 1.2 GB in memory).
+Slides are written to a temporary folder ($TMPDIR), one size at a time (40000^2: 4.8 GB in memory while it is written).
 """
 from __future__ import annotations
 
@@ -54,7 +55,7 @@ BCCD = SHARED_DATA / "bccd" / "JPEGImages"
 BCCD_MPP = 0.065
 BATCH_SIZES = (32, 64, 128)
 STARTUP_SIDE = 1000
-REPEATS = 2
+SWEEP_CROPS = 512
 MB = 1024 * 1024
 
 
@@ -127,13 +128,13 @@ def time_tile_stages(slide: Path, crop_um: float, input_size: int) -> tuple[dict
     return stages, np.concatenate(crops)
 
 
-def padded_batches(x: np.ndarray, size: int) -> list[np.ndarray]:
-    """Batches of `size`, the last padded to a power of two, as CellClassifier.predict makes them."""
+def batches_of(x: np.ndarray, size: int, pad: bool) -> list[np.ndarray]:
+    """Batches of `size` as CellClassifier.predict makes them: for XLA the last one padded to a power of two."""
     out = []
     for start in range(0, len(x), size):
         batch = x[start:start + size]
-        pad = min(size, 1 << (len(batch) - 1).bit_length()) - len(batch)
-        out.append(np.concatenate([batch, np.zeros((pad,) + batch.shape[1:], batch.dtype)]) if pad else batch)
+        extra = min(size, 1 << (len(batch) - 1).bit_length()) - len(batch) if pad else 0
+        out.append(np.concatenate([batch, np.zeros((extra,) + batch.shape[1:], batch.dtype)]) if extra else batch)
     return out
 
 
@@ -144,8 +145,9 @@ def seconds(fn) -> float:
 
 
 def time_classify(crops: np.ndarray, model_path: Path) -> dict:
-    """The bare model at its best batch size, then bcscan's CellClassifier at that batch size;
-    each compiled for every batch shape first, then the fastest of REPEATS passes over all crops."""
+    """Each bare engine (TensorFlow/XLA; ONNX Runtime when installed) at its best batch size (chosen on
+    the first SWEEP_CROPS crops), then bcscan's CellClassifier (its default engine) at that batch size;
+    each timed over all crops after running every batch shape once."""
     from bcscan.classification import CellClassifier, configure_tensorflow
     from bcscan.model import load_keras_model
 
@@ -153,21 +155,35 @@ def time_classify(crops: np.ndarray, model_path: Path) -> dict:
     import tensorflow as tf
 
     model, info = load_keras_model(model_path)
-    bare = tf.function(lambda b: model(b, training=False), jit_compile=True)
+    xla = tf.function(lambda b: model(b, training=False), jit_compile=True)
+    engines = {"tensorflow-xla": lambda b: xla(b).numpy()}
+    try:
+        from bcscan.onnx_backend import OnnxRunner
+
+        engines["onnxruntime"] = OnnxRunner(model)
+    except ImportError:
+        pass
     x = to_model_input(crops, info.input_size)
-    bare_s = {}
-    for size in BATCH_SIZES:
-        batches = padded_batches(x, size)
+
+    def timed_passes(run, data, size, pad) -> float:
+        batches = batches_of(data, size, pad)
         for batch in {b.shape: b for b in batches}.values():
-            bare(batch).numpy()
-        bare_s[size] = min(seconds(lambda: [bare(b).numpy() for b in batches]) for _ in range(REPEATS))
-    size = min(bare_s, key=bare_s.get)
-    classifier = CellClassifier(ClassificationParams(model=str(model_path), batch_size=size))
-    first_batch_s = seconds(lambda: classifier.predict(crops[:size]))
-    classifier.predict(crops[len(crops) - len(crops) % size:])  # the last batch's padded shape
-    return {"device": device, "batch_size": size, "bare_s": bare_s[size],
-            "bare_s_by_batch": {str(k): v for k, v in bare_s.items()}, "bcscan_first_batch_s": first_batch_s,
-            "bcscan_s": min(seconds(lambda: classifier.predict(crops)) for _ in range(REPEATS))}
+            run(batch)
+        return seconds(lambda: [run(b) for b in batches])
+
+    bare, best = {}, {}
+    for engine, run in engines.items():
+        pad = engine == "tensorflow-xla"
+        sweep = {size: timed_passes(run, x[:SWEEP_CROPS], size, pad) for size in BATCH_SIZES}
+        best[engine] = min(sweep, key=sweep.get)
+        bare[engine] = timed_passes(run, x, best[engine], pad)
+    engine = CellClassifier(ClassificationParams(model=str(model_path))).engine.split("/")[1]
+    classifier = CellClassifier(ClassificationParams(model=str(model_path), batch_size=best[engine]))
+    first_batch_s = seconds(lambda: classifier.predict(crops[:best[engine]]))
+    classifier.predict(crops[len(crops) - len(crops) % best[engine]:])  # the last batch's shape
+    return {"device": device, "engine": engine, "batch_size": best[engine], "bare_s": bare[engine],
+            "bare_s_by_engine": bare, "best_batch_by_engine": best, "bare_xla_s": bare["tensorflow-xla"],
+            "bcscan_first_batch_s": first_batch_s, "bcscan_s": seconds(lambda: classifier.predict(crops))}
 
 
 # ----------------------------------------------------------------------------- the CLI
@@ -266,12 +282,13 @@ def print_size(r: dict, startup: dict, workers: int) -> None:
     print(f"\n== {r['side']}x{r['side']}: {mp:.0f} MP at level 0, {r['working_mp']:.1f} MP at "
           f"{SegmentationParams().working_mpp} um/px read from level {r['level']}, {r['tiles']} tiles "
           f"({r['tiles_skipped']} blank skipped), {n} cells, {workers} tile worker(s)\n"
-          f"   classify on {r['device']}, batch {r['batch_size']}; CellClassifier's first batch "
-          f"(trace + XLA compile) {r['bcscan_first_batch_s']:.2f} s")
+          f"   classify on {r['device']} with {r['engine']}, batch {r['batch_size']}; CellClassifier's first "
+          f"batch {r['bcscan_first_batch_s']:.2f} s")
     rows = [("read: OpenSlide read_region (raw)", r["read_raw_s"], None, None),
             ("read: read_tile", r["read_tile_s"], None, None),
             ("segment", r["segment_s"], None, None),
-            ("classify: bare model, jit", r["bare_s"], None, None),
+            ("classify: bare Keras model, XLA", r["bare_xla_s"], None, None),
+            (f"classify: bare model, {r['engine']}", r["bare_s"], None, None),
             ("classify: CellClassifier.predict", r["bcscan_s"], None, None)]
     for mode, label in (("pipelined", "bcscan scan, pipelined"), ("single", "bcscan scan, --tile-workers 0")):
         run = r[mode]
@@ -288,7 +305,8 @@ def print_size(r: dict, startup: dict, workers: int) -> None:
              q["pipelined_net_over_slowest_stage"], "<= 1.25"),
             ("--tile-workers 0 / pipelined", q["single_over_pipelined"], q["single_net_over_pipelined_net"],
              f">= 1.5 (at most sum/max of stages = {q['stage_sum_over_slowest']:.2f})"),
-            ("CellClassifier / bare model throughput", q["bcscan_over_bare_classify_throughput"], None, ">= 0.9"),
+            ("CellClassifier / bare model (same engine)", q["bcscan_over_bare_classify_throughput"], None, ">= 0.9"),
+            ("CellClassifier / bare Keras model (XLA)", r["bare_xla_s"] / r["bcscan_s"], None, ""),
             ("read_tile / raw read throughput", q["read_tile_over_raw_read_throughput"], None, "")]:
         print(f"{label:<44}{raw:7.2f}{blank_or(net, '7.2f')}  {target}")
     if len({n, r["pipelined"]["cells"], r["single"]["cells"]}) > 1:
@@ -310,7 +328,7 @@ def print_scaling(results: list[dict], startup: dict) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", default="10000,14142,20000", help="slide sides in level-0 pixels, comma-separated")
+    parser.add_argument("--sizes", default="20000,28284,40000", help="slide sides in level-0 pixels, comma-separated")
     parser.add_argument("--workers", type=int, help="--tile-workers of the pipelined runs [default: bcscan's]")
     parser.add_argument("--model", default=ClassificationParams().model)
     parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
