@@ -433,6 +433,10 @@ def write_model_card(path: Path, cfg, metrics: dict[str, Any], config_path: Path
         f"early stopping patience {cfg.training.early_stopping_patience or 'off'}, "
         f"time budget {cfg.training.max_minutes or 'none'} min; best epoch by validation loss: "
         f"{metrics['best_epoch']} of {metrics['epochs_run']} run",
+        *([f"- second stage: continued from `{metrics['init_model']['path']}` (SHA-256 "
+           f"{metrics['init_model']['sha256'][:12]}…, {metrics['init_model']['epochs_before']} epochs before, same "
+           "data, seed and split) with the settings above; epochs counted in this stage"]
+          if metrics.get("init_model") else []),
         f"- augmentation: flips (h {a.horizontal_flip}, v {a.vertical_flip}), rotation ±{a.rotation_deg:g}°, "
         f"scale ±{a.scale:g}, shift ±{a.translate:g}, hue ±{a.hue:g}, saturation ±{a.saturation:g}, "
         f"brightness ±{a.brightness:g}, contrast ±{a.contrast:g}, channel gain ±{a.channel_gain:g}, "

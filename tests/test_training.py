@@ -216,6 +216,7 @@ def test_train_cells_mode_end_to_end_on_synthetic_fields(tmp_path):
     assert continued["init_model"]["sha256"] == info["sha256"]
     assert continued["init_model"]["epochs_before"] == metrics["epochs_run"]
     assert continued["config"]["training"]["learning_rate"] == 1e-4
+    assert "second stage: continued from" in (tmp_path / "stage2" / "tiny.md").read_text()
     refused = CliRunner().invoke(train_command, [str(data), "--config", str(cfg), "--out", str(tmp_path / "o"),
                                                  "--init-model", str(out / "tiny.keras"), "--seed", "2"])
     assert refused.exit_code == 1 and "leak its training images" in refused.output
