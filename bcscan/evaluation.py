@@ -94,16 +94,29 @@ def metrics_block(labels: np.ndarray, p_leukemic: np.ndarray, threshold: float =
             "confusion_matrix": {"labels": CLASSES, "rows": "true", "columns": "predicted", "matrix": cm.tolist()}}
 
 
-def image_level(image: np.ndarray, labels: np.ndarray, p_leukemic: np.ndarray):
-    """Aggregate sample scores per image (mean p_leukemic): (image ids, image labels, image scores)."""
+def image_level(image: np.ndarray, labels: np.ndarray, p_leukemic: np.ndarray, temperature: float = 1.0):
+    """Aggregate sample scores per image: (image ids, image labels, image scores).
+
+    The score is sigmoid(mean of the samples' logits / temperature): the mean logit weighs a run of
+    confident cells as evidence, where a mean of probabilities stays timid, and the image-level
+    temperature (fitted on validation images by `bcscan train`) calibrates it."""
     image = np.asarray(image)
     if len(image) == 0:
         return np.zeros(0, int), np.zeros(0, int), np.zeros(0)
     ids, inv = np.unique(image, return_inverse=True)
-    score = np.bincount(inv, weights=p_leukemic, minlength=len(ids)) / np.bincount(inv, minlength=len(ids))
+    p = np.clip(np.asarray(p_leukemic, np.float64), 1e-6, 1 - 1e-6)
+    logit = np.log(p) - np.log1p(-p)
+    mean_logit = np.bincount(inv, weights=logit, minlength=len(ids)) / np.bincount(inv, minlength=len(ids))
+    score = 1.0 / (1.0 + np.exp(-mean_logit / temperature))
     lab = np.zeros(len(ids), np.int64)
     lab[inv] = labels
     return ids, lab, score
+
+
+def fit_image_temperature(image_labels: np.ndarray, image_scores: np.ndarray) -> float:
+    """Image-level temperature (validation NLL) for scores computed by `image_level` with temperature 1."""
+    scores = np.asarray(image_scores, np.float64)
+    return fit_temperature(np.stack([scores, 1.0 - scores], axis=1), image_labels)
 
 
 def fit_temperature(probs: np.ndarray, labels: np.ndarray) -> float:
@@ -441,7 +454,9 @@ def write_model_card(path: Path, cfg, metrics: dict[str, Any], config_path: Path
         f"scale ±{a.scale:g}, shift ±{a.translate:g}, hue ±{a.hue:g}, saturation ±{a.saturation:g}, "
         f"brightness ±{a.brightness:g}, contrast ±{a.contrast:g}, channel gain ±{a.channel_gain:g}, "
         f"grey p={a.grayscale_p:g}",
-        f"- calibration: temperature T = {cal['temperature']:g} fitted on the validation split",
+        f"- calibration: temperature T = {cal['temperature']:g} fitted on the validation split (cells); image "
+        f"score = sigmoid(mean cell logit / {cal.get('image_temperature', 1.0):g}), that image temperature fitted "
+        "on the validation images",
         f"- training throughput {metrics['timing_s']['train_images_per_s']} samples/s; fit "
         f"{metrics['timing_s']['fit'] / 60:.1f} min; model file {metrics.get('model_file_bytes', 0) / 1e6:.1f} MB",
         "",
@@ -573,7 +588,7 @@ def evaluate(model_path: Path, data_dir: Path, class_map: dict[str, list[str]], 
     p_raw = probs[:, li] if len(probs) else np.zeros(0)
     p = calibrate(probs, info.temperature)[:, li] if len(probs) else np.zeros(0)
     y = samples.label
-    ids, iy, ip = image_level(samples.image, y, p)
+    ids, iy, ip = image_level(samples.image, y, p, info.image_temperature)
     _, _, ip_raw = image_level(samples.image, y, p_raw)
     img = metrics_block(iy, ip)
     smp = metrics_block(y, p)
@@ -581,7 +596,8 @@ def evaluate(model_path: Path, data_dir: Path, class_map: dict[str, list[str]], 
     metrics = {**{k: img[k] for k in ("accuracy", "balanced_accuracy", "roc_auc", "ece", "per_class",
                                       "confusion_matrix", "n")},
                "level": "image", "mode": mode, "mpp": mpp, "model": str(model_path), "model_sha256": info.sha256,
-               "temperature": info.temperature, "ece_before_calibration": ece(iy, ip_raw),
+               "temperature": info.temperature, "image_temperature": info.image_temperature,
+               "ece_before_calibration": ece(iy, ip_raw),
                "images": img, "samples": smp,
                "called_normal_rate_images": float(np.mean(ip < 0.5)) if len(ip) else None,
                "called_normal_rate_samples": float(np.mean(p < 0.5)) if len(p) else None,

@@ -33,6 +33,7 @@ class ModelInfo:
     working_mpp: float        # scale at which crops were cut (µm/px) before resizing to input_size
     preprocessing: str = "rescale_1_255"
     temperature: float = 1.0  # calibration: softmax(log p / T)
+    image_temperature: float = 1.0  # image score (bcscan evaluate): sigmoid(mean cell logit / this)
     sha256: str = ""
     format: str = MODEL_FORMAT
     training: dict[str, Any] = field(default_factory=dict)

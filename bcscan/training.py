@@ -572,7 +572,8 @@ def train(data_dir: Path, config_path: Path, out_dir: Path, *, weights: Path | N
           device: str = "auto",
           echo=print) -> dict:
     """Run a training as configured; returns metrics (also written to OUT/<name>/metrics.json)."""
-    from .evaluation import (colour_baseline, ece, fit_temperature, image_level, metrics_block, per_source,
+    from .evaluation import (colour_baseline, ece, fit_image_temperature, fit_temperature, image_level, metrics_block,
+                             per_source,
                              stain_swap_check, write_reports)
 
     cfg = load_train_config(config_path, {"epochs": epochs, "seed": seed, "max_minutes": max_minutes,
@@ -686,15 +687,18 @@ def train(data_dir: Path, config_path: Path, out_dir: Path, *, weights: Path | N
     val_block = metrics_block(labels[val_idx], pv_cal[:, li])
     did_not_learn = bool(val_block["balanced_accuracy"] < 0.5 + tp.did_not_learn_margin)
     cell_test = metrics_block(labels[test_idx], pt_cal[:, li]) if len(test_idx) else None
-    img_ids, img_y, img_p = image_level(samples.image[test_idx], labels[test_idx], pt_cal[:, li])
+    _, val_img_y, val_img_p = image_level(samples.image[val_idx], labels[val_idx], pv_cal[:, li])
+    image_temperature = fit_image_temperature(val_img_y, val_img_p)
+    img_ids, img_y, img_p = image_level(samples.image[test_idx], labels[test_idx], pt_cal[:, li], image_temperature)
     test_images = np.nonzero(split_img == "test")[0]
     no_cells = int(np.sum(samples.n_cells[test_images] == 0))
     image_test = metrics_block(img_y, img_p) if len(img_ids) else None
-    calib = {"temperature": temperature,
+    calib = {"temperature": temperature, "image_temperature": image_temperature,
              "ece_val_before": ece(labels[val_idx], p_val[:, li]), "ece_val_after": ece(labels[val_idx], pv_cal[:, li]),
              "ece_test_before": ece(labels[test_idx], p_test[:, li]) if len(test_idx) else None,
              "ece_test_after": ece(labels[test_idx], pt_cal[:, li]) if len(test_idx) else None,
-             "method": "temperature scaling of the softmax on the validation split (NLL); ECE 15 equal-width bins"}
+             "method": "temperature scaling of the softmax on the validation split (NLL); image score = sigmoid(mean "
+                       "cell logit / image temperature), fitted on the validation images; ECE 15 equal-width bins"}
     if len(img_ids):
         img_p_raw = image_level(samples.image[test_idx], labels[test_idx], p_test[:, li])[2]
         calib["ece_test_images_before"] = ece(img_y, img_p_raw)
@@ -735,7 +739,7 @@ def train(data_dir: Path, config_path: Path, out_dir: Path, *, weights: Path | N
                      crop_um=cfg.crop_um if cfg.mode == "cells" else 0.0,
                      working_mpp=cfg.segmentation.working_mpp if cfg.mode == "cells" else 0.0,
                      preprocessing="rescale_1_255" if cfg.mode == "cells" else "whole_image_resize+rescale_1_255",
-                     temperature=temperature,
+                     temperature=temperature, image_temperature=image_temperature,
                      training={"mode": cfg.mode, "config": str(config_path), "seed": cfg.seed,
                                "sources": [dataclasses.asdict(s) for s in cfg.sources],
                                "segmentation": dataclasses.asdict(cfg.segmentation),
