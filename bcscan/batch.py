@@ -345,8 +345,10 @@ def run_batch(scan_dir: Path, out_dir: Path, settings: Settings, mpp: float | No
     Raises ConfigError / ModelError / PatientError when nothing can run; a scan that fails is
     recorded and the batch goes on."""
     started = dt.datetime.now(dt.timezone.utc)
+    t_start = time.perf_counter()
     model_info = prepare_output(out_dir, settings)
     jobs = plan_batch(scan_dir, settings, mpp, model_info.sha256)
+    t_planned = time.perf_counter()
     workers = settings.pipeline.worker_count()
     if workers:
         from .streaming import run_pipelined
@@ -361,7 +363,12 @@ def run_batch(scan_dir: Path, out_dir: Path, settings: Settings, mpp: float | No
             if progress is not None:
                 progress(1)
         executor = None
-    return collect_outputs(scan_dir, out_dir, settings, model_info, jobs, metas, started, mpp, argv, executor)
+    t_scanned = time.perf_counter()
+    loaded_now = [c for c in _classifiers.values() if c.loaded_at > t_planned]
+    timings = {"plan_s": round(t_planned - t_start, 2), "scans_s": round(t_scanned - t_planned, 2),
+               "model_load_s": round(loaded_now[0].load_seconds, 2) if loaded_now else 0.0}
+    return collect_outputs(scan_dir, out_dir, settings, model_info, jobs, metas, started, mpp, argv, executor,
+                           timings)
 
 
 def prepare_output(out_dir: Path, settings: Settings):
@@ -375,10 +382,12 @@ def prepare_output(out_dir: Path, settings: Settings):
 
 def collect_outputs(scan_dir: Path, out_dir: Path, settings: Settings, model_info, jobs: list[ScanJob],
                     metas: list[dict[str, Any]], started: dt.datetime, mpp: float | None,
-                    argv: list[str] | None, executor: dict[str, Any] | None = None) -> BatchResult:
+                    argv: list[str] | None, executor: dict[str, Any] | None = None,
+                    timings: dict[str, float] | None = None) -> BatchResult:
     """The tables, GeoJSON, provenance and reports, rebuilt from the per-scan results.
     `model_info` is the model checked by `prepare_output`; `executor` describes where the scans
-    ran when it was not this process (Dask workers)."""
+    ran when it was not this process (Dask workers); `timings`: where the run's time went
+    (planning incl. hashing the scans, processing them, of which loading the model)."""
     model_path = resolve_model_path(settings.classification.model)
     store = ResultStore(out_dir)
     cell_tables = []
@@ -420,6 +429,7 @@ def collect_outputs(scan_dir: Path, out_dir: Path, settings: Settings, model_inf
                    else next((c.engine for c in _classifiers.values()), "not loaded in this process")),
         "executor": executor or {"engine": "in-process"},
         "inputs": [{"scan": m["scan"], "sha256": m.get("sha256", ""), "status": m["status"]} for m in metas],
+        "timings": timings or {},
         "counts": {"scans": len(metas), "failed": n_failed, "pending": n_pending, "cells": int(len(cells)),
                    "patients": int(len(patients))},
         "software": software_versions(),

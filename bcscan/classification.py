@@ -154,6 +154,9 @@ class CellClassifier:
     """A loaded, verified model that turns uint8 crops into calibrated p_leukemic."""
 
     def __init__(self, params: ClassificationParams):
+        import time
+
+        started = time.perf_counter()
         self.params = params
         self.model_path = resolve_model_path(params.model)
         self.device = configure_tensorflow(params.device, params.cpu_threads)
@@ -162,6 +165,8 @@ class CellClassifier:
         self.model, self.info = load_keras_model(self.model_path)
         self._predict = self._compile()
         self._onnx = self._onnx_runner() if self.device == "cpu" else None
+        self.loaded_at = time.perf_counter()
+        self.load_seconds = self.loaded_at - started  # TensorFlow import, model load, compilation set-up
 
     @property
     def engine(self) -> str:
