@@ -27,7 +27,7 @@ from .aggregation import AggregationParams, summarise_patients
 from .classification import ClassificationParams, resolve_model_path
 from .config import DEFAULT_CONFIG, ConfigError, config_digest, load_yaml, merge, section
 from .outputs import (CELL_COLUMNS, FAILURE_COLUMNS, SCAN_COLUMNS, atomic_write_csv, atomic_write_json,
-                      atomic_write_text, cells_geojson, safe_filename)
+                      cells_geojson, safe_filename)
 from .patients import PatientAssigner, PatientParams
 from .reading import ReadingParams, ScanError, find_scans, open_scan
 from .reporting import ReportError, ReportingParams, write_reports

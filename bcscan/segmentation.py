@@ -179,7 +179,6 @@ def _segment_working(rgb: np.ndarray, p: SegmentationParams) -> tuple[np.ndarray
     relabel[keep] = np.arange(1, keep.sum() + 1)
     nuc_lab = _split_touching_nuclei(relabel[nuc_lab], p)
     nucleus = nuc_lab > 0
-    n_nuc = int(nuc_lab.max())
 
     # Cells (any stain) vs glass; nuclei always count as cell.
     fg = cv2.morphologyEx((fg | nucleus).astype(np.uint8), cv2.MORPH_OPEN, _disk(0.5 * um))

@@ -69,7 +69,6 @@ def test_pyramidal_tiff_written_by_bcscan_is_a_slide_with_scale(tmp_path):
 
 
 def field_variants(rgb):
-    grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
     rgba = np.dstack([rgb, np.full(rgb.shape[:2], 255, np.uint8)])
     return {
         "field.jpg": lambda p: Image.fromarray(rgb).save(p, quality=95),

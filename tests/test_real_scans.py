@@ -82,7 +82,7 @@ def test_mosaic_slide_gives_the_same_cells_as_its_fields(tmp_path, untrained_mod
     assert distance_um.max() < 1.5
 
 
-def pipeline_detection_score(samples) -> "DetectionScore":
+def pipeline_detection_score(samples):
     """Detection score of the whole scan path (reader → tiler → segmenter → owner tile), level-0 boxes."""
     from bcscan.validation import score_boxes
 
