@@ -53,6 +53,8 @@ from pathlib import Path
 
 import numpy as np
 
+from bccd_mosaic import bccd_fields, write_bccd_slide
+
 WARMUP = 2
 PEER_CODE = r"""
 import ctypes, json, os, sys, time
@@ -95,27 +97,7 @@ print(json.dumps(dict(versions={"histolab": histolab.__version__, "openslide-pyt
 
 
 def build_slide(path: Path, size: int, mpp: float) -> None:
-    from PIL import Image
-
-    from bcscan.synthetic import write_pyramidal_tiff
-    from bcscan.validation import SHARED_DATA
-
-    fields = sorted((SHARED_DATA / "bccd" / "JPEGImages").glob("*.jpg"))
-    if not fields:
-        raise SystemExit(f"no BCCD fields in {SHARED_DATA / 'bccd' / 'JPEGImages'}: the benchmark needs ../shared/data")
-    mosaic = np.empty((size, size, 3), np.uint8)
-    decoded: dict[int, np.ndarray] = {}
-    k = 0
-    for y in range(0, size, 480):  # BCCD fields are 640×480
-        for x in range(0, size, 640):
-            i = k % len(fields)
-            if i not in decoded:
-                decoded[i] = np.asarray(Image.open(fields[i]).convert("RGB"))
-            f = decoded[i]
-            h, w = min(f.shape[0], size - y), min(f.shape[1], size - x)
-            mosaic[y:y + h, x:x + w] = f[:h, :w]
-            k += 1
-    write_pyramidal_tiff(path, mosaic, mpp)
+    write_bccd_slide(path, bccd_fields(), size, size, mpp)
 
 
 def timed_rows(path: Path, tile: int, mpp: float) -> list[dict]:

@@ -38,7 +38,6 @@ from pathlib import Path
 
 import numpy as np
 import psutil
-from PIL import Image
 
 from bcscan.classification import (ClassificationParams, crop_cells, crop_side_px, resize_crops,
                                    resolve_model_path, to_model_input)
@@ -46,12 +45,10 @@ from bcscan.model import load_model_info
 from bcscan.reading import ReadingParams, open_scan
 from bcscan.segmentation import SegmentationParams, segment
 from bcscan.streaming import PipelineParams
-from bcscan.synthetic import write_pyramidal_tiff
 from bcscan.tiling import TilingParams, plan_tiles, read_tile
-from bcscan.validation import SHARED_DATA
 
-BCCD = SHARED_DATA / "bccd" / "JPEGImages"
-BCCD_MPP = 0.065
+from bccd_mosaic import bccd_fields, write_bccd_slide
+
 BATCH_SIZES = (32, 64, 128)
 SWEEP_CROPS = 512
 MB = 1024 * 1024
@@ -60,16 +57,8 @@ MB = 1024 * 1024
 # ----------------------------------------------------------------------------- slides
 
 def build_slide(fields: list[Path], side: int, folder: Path) -> Path:
-    """A side x side mosaic of `fields` (row by row, repeated in order) as a pyramidal TIFF."""
-    fw, fh = Image.open(fields[0]).size
-    mosaic = np.full((side, side, 3), 255, np.uint8)
-    places = [(x, y) for y in range(0, side, fh) for x in range(0, side, fw)]
-    for i, (x, y) in enumerate(places):
-        field = np.asarray(Image.open(fields[i % len(fields)]).convert("RGB"))
-        part = mosaic[y:y + fh, x:x + fw]
-        part[:] = field[:part.shape[0], :part.shape[1]]
     path = folder / "slide.tif"
-    write_pyramidal_tiff(path, mosaic, BCCD_MPP)
+    write_bccd_slide(path, fields, side, side)
     return path
 
 
@@ -331,9 +320,7 @@ def main() -> None:
         parser.error("--workers must be >= 1 (the non-pipelined runs use --tile-workers 0 anyway)")
 
     sizes = sorted(int(s) for s in args.sizes.split(","))
-    fields = sorted(BCCD.glob("*.jpg"))
-    if not fields:
-        raise SystemExit(f"no BCCD fields in {BCCD}: this benchmark needs the shared data (../shared/data)")
+    fields = bccd_fields()
     model = resolve_model_path(args.model).resolve()
     workers = PipelineParams(workers=-1 if args.workers is None else args.workers).worker_count()
 

@@ -22,23 +22,19 @@ from bcscan.classification import CellClassifier, ClassificationParams, crop_cel
 from bcscan.pipeline import scan_cells
 from bcscan.reading import ReadingParams, open_scan
 from bcscan.segmentation import SegmentationParams, segment
-from bcscan.synthetic import write_pyramidal_tiff
 from bcscan.tiling import TilingParams, plan_tiles, read_tile
 from bcscan.validation import SHARED_DATA
 
-BCCD_MPP = 0.065
+from bccd_mosaic import BCCD_MPP, bccd_fields, write_bccd_slide
 
 
 def build_slide(data: Path, grid: int, path: Path) -> int:
-    fields = sorted((data / "bccd" / "JPEGImages").glob("*.jpg"))[: grid * grid]
+    fields = bccd_fields(data)[: grid * grid]
     if len(fields) < grid * grid:
         raise SystemExit(f"need {grid * grid} BCCD images in {data}/bccd/JPEGImages")
-    rows = []
-    for r in range(grid):
-        rows.append(np.concatenate([np.asarray(Image.open(p).convert("RGB")) for p in fields[r * grid:(r + 1) * grid]], axis=1))
-    mosaic = np.concatenate(rows, axis=0)
-    write_pyramidal_tiff(path, mosaic, BCCD_MPP)
-    return mosaic.shape[0] * mosaic.shape[1]
+    fw, fh = Image.open(fields[0]).size
+    write_bccd_slide(path, fields, grid * fw, grid * fh)
+    return grid * fw * grid * fh
 
 
 def timed(fn):
