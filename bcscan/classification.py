@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -154,8 +155,6 @@ class CellClassifier:
     """A loaded, verified model that turns uint8 crops into calibrated p_leukemic."""
 
     def __init__(self, params: ClassificationParams):
-        import time
-
         started = time.perf_counter()
         self.params = params
         self.model_path = resolve_model_path(params.model)

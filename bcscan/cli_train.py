@@ -51,10 +51,9 @@ def train_command(data_dir, config_path, out_dir, weights, init_model, epochs, s
 
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     try:
-        metrics = train(data_dir, config_path, out_dir, weights=weights, init_model=init_model, epochs=epochs, seed=seed,
-                        max_images_per_source=max_images_per_source, work_dir=work_dir, max_minutes=max_minutes,
-                        learning_rate=learning_rate,
-                        device=device, echo=click.echo)
+        metrics = train(data_dir, config_path, out_dir, weights=weights, init_model=init_model, epochs=epochs,
+                        seed=seed, max_images_per_source=max_images_per_source, work_dir=work_dir,
+                        max_minutes=max_minutes, learning_rate=learning_rate, device=device, echo=click.echo)
     except (ConfigError, ModelError, TrainingError) as exc:
         _fail(str(exc))
     except RuntimeError as exc:  # e.g. --device gpu without a GPU

@@ -567,14 +567,12 @@ def predict_probs(model, x_uint8: np.ndarray, batch_size: int = 64) -> np.ndarra
 
 
 def train(data_dir: Path, config_path: Path, out_dir: Path, *, weights: Path | None = None,
-          init_model: Path | None = None, epochs: int | None = None, seed: int | None = None, max_images_per_source: int | None = None,
-          work_dir: Path | None = None, max_minutes: float | None = None, learning_rate: float | None = None,
-          device: str = "auto",
-          echo=print) -> dict:
+          init_model: Path | None = None, epochs: int | None = None, seed: int | None = None,
+          max_images_per_source: int | None = None, work_dir: Path | None = None, max_minutes: float | None = None,
+          learning_rate: float | None = None, device: str = "auto", echo=print) -> dict:
     """Run a training as configured; returns metrics (also written to OUT/<name>/metrics.json)."""
     from .evaluation import (colour_baseline, ece, fit_image_temperature, fit_temperature, image_level, metrics_block,
-                             per_source,
-                             stain_swap_check, write_reports)
+                             per_source, stain_swap_check, write_reports)
 
     cfg = load_train_config(config_path, {"epochs": epochs, "seed": seed, "max_minutes": max_minutes,
                                           "max_images_per_source": max_images_per_source,
@@ -595,6 +593,8 @@ def train(data_dir: Path, config_path: Path, out_dir: Path, *, weights: Path | N
                               hash_size=cfg.split.hash_size, cache_dir=work_dir, progress=True)
     t_data = time.time() - t_start
     split_img, groups = split_images(samples, cfg.split, cfg.seed)
+    split_sha256 = hashlib.sha256("\n".join(f"{file}\t{split}" for file, split in zip(samples.files, split_img))
+                                  .encode()).hexdigest()
     split_smp = split_img[samples.image]
     labels = samples.label
     n_groups_multi = int(sum(1 for g in np.unique(groups) if np.sum(groups == g) > 1))
@@ -630,7 +630,7 @@ def train(data_dir: Path, config_path: Path, out_dir: Path, *, weights: Path | N
         tf.config.experimental.enable_op_determinism()
     model = build_vgg16(cfg.input_size, len(CLASSES), cfg.model.hidden_units, cfg.model.dropout,
                         cfg.model.batch_norm, weights, cfg.seed)
-    init_info = continue_from(model, Path(init_model), cfg) if init_model else None
+    init_info = continue_from(model, Path(init_model), cfg, split_sha256) if init_model else None
     tp = cfg.training
     steps = math.ceil(len(train_idx) / tp.batch_size)
     if tp.lr_schedule == "cosine":
@@ -741,6 +741,7 @@ def train(data_dir: Path, config_path: Path, out_dir: Path, *, weights: Path | N
                      preprocessing="rescale_1_255" if cfg.mode == "cells" else "whole_image_resize+rescale_1_255",
                      temperature=temperature, image_temperature=image_temperature,
                      training={"mode": cfg.mode, "config": str(config_path), "seed": cfg.seed,
+                               "split_sha256": split_sha256,
                                "sources": [dataclasses.asdict(s) for s in cfg.sources],
                                "segmentation": dataclasses.asdict(cfg.segmentation),
                                "weights": str(weights) if weights else None,
@@ -766,20 +767,24 @@ def train(data_dir: Path, config_path: Path, out_dir: Path, *, weights: Path | N
     return metrics
 
 
-def continue_from(model, init_model: Path, cfg: TrainConfig):
-    """Load the weights of a bcscan model trained earlier with the same data, seed and split into
-    `model` (a second training stage, e.g. after a time budget cut the first).  Refused when its
-    training data or seed differ: its training images could then sit in this run's test split."""
+def continue_from(model, init_model: Path, cfg: TrainConfig, split_sha256: str):
+    """Load the weights of a bcscan model trained earlier on the same split into `model` (a second
+    training stage, e.g. after a time budget cut the first).  Refused when its images were split
+    otherwise (their digest differs; models older than the digest: other data, seed or mode),
+    since its training images could then sit in this run's test split."""
     from .model import ModelError, load_keras_model
 
     previous, info = load_keras_model(init_model)
     trained = info.training or {}
-    same_data = (trained.get("mode") == cfg.mode and trained.get("seed") == cfg.seed
-                 and trained.get("sources") == [dataclasses.asdict(s) for s in cfg.sources]
-                 and info.input_size == cfg.input_size)
-    if not same_data:
-        raise TrainingError(f"{init_model}: trained on other data, seed, mode or input size than this config; "
-                            "continuing it would leak its training images into this test split")
+    if "split_sha256" in trained:
+        same_split = trained["split_sha256"] == split_sha256
+    else:
+        same_split = (trained.get("mode") == cfg.mode and trained.get("seed") == cfg.seed
+                      and trained.get("sources") == [dataclasses.asdict(s) for s in cfg.sources])
+    if not same_split or info.input_size != cfg.input_size:
+        raise TrainingError(f"{init_model}: trained on another split of the images (data, seed, split or mode) or "
+                            "another input size than this run; continuing it would leak its training images into "
+                            "this test split")
     try:
         model.set_weights(previous.get_weights())
     except ValueError as exc:

@@ -220,6 +220,10 @@ def test_train_cells_mode_end_to_end_on_synthetic_fields(tmp_path):
     refused = CliRunner().invoke(train_command, [str(data), "--config", str(cfg), "--out", str(tmp_path / "o"),
                                                  "--init-model", str(out / "tiny.keras"), "--seed", "2"])
     assert refused.exit_code == 1 and "leak its training images" in refused.output
+    other_split = write_config(tmp_path / "other-split.yaml", split={"train": 0.6, "val": 0.2, "test": 0.2})
+    refused = CliRunner().invoke(train_command, [str(data), "--config", str(other_split), "--out", str(tmp_path / "o"),
+                                                 "--init-model", str(out / "tiny.keras")])
+    assert refused.exit_code == 1 and "leak its training images" in refused.output
 
 
 def test_train_reports_bad_inputs_in_one_line(tmp_path):
