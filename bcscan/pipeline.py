@@ -79,19 +79,24 @@ def tile_cells(scan: Scan, plan: TilePlan, tile: Tile, seg_params: SegmentationP
         rgb = read_tile(scan, plan, tile)
     except ScanError as exc:
         raise StageError("read", str(exc)) from exc
-    rx, ry = tile.read[0], tile.read[1]
     try:
         seg = segment(rgb, seg_params.working_mpp, seg_params)
     except Exception as exc:
         raise StageError("segment", f"{scan.path}: segmentation failed in tile {tile.core} "
                                     f"({type(exc).__name__}: {exc})") from exc
+    return owned_cells(rgb, seg, plan, tile, crop_side_px(crop_um, seg_params.working_mpp), input_size)
+
+
+def owned_cells(rgb: np.ndarray, seg: Segmentation, plan: TilePlan, tile: Tile, crop_side: int,
+                input_size: int) -> TileCells:
+    """The segmented cells of a tile's read window whose centre lies in its core, with their crops."""
+    rx, ry = tile.read[0], tile.read[1]
     owned = [c for c in seg.cells if tile.owns(c.x + rx, c.y + ry)]
     offset = np.array([rx, ry, rx, ry, rx, ry], dtype=np.float64)
     geometry = np.array([(c.x, c.y, c.x0, c.y0, c.x1, c.y1, c.area_um2) for c in owned], dtype=np.float64).reshape(-1, 7)
     geometry[:, :6] = (geometry[:, :6] + offset) * plan.to_level0
     centres = np.array([(c.x, c.y) for c in owned], dtype=np.float64).reshape(-1, 2)
-    crops = resize_crops(crop_cells(rgb, centres, crop_side_px(crop_um, seg_params.working_mpp)), input_size)
-    return TileCells(geometry, crops)
+    return TileCells(geometry, resize_crops(crop_cells(rgb, centres, crop_side), input_size))
 
 
 def cells_table(geometry: np.ndarray, p_leukemic: np.ndarray, threshold: float) -> pd.DataFrame:

@@ -39,9 +39,9 @@ from pathlib import Path
 import numpy as np
 import psutil
 
-from bcscan.classification import (ClassificationParams, crop_cells, crop_side_px, resize_crops,
-                                   resolve_model_path, to_model_input)
+from bcscan.classification import ClassificationParams, crop_side_px, resolve_model_path, to_model_input
 from bcscan.model import load_model_info
+from bcscan.pipeline import owned_cells
 from bcscan.reading import ReadingParams, open_scan
 from bcscan.segmentation import SegmentationParams, segment
 from bcscan.streaming import PipelineParams
@@ -92,7 +92,7 @@ def time_raw_reads(slide: Path, plan) -> float:
 
 def time_tile_stages(slide: Path, crop_um: float, input_size: int) -> tuple[dict, np.ndarray]:
     """read_tile and segment of every planned tile, each timed alone, one tile in memory at a time;
-    also the crops of the cells each tile owns (as pipeline.tile_cells cuts them)."""
+    also the crops of the cells each tile owns (pipeline.owned_cells, as a scan cuts them)."""
     seg_params = SegmentationParams()
     side = crop_side_px(crop_um, seg_params.working_mpp)
     t_read = t_seg = 0.0
@@ -106,9 +106,7 @@ def time_tile_stages(slide: Path, crop_um: float, input_size: int) -> tuple[dict
             t1 = time.perf_counter()
             seg = segment(rgb, seg_params.working_mpp, seg_params)
             t_read, t_seg = t_read + t1 - t0, t_seg + time.perf_counter() - t1
-            rx, ry = tile.read[:2]
-            centres = np.array([(c.x, c.y) for c in seg.cells if tile.owns(c.x + rx, c.y + ry)]).reshape(-1, 2)
-            crops.append(resize_crops(crop_cells(rgb, centres, side), input_size))
+            crops.append(owned_cells(rgb, seg, plan, tile, side, input_size).crops)
     stages = {"level": plan.level, "tiles": len(plan.tiles), "tiles_skipped": plan.skipped,
               "working_mp": plan.width * plan.height / 1e6,
               "read_raw_s": t_raw, "read_tile_s": t_read, "segment_s": t_seg}
