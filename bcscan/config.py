@@ -9,17 +9,29 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-PACKAGE_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_CONFIG = PACKAGE_ROOT / "configs" / "default.yaml"
+from bcscan.errors import ConfigError
+
+DEFAULT_CONFIG_NAME = "default.yaml"
 
 
-class ConfigError(ValueError):
-    """A configuration file or override that cannot be used."""
+def packaged(name: str) -> Path:
+    """A file shipped inside the package (`bcscan/resources/`), found from any install:
+    a checkout, an editable install or a wheel."""
+    return Path(str(resources.files("bcscan") / "resources" / name))
+
+
+def default_config() -> dict[str, Any]:
+    """The documented defaults (configs/default.yaml, shipped as package data)."""
+    path = packaged(DEFAULT_CONFIG_NAME)
+    if not path.is_file():
+        raise ConfigError(f"{path}: the default configuration is missing from this bcscan install (reinstall bcscan)")
+    return load_yaml(path)
 
 
 def section(cls, values: dict[str, Any] | None, name: str):

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from bcscan.synthetic import write_pyramidal_tiff
-from bcscan.validation import SHARED_DATA
+from bcscan.testing.groundtruth import SHARED_DATA
+from bcscan.testing.synthetic import write_pyramidal_tiff
 
 BCCD_MPP = 0.065
 

@@ -4,8 +4,8 @@
                                       [--cpu-threads 0] [--no-local]
 
 Builds synthetic pyramidal TIFF slides and field PNGs (and one bad file), then times
-`run_batch_dask(..., workers=N)` end to end for each N, every run from scratch (`--force`
-into a fresh OUT_DIR), so each figure includes what `bcscan scan --workers N` really costs:
+`run_batch` with `DaskExecutor(workers=N)` end to end for each N, every run from scratch (`--force`
+into a fresh OUT_DIR), so each figure includes what `bcscan scan --dask-workers N` really costs:
 starting the worker processes, importing TensorFlow and loading the model once per worker.
 Also prints the summed per-scan compute seconds (scans.csv), which shows how much each scan
 slows down when the workers compete for the same cores, and checks that every run wrote the
@@ -24,8 +24,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import pandas as pd  # noqa: E402
 
-from bcscan.batch import load_settings, run_batch  # noqa: E402
-from bcscan.synthetic import write_batch  # noqa: E402
+from bcscan.batch.executors import InProcessExecutor  # noqa: E402
+from bcscan.batch.outline import run_batch  # noqa: E402
+from bcscan.batch.plan import BatchRun  # noqa: E402
+from bcscan.batch.settings import load_settings  # noqa: E402
+from bcscan.testing.synthetic import write_batch  # noqa: E402
 
 
 def make_batch(scans: Path, n_slides: int, n_fields: int) -> None:
@@ -33,7 +36,7 @@ def make_batch(scans: Path, n_slides: int, n_fields: int) -> None:
 
 
 def make_model(path: Path) -> Path:
-    from bcscan.model import ModelInfo, build_vgg16, save_model
+    from bcscan.model.network import ModelInfo, build_vgg16, save_model
 
     model = build_vgg16(64, batch_norm=True, hidden_units=256, seed=1)
     save_model(model, path, ModelInfo(name="untrained-benchmark", classes=["leukemic", "normal"], input_size=64,
@@ -51,7 +54,7 @@ def main() -> None:
     parser.add_argument("--no-local", action="store_true", help="skip the in-process reference run")
     args = parser.parse_args()
 
-    from bcscan.distributed import run_batch_dask
+    from bcscan.batch.executors.dask_cluster import DaskExecutor
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -68,10 +71,8 @@ def main() -> None:
         for label, n in runs:
             out = tmp / f"out-{n or 'local'}"
             t0 = time.perf_counter()
-            if n is None:
-                result = run_batch(scans, out, settings, force=True)
-            else:
-                result = run_batch_dask(scans, out, settings, workers=n, force=True)
+            executor = InProcessExecutor() if n is None else DaskExecutor(workers=n)
+            result = run_batch(BatchRun(scans, out, settings, force=True), executor)
             wall = time.perf_counter() - t0
             scan_seconds = pd.read_csv(out / "scans.csv")["seconds"].sum()
             cells[label] = (out / "cells.csv").read_text()

@@ -52,7 +52,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from bccd_mosaic import bccd_fields, write_bccd_slide
 
 WARMUP = 2
@@ -103,8 +102,8 @@ def build_slide(path: Path, size: int, mpp: float) -> None:
 def timed_rows(path: Path, tile: int, mpp: float) -> list[dict]:
     import openslide
 
-    from bcscan.reading import ReadingParams, open_scan
-    from bcscan.tiling import TilingParams, plan_tiles, read_tile
+    from bcscan.scan.reading import ReadingParams, open_scan
+    from bcscan.scan.tiling import TilingParams, plan_tiles, read_tile
 
     rows = []
     slide = openslide.OpenSlide(str(path))

@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/pipeline_speed.py [--sizes 20000,28284,40000] [--workers N]
                                                   [--model PATH] [--json PATH]
 
-Why: the pipeline (bcscan/streaming.py) reads and segments tiles in worker processes while the
+Why: the pipeline (bcscan/batch/executors/pipelined.py) reads and segments tiles in worker processes while the
 main process classifies, so a scan should take little more than its slowest stage, clearly less
 than with `--tile-workers 0`, and its memory should not grow with the slide.  The results are
 ratios measured side by side in one run; absolute seconds depend on the machine and its load.
@@ -38,16 +38,16 @@ from pathlib import Path
 
 import numpy as np
 import psutil
-
-from bcscan.classification import ClassificationParams, crop_side_px, resolve_model_path, to_model_input
-from bcscan.model import load_model_info
-from bcscan.pipeline import owned_cells
-from bcscan.reading import ReadingParams, open_scan
-from bcscan.segmentation import SegmentationParams, segment
-from bcscan.streaming import PipelineParams
-from bcscan.tiling import TilingParams, plan_tiles, read_tile
-
 from bccd_mosaic import bccd_fields, write_bccd_slide
+
+from bcscan.batch.settings import PipelineParams
+from bcscan.model.classifier import ClassificationParams, resolve_model_path, to_model_input
+from bcscan.model.network import load_model_info
+from bcscan.scan.crops import crop_side_px
+from bcscan.scan.pipeline import owned_cells
+from bcscan.scan.reading import ReadingParams, open_scan
+from bcscan.scan.segmentation import SegmentationParams, segment
+from bcscan.scan.tiling import TilingParams, plan_tiles, read_tile
 
 BATCH_SIZES = (32, 64, 128)
 SWEEP_CROPS = 512
@@ -133,8 +133,8 @@ def time_classify(crops: np.ndarray, model_path: Path) -> dict:
     """Each bare engine (TensorFlow/XLA; ONNX Runtime when installed) at its best batch size (chosen on
     the first SWEEP_CROPS crops), then bcscan's CellClassifier (its default engine) at that batch size;
     each timed over all crops after running every batch shape once."""
-    from bcscan.classification import CellClassifier, configure_tensorflow
-    from bcscan.model import load_keras_model
+    from bcscan.model.classifier import CellClassifier, configure_tensorflow
+    from bcscan.model.network import load_keras_model
 
     device = configure_tensorflow()  # the process-wide settings CellClassifier uses, set before both
     import tensorflow as tf
@@ -143,7 +143,7 @@ def time_classify(crops: np.ndarray, model_path: Path) -> dict:
     xla = tf.function(lambda b: model(b, training=False), jit_compile=True)
     engines = {"tensorflow-xla": lambda b: xla(b).numpy()}
     try:
-        from bcscan.onnx_backend import OnnxRunner
+        from bcscan.model.onnx_backend import OnnxRunner
 
         engines["onnxruntime"] = OnnxRunner(model)
     except ImportError:

@@ -16,16 +16,16 @@ import time
 from pathlib import Path
 
 import numpy as np
+from bccd_mosaic import BCCD_MPP, bccd_fields, write_bccd_slide
 from PIL import Image
 
-from bcscan.classification import CellClassifier, ClassificationParams, crop_cells, crop_side_px, to_model_input
-from bcscan.pipeline import scan_cells
-from bcscan.reading import ReadingParams, open_scan
-from bcscan.segmentation import SegmentationParams, segment
-from bcscan.tiling import TilingParams, plan_tiles, read_tile
-from bcscan.validation import SHARED_DATA
-
-from bccd_mosaic import BCCD_MPP, bccd_fields, write_bccd_slide
+from bcscan.model.classifier import CellClassifier, ClassificationParams, to_model_input
+from bcscan.scan.crops import crop_cells, crop_side_px
+from bcscan.scan.pipeline import scan_cells
+from bcscan.scan.reading import ReadingParams, open_scan
+from bcscan.scan.segmentation import SegmentationParams, segment
+from bcscan.scan.tiling import TilingParams, plan_tiles, read_tile
+from bcscan.testing.groundtruth import SHARED_DATA
 
 
 def build_slide(data: Path, grid: int, path: Path) -> int:

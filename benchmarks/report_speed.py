@@ -19,10 +19,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bcscan.aggregation import AggregationParams, summarise_patients
-from bcscan.outputs import CELL_COLUMNS, FAILURE_COLUMNS, SCAN_COLUMNS, atomic_write_csv, atomic_write_json
-from bcscan.reporting import ReportingParams, report_names, write_reports
-from bcscan.synthetic import draw_smear, write_pyramidal_tiff
+from bcscan.results.aggregation import AggregationParams, summarise_patients
+from bcscan.results.reporting import ReportingParams, report_names, write_reports
+from bcscan.results.tables import CELL_COLUMNS, FAILURE_COLUMNS, SCAN_COLUMNS, atomic_write_csv, atomic_write_json
+from bcscan.testing.synthetic import draw_smear, write_pyramidal_tiff
 
 MPP = 0.25
 

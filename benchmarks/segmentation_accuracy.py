@@ -20,8 +20,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from bcscan import validation as V
-from bcscan.segmentation import SegmentationParams, segment
+from bcscan.scan.segmentation import SegmentationParams, segment
+from bcscan.testing import groundtruth as V
 
 
 def boxes_of(seg) -> np.ndarray:

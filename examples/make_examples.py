@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from bcscan.synthetic import draw_smear, write_field_png, write_pyramidal_tiff
+from bcscan.testing.synthetic import draw_smear, write_field_png, write_pyramidal_tiff
 
 MPP = 0.25
 

@@ -22,7 +22,7 @@ def shared(*parts: str) -> Path:
 @pytest.fixture(scope="session")
 def untrained_model(tmp_path_factory) -> Path:
     """A freshly initialised VGG-16 (32 px input) saved with its metadata, as `bcscan train` would."""
-    from bcscan.model import ModelInfo, build_vgg16, save_model
+    from bcscan.model.network import ModelInfo, build_vgg16, save_model
 
     path = tmp_path_factory.mktemp("model") / "untrained.keras"
     model = build_vgg16(32, batch_norm=True, hidden_units=16, seed=1)

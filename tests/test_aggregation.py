@@ -4,9 +4,17 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from bcscan.aggregation import (FLAG_INCOMPLETE, FLAG_INSUFFICIENT, FLAG_NEGATIVE, FLAG_REVIEW, AggregationParams,
-                                summarise_patients, wilson_interval)
-from bcscan.patients import PatientAssigner, PatientError, PatientParams
+from bcscan.errors import PatientError
+from bcscan.results.aggregation import (
+    FLAG_INCOMPLETE,
+    FLAG_INSUFFICIENT,
+    FLAG_NEGATIVE,
+    FLAG_REVIEW,
+    AggregationParams,
+    summarise_patients,
+    wilson_interval,
+)
+from bcscan.results.patients import PatientAssigner, PatientParams
 
 
 @pytest.mark.parametrize("k, n, low, high", [

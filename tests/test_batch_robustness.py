@@ -17,12 +17,11 @@ import numpy as np
 import pandas as pd
 import pytest
 from click.testing import CliRunner
+from conftest import shared
 from PIL import Image
 
-from bcscan.cli import main
-from bcscan.synthetic import draw_smear, write_field_png, write_pyramidal_tiff
-
-from conftest import shared
+from bcscan.cli.main import main
+from bcscan.testing.synthetic import draw_smear, write_field_png, write_pyramidal_tiff
 
 
 def write_field(path: Path, seed: int, n_wbc: int = 3, size=(900, 700)) -> None:
@@ -225,7 +224,7 @@ def test_output_permissions_follow_the_configured_umask(tmp_path, untrained_mode
 
 
 def test_out_of_accelerator_memory_shrinks_the_batch_and_keeps_results(untrained_model):
-    from bcscan.classification import CellClassifier, ClassificationParams
+    from bcscan.model.classifier import CellClassifier, ClassificationParams
 
     crops = np.random.default_rng(0).integers(0, 255, (40, 50, 50, 3), dtype=np.uint8)
     params = ClassificationParams(model=str(untrained_model), batch_size=16, cpu_backend="tensorflow")  # OOM: TF's

@@ -6,13 +6,13 @@ import csv
 
 import numpy as np
 import pytest
+from conftest import REPO, shared
 from PIL import Image
 
-from bcscan.classification import CellClassifier, ClassificationParams
-from bcscan.pipeline import cells_in_field
-from bcscan.segmentation import SegmentationParams
-
-from conftest import REPO, shared
+from bcscan.errors import ModelError
+from bcscan.model.classifier import CellClassifier, ClassificationParams
+from bcscan.scan.pipeline import cells_in_field
+from bcscan.scan.segmentation import SegmentationParams
 
 SHIPPED = REPO / "models" / "bcscan-vgg16.keras"
 SCALES = {"ghaderzadeh-all": 0.45, "pbc-normal": 0.088}
@@ -56,7 +56,7 @@ def test_onnx_runtime_equals_tensorflow_on_every_test_cell():
 def test_a_model_onnx_cannot_express_stays_on_tensorflow(tmp_path):
     import keras
 
-    from bcscan.model import ModelInfo, save_model
+    from bcscan.model.network import ModelInfo, save_model
 
     inputs = keras.Input((32, 32, 3))
     x = keras.layers.Conv2D(4, 3, padding="same", activation="relu")(inputs)
@@ -66,5 +66,5 @@ def test_a_model_onnx_cannot_express_stays_on_tensorflow(tmp_path):
     save_model(keras.Model(inputs, outputs), path, ModelInfo(name="gap", classes=["leukemic", "normal"],
                                                              input_size=32, crop_um=20.0, working_mpp=0.4))
     assert CellClassifier(ClassificationParams(model=str(path), device="cpu")).engine == "cpu/tensorflow-xla"
-    with pytest.raises(RuntimeError, match="GlobalAveragePooling2D"):
+    with pytest.raises(ModelError, match="GlobalAveragePooling2D"):
         CellClassifier(ClassificationParams(model=str(path), device="cpu", cpu_backend="onnxruntime"))

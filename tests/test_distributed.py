@@ -1,4 +1,4 @@
-"""`run_batch_dask`: the night's batch over a real Dask cluster (worker processes, not threads)
+"""The Dask executor: the night's batch over a real Dask cluster (worker processes, not threads)
 gives exactly the single-process outputs, survives a worker killed mid-scan without counting a
 cell twice, and never imports Dask where it is not asked for."""
 from __future__ import annotations
@@ -15,8 +15,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from bcscan.batch import load_settings, run_batch
-from bcscan.synthetic import write_batch
+from bcscan.batch.executors import InProcessExecutor
+from bcscan.batch.outline import run_batch
+from bcscan.batch.plan import BatchRun
+from bcscan.batch.settings import load_settings
+from bcscan.testing.synthetic import write_batch
 
 distributed = pytest.importorskip("distributed", reason="needs the optional extra: pip install 'bcscan[distributed]'")
 
@@ -56,16 +59,17 @@ def settings(untrained_model):
 def reference(batch, settings, tmp_path_factory):
     """The single-process run that every distributed run must reproduce."""
     out = tmp_path_factory.mktemp("reference")
-    result = run_batch(batch, out, settings)
+    result = run_batch(BatchRun(batch, out, settings), InProcessExecutor())
     assert result.n_scans == 5 and result.n_failed == 1 and result.n_cells > 30
     return comparable(out)
 
 
 def test_local_cluster_of_two_worker_processes_gives_the_single_process_outputs(batch, settings, reference, tmp_path):
-    from bcscan.distributed import run_batch_dask
+    from bcscan.batch.executors.dask_cluster import DaskExecutor
 
     done = []
-    result = run_batch_dask(batch, tmp_path / "out", settings, workers=2, progress=done.append, argv=["test"])
+    result = run_batch(BatchRun(batch, tmp_path / "out", settings, progress=done.append, argv=["test"]),
+                       DaskExecutor(workers=2))
     assert (result.exit_code, result.n_scans, result.n_failed) == (1, 5, 1)
     assert sum(done) == 5
     assert_same_tables(tmp_path / "out", reference)
@@ -79,12 +83,12 @@ def test_local_cluster_of_two_worker_processes_gives_the_single_process_outputs(
 def test_worker_killed_mid_scan_is_retried_elsewhere_and_counted_once(batch, settings, reference, tmp_path):
     """Our own cluster (2 worker processes, each advertising one 'GPU' resource so the resource
     path is exercised), joined through --scheduler; SIGKILL to the worker executing a scan."""
-    from bcscan.distributed import run_batch_dask
+    from bcscan.batch.executors.dask_cluster import DaskExecutor
 
     cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
                                        resources={"GPU": 1})
     killed: dict[str, object] = {}
-    from bcscan.reading import find_scans
+    from bcscan.scan.reading import find_scans
 
     slide_indices = {i for i, p in enumerate(find_scans(batch)) if p.suffix == ".tif"}
     stop = threading.Event()
@@ -117,12 +121,13 @@ def test_worker_killed_mid_scan_is_retried_elsewhere_and_counted_once(batch, set
     watcher = threading.Thread(target=kill_a_busy_worker, daemon=True)
     watcher.start()
     try:
-        result = run_batch_dask(batch, tmp_path / "out", settings, scheduler=cluster.scheduler_address)
+        result = run_batch(BatchRun(batch, tmp_path / "out", settings), DaskExecutor(scheduler=cluster.scheduler_address))
         stop.set()
         watcher.join(timeout=30)
         first = {name: (tmp_path / "out" / name).read_text() for name in ("cells.csv", "patients.csv")}
-        # a rerun on the same cluster reuses every stored result and rewrites identical tables
-        rerun = run_batch_dask(batch, tmp_path / "out", settings, scheduler=cluster.scheduler_address)
+        run_json = json.loads((tmp_path / "out" / "run.json").read_text())
+        # a rerun reuses every stored result (no task is sent) and rewrites identical tables
+        rerun = run_batch(BatchRun(batch, tmp_path / "out", settings), DaskExecutor(scheduler=cluster.scheduler_address))
         assert rerun.n_cells == result.n_cells
         assert {name: (tmp_path / "out" / name).read_text() for name in first} == first
     finally:
@@ -136,7 +141,6 @@ def test_worker_killed_mid_scan_is_retried_elsewhere_and_counted_once(batch, set
         os.kill(killed["pid"], 0)  # that worker process is really gone
     assert (result.exit_code, result.n_scans, result.n_failed) == (1, 5, 1)
     assert_same_tables(tmp_path / "out", reference)
-    run_json = json.loads((tmp_path / "out" / "run.json").read_text())
     index = int(killed["key"].split("-")[2])
     killed_scan = run_json["inputs"][index]["scan"]
     # the killed scan was finished by another worker process
@@ -146,7 +150,7 @@ def test_worker_killed_mid_scan_is_retried_elsewhere_and_counted_once(batch, set
 
 
 def test_workers_that_do_not_see_the_shared_paths_are_refused(tmp_path):
-    from bcscan.distributed import check_worker
+    from bcscan.batch.executors.dask_cluster import check_worker
 
     probe = tmp_path / "probe"
     probe.write_text("client-token")
@@ -162,18 +166,18 @@ def test_workers_that_do_not_see_the_shared_paths_are_refused(tmp_path):
 
 
 def test_unreachable_scheduler_and_bad_options_cannot_run(batch, settings, tmp_path, monkeypatch):
-    import bcscan.distributed as bd
-    from bcscan.config import ConfigError
+    import bcscan.batch.executors.dask_cluster as bd
+    from bcscan.errors import ConfigError
 
     monkeypatch.setattr(bd, "CONNECT_TIMEOUT_S", 2)
     with pytest.raises(ConfigError, match="cannot reach the Dask scheduler"):
-        bd.run_batch_dask(batch, tmp_path / "o", settings, scheduler="tcp://127.0.0.1:9")
+        run_batch(BatchRun(batch, tmp_path / "o", settings), bd.DaskExecutor(scheduler="tcp://127.0.0.1:9"))
     with pytest.raises(ConfigError, match="exclude each other"):
-        bd.run_batch_dask(batch, tmp_path / "o", settings, scheduler="tcp://127.0.0.1:9", workers=2)
+        bd.DaskExecutor(scheduler="tcp://127.0.0.1:9", workers=2)
 
 
 def test_dask_is_not_imported_unless_asked_for():
-    code = ("import sys, bcscan.cli, bcscan.batch, bcscan.distributed; "
+    code = ("import sys, bcscan.cli, bcscan.batch.outline, bcscan.batch.executors; "
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('dask', 'distributed')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
@@ -182,13 +186,15 @@ def test_dask_is_not_imported_unless_asked_for():
 CLIENT = """
 import sys
 from pathlib import Path
-from bcscan.batch import load_settings
-from bcscan.distributed import run_batch_dask
+from bcscan.batch.executors.dask_cluster import DaskExecutor
+from bcscan.batch.outline import run_batch
+from bcscan.batch.plan import BatchRun
+from bcscan.batch.settings import load_settings
 
 if __name__ == "__main__":
     scans, out, model = map(Path, sys.argv[1:4])
     settings = load_settings(None, {"classification": {"model": str(model)}})
-    run_batch_dask(scans, out, settings, workers=2)
+    run_batch(BatchRun(scans, out, settings), DaskExecutor(workers=2))
 """
 
 

@@ -8,9 +8,17 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from bcscan.cli_train import evaluate_command
-from bcscan.evaluation import (LogisticRegression, ece, fit_temperature, hsv_histograms, image_level, metrics_block,
-                               parse_class_map, roc_auc)
+from bcscan.cli.train import evaluate_command
+from bcscan.training.evaluation import (
+    LogisticRegression,
+    ece,
+    fit_temperature,
+    hsv_histograms,
+    image_level,
+    metrics_block,
+    parse_class_map,
+    roc_auc,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -53,13 +61,13 @@ def test_ece_and_temperature_scaling():
     probs = np.stack([p_over, 1 - p_over], axis=1)
     t = fit_temperature(probs, labels)
     assert 2.4 < t < 3.6
-    from bcscan.classification import calibrate
+    from bcscan.model.classifier import calibrate
 
     assert ece(labels, calibrate(probs, t)[:, 0]) < 0.03
 
 
 def test_image_score_is_the_calibrated_mean_logit_of_its_cells():
-    from bcscan.evaluation import fit_image_temperature
+    from bcscan.training.evaluation import fit_image_temperature
 
     ids, y, p = image_level(np.array([3, 3, 5, 3]), np.array([0, 0, 1, 0]), np.array([0.9, 0.5, 0.2, 0.1]))
     assert ids.tolist() == [3, 5] and y.tolist() == [0, 1]
@@ -94,7 +102,7 @@ def test_parse_class_map():
 
 
 def _tiny_model(tmp_path: Path, crop_um: float) -> Path:
-    from bcscan.model import ModelInfo, build_vgg16, save_model
+    from bcscan.model.network import ModelInfo, build_vgg16, save_model
 
     model = build_vgg16(32, 2, hidden_units=8, dropout=0.0, batch_norm=True, seed=0)
     path = tmp_path / "m" / "tiny.keras"
@@ -159,18 +167,18 @@ def test_evaluate_errors_are_one_line(tmp_path):
     runner = CliRunner()
     r = runner.invoke(evaluate_command, [str(tmp_path / "none"), str(tmp_path), "--class-map", "normal=a",
                                          "--out", str(tmp_path / "o")])
-    assert r.exit_code == 1 and "model folder not found" in r.output and "Traceback" not in r.output
+    assert r.exit_code == 2 and "model folder not found" in r.output and "Traceback" not in r.output
     model = _tiny_model(tmp_path, 24.0)
     r = runner.invoke(evaluate_command, [str(model), str(tmp_path), "--class-map", "normal=a", "--out",
                                          str(tmp_path / "o"), "--mode", "cells"])
-    assert r.exit_code == 1 and "--mpp" in r.output
+    assert r.exit_code == 2 and "--mpp" in r.output
     r = runner.invoke(evaluate_command, [str(model), str(tmp_path), "--class-map", "tumour=a", "--out",
                                          str(tmp_path / "o")])
-    assert r.exit_code == 1 and "tumour" in r.output
+    assert r.exit_code == 2 and "tumour" in r.output
     model.with_suffix(".json").write_text(model.with_suffix(".json").read_text().replace('"sha256": "', '"sha256": "0'))
     r = runner.invoke(evaluate_command, [str(model), str(tmp_path), "--class-map", "normal=a", "--out",
                                          str(tmp_path / "o"), "--mpp", "0.4"])
-    assert r.exit_code == 1 and "SHA-256" in r.output
+    assert r.exit_code == 2 and "SHA-256" in r.output
 
 
 @pytest.mark.slow
@@ -203,7 +211,7 @@ def test_shipped_model_on_its_ghaderzadeh_test_split(tmp_path):
 
 
 def test_restain_transfers_lab_statistics():
-    from bcscan.evaluation import lab_stats, restain
+    from bcscan.training.evaluation import lab_stats, restain
 
     rng = np.random.default_rng(3)
     purple = np.clip(rng.normal((120, 60, 160), 25, (10, 16, 16, 3)), 0, 255).astype(np.uint8)

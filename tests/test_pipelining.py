@@ -14,9 +14,10 @@ import psutil
 import pytest
 from click.testing import CliRunner
 
-from bcscan.cli import main
-from bcscan.streaming import PipelineParams, _CropBuffer, _ScanState
-from bcscan.synthetic import draw_smear, write_field_png, write_pyramidal_tiff
+from bcscan.batch.executors.pipelined import _CropBuffer, _ScanState
+from bcscan.batch.settings import PipelineParams
+from bcscan.cli.main import main
+from bcscan.testing.synthetic import draw_smear, write_field_png, write_pyramidal_tiff
 
 
 @pytest.fixture(scope="module")

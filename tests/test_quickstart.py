@@ -7,11 +7,11 @@ import sys
 import pandas as pd
 import pytest
 from click.testing import CliRunner
-
-from bcscan.classification import ClassificationParams, resolve_model_path
-from bcscan.cli import main
-
 from conftest import REPO
+
+from bcscan.cli.main import main
+from bcscan.model.classifier import ClassificationParams
+from bcscan.model.network import resolve_model_path
 
 
 def test_examples_scan_with_shipped_defaults(tmp_path):

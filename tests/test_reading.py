@@ -8,12 +8,12 @@ import cv2
 import numpy as np
 import pytest
 import tifffile
+from conftest import shared
 from PIL import Image
 
-from bcscan.reading import FieldImageScan, ReadingParams, ScanError, SlideScan, find_scans, open_scan
-from bcscan.synthetic import draw_smear, write_pyramidal_tiff
-
-from conftest import shared
+from bcscan.errors import ScanError
+from bcscan.scan.reading import FieldImageScan, ReadingParams, SlideScan, find_scans, open_scan
+from bcscan.testing.synthetic import draw_smear, write_pyramidal_tiff
 
 PARAMS = ReadingParams()
 

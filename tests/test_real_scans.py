@@ -8,17 +8,18 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import shared
 from PIL import Image
 
-from bcscan.batch import load_settings, run_batch
-from bcscan.classification import CellClassifier, ClassificationParams
-from bcscan.pipeline import scan_cells
-from bcscan.reading import ReadingParams, open_scan
-from bcscan.segmentation import SegmentationParams
-from bcscan.synthetic import GLASS, write_pyramidal_tiff
-from bcscan.tiling import TilingParams
-
-from conftest import shared
+from bcscan.batch.outline import run_batch
+from bcscan.batch.plan import BatchRun
+from bcscan.batch.settings import load_settings
+from bcscan.model.classifier import CellClassifier, ClassificationParams
+from bcscan.scan.pipeline import scan_cells
+from bcscan.scan.reading import ReadingParams, open_scan
+from bcscan.scan.segmentation import SegmentationParams
+from bcscan.scan.tiling import TilingParams
+from bcscan.testing.synthetic import GLASS, write_pyramidal_tiff
 
 BCCD_MPP = 0.065
 
@@ -28,7 +29,7 @@ def test_real_whole_slide_files_run_through_the_batch(tmp_path, untrained_model)
     shutil.copytree(shared("wsi", "slides"), slides)
     settings = load_settings(overrides={"classification": {"model": str(untrained_model)},
                                         "reading": {"default_mpp": 0.5}})
-    result = run_batch(slides, tmp_path / "out", settings)
+    result = run_batch(BatchRun(slides, tmp_path / "out", settings))
     scans = pd.read_csv(tmp_path / "out" / "scans.csv").set_index("scan")
     failed = sorted(scans.index[scans.status == "failed"])
     assert failed == ["openslide-python-fixtures/unopenable.tiff", "openslide-python-fixtures/unreadable.svs"]
@@ -84,7 +85,7 @@ def test_mosaic_slide_gives_the_same_cells_as_its_fields(tmp_path, untrained_mod
 
 def pipeline_detection_score(samples):
     """Detection score of the whole scan path (reader → tiler → segmenter → owner tile), level-0 boxes."""
-    from bcscan.validation import score_boxes
+    from bcscan.testing.groundtruth import score_boxes
 
     classifier = CellClassifier(ClassificationParams(model=str(UNTRAINED[0])))
     total = None
@@ -109,7 +110,7 @@ def test_scan_pipeline_detects_annotated_white_cells(untrained, dataset, step, b
     """The scan path with small tiles (cells cut by tile borders) scores like the segmenter alone."""
     import itertools
 
-    from bcscan import validation
+    from bcscan.testing import groundtruth as validation
 
     shared(dataset if dataset == "bccd" else "txl-pbc")
     loader = validation.bccd_samples if dataset == "bccd" else validation.txl_samples
@@ -120,7 +121,7 @@ def test_scan_pipeline_detects_annotated_white_cells(untrained, dataset, step, b
 @pytest.mark.slow
 @pytest.mark.parametrize("dataset", ["bccd", "txl"])
 def test_scan_pipeline_detection_on_full_sets(untrained, dataset):
-    from bcscan import validation
+    from bcscan.testing import groundtruth as validation
 
     shared(dataset if dataset == "bccd" else "txl-pbc")
     loader = validation.bccd_samples if dataset == "bccd" else validation.txl_samples

@@ -14,11 +14,17 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from bcscan.aggregation import (FLAG_INCOMPLETE, FLAG_INSUFFICIENT, FLAG_NEGATIVE, FLAG_REVIEW, AggregationParams,
-                                summarise_patients)
-from bcscan.outputs import CELL_COLUMNS, FAILURE_COLUMNS, SCAN_COLUMNS, atomic_write_csv, atomic_write_json
-from bcscan.reporting import ReportingParams, report_names, write_reports
-from bcscan.synthetic import draw_smear, write_pyramidal_tiff
+from bcscan.results.aggregation import (
+    FLAG_INCOMPLETE,
+    FLAG_INSUFFICIENT,
+    FLAG_NEGATIVE,
+    FLAG_REVIEW,
+    AggregationParams,
+    summarise_patients,
+)
+from bcscan.results.reporting import ReportingParams, report_names, write_reports
+from bcscan.results.tables import CELL_COLUMNS, FAILURE_COLUMNS, SCAN_COLUMNS, atomic_write_csv, atomic_write_json
+from bcscan.testing.synthetic import draw_smear, write_pyramidal_tiff
 
 pypdf = pytest.importorskip("pypdf")
 
@@ -204,7 +210,7 @@ def test_missing_scans_give_notes_not_a_crash(tmp_path):
 
 
 def test_report_cli(tmp_path):
-    from bcscan.cli_report import report_command
+    from bcscan.cli.report import report_command
 
     out = make_out_dir(tmp_path, {"P": [{"name": "a.png", "kind": "field", "n": 15, "leukemic": 0.0}],
                                   "Q": [{"name": "b.png", "kind": "field", "n": 15, "leukemic": 0.0}]})
@@ -228,7 +234,9 @@ def test_reporting_params_are_checked():
 
 def test_reports_from_a_real_scan_run(tmp_path, untrained_model):
     """The tables `bcscan scan` really writes (untrained model) make reports whose numbers match."""
-    from bcscan.batch import load_settings, run_batch
+    from bcscan.batch.outline import run_batch
+    from bcscan.batch.plan import BatchRun
+    from bcscan.batch.settings import load_settings
 
     scans = tmp_path / "scans"
     (scans / "NA").mkdir(parents=True)  # a patient called "NA" must not become a missing value
@@ -237,7 +245,7 @@ def test_reports_from_a_real_scan_run(tmp_path, untrained_model):
     (scans / "NA" / "bad.svs").write_text("x")
     out = tmp_path / "out"
     settings = load_settings(overrides={"classification": {"model": str(untrained_model)}})
-    run_batch(scans, out, settings, mpp=0.25)
+    run_batch(BatchRun(scans, out, settings, mpp=0.25))
     written = write_reports(out)
     patients = read_patients(out)
     assert list(patients.index) == ["NA"] and patients.loc["NA", "n_cells"] == len(drawn)

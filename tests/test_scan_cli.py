@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from bcscan.cli import main
-from bcscan.outputs import CELL_COLUMNS, SCAN_COLUMNS
-from bcscan.synthetic import draw_smear, write_pyramidal_tiff
+from bcscan.cli.main import main
+from bcscan.results.tables import CELL_COLUMNS, SCAN_COLUMNS
+from bcscan.testing.synthetic import draw_smear, write_pyramidal_tiff
 
 
 @pytest.fixture(scope="module")

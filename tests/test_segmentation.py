@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 import yaml
 
-from bcscan import validation as V
-from bcscan.segmentation import Segmentation, SegmentationParams, segment
+from bcscan.scan.segmentation import Segmentation, SegmentationParams, segment
+from bcscan.testing import groundtruth as V
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"

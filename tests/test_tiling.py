@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bcscan.reading import ReadingParams, open_scan
-from bcscan.segmentation import SegmentationParams
-from bcscan.synthetic import GLASS, draw_smear, write_pyramidal_tiff
-from bcscan.tiling import TilingParams, plan_tiles, read_tile
+from bcscan.scan.reading import ReadingParams, open_scan
+from bcscan.scan.segmentation import SegmentationParams
+from bcscan.scan.tiling import TilingParams, plan_tiles, read_tile
+from bcscan.testing.synthetic import GLASS, draw_smear, write_pyramidal_tiff
 
 
 def test_cores_partition_the_scan_and_reads_stay_inside(tmp_path):
@@ -41,8 +41,8 @@ def test_blank_glass_tiles_are_skipped(tmp_path):
 
 @pytest.mark.parametrize("tile_px", [128, 200, 1024])
 def test_cells_on_tile_borders_are_counted_once(tmp_path, tile_px, untrained_model):
-    from bcscan.classification import CellClassifier, ClassificationParams
-    from bcscan.pipeline import scan_cells
+    from bcscan.model.classifier import CellClassifier, ClassificationParams
+    from bcscan.scan.pipeline import scan_cells
 
     rgb, drawn = draw_smear(2400, 1600, 0.25, 40, seed=7)
     write_pyramidal_tiff(tmp_path / "s.tif", rgb, 0.25)

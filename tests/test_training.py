@@ -14,10 +14,20 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from bcscan.cli_train import DID_NOT_LEARN_EXIT, train_command
-from bcscan.config import ConfigError
-from bcscan.training import (AugmentParams, Samples, SourceSpec, SplitParams, average_hash, balance_indices,
-                             load_train_config, near_duplicate_groups, shortcut_check, split_images)
+from bcscan.cli.train import train_command
+from bcscan.errors import ConfigError, ExitCode
+from bcscan.training.train import (
+    AugmentParams,
+    Samples,
+    SourceSpec,
+    SplitParams,
+    average_hash,
+    balance_indices,
+    load_train_config,
+    near_duplicate_groups,
+    shortcut_check,
+    split_images,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -158,7 +168,7 @@ def test_shortcut_check():
 
 
 def test_augmenter_shapes_and_range():
-    from bcscan.training import make_augmenter
+    from bcscan.training.train import make_augmenter
 
     params = AugmentParams(horizontal_flip=True, vertical_flip=True, rotation_deg=90, scale=0.2, translate=0.05,
                            hue=0.1, saturation=0.3, brightness=0.2, contrast=0.2, channel_gain=0.1, grayscale_p=0.5)
@@ -174,7 +184,7 @@ def test_augmenter_shapes_and_range():
 # ----------------------------------------------------------------------------- end to end
 
 def _check_outputs(out: Path, name: str) -> dict:
-    from bcscan.model import load_keras_model
+    from bcscan.model.network import load_keras_model
 
     for suffix in (".keras", ".json", ".md"):
         assert (out / f"{name}{suffix}").is_file(), suffix
@@ -196,7 +206,7 @@ def test_train_cells_mode_end_to_end_on_synthetic_fields(tmp_path):
     cfg = write_config(tmp_path / "tiny.yaml")
     out = tmp_path / "model"
     result = CliRunner().invoke(train_command, [str(data), "--config", str(cfg), "--out", str(out)])
-    assert result.exit_code in (0, DID_NOT_LEARN_EXIT), result.output
+    assert result.exit_code in (0, ExitCode.DID_NOT_LEARN), result.output
     metrics = _check_outputs(out, "tiny")
     info = json.loads((out / "tiny.json").read_text())
     assert info["crop_um"] == 24.0 and info["working_mpp"] > 0 and info["input_size"] == 32
@@ -204,14 +214,14 @@ def test_train_cells_mode_end_to_end_on_synthetic_fields(tmp_path):
     with open(out / "tiny" / "splits.csv", newline="") as fh:
         rows = {r["file"]: r for r in csv.DictReader(fh)}
     assert rows["lab/big/dup.png"]["split"] == rows["lab/big/000.png"]["split"]   # duplicate kept together
-    assert (result.exit_code == DID_NOT_LEARN_EXIT) == metrics["did_not_learn"]
+    assert (result.exit_code == ExitCode.DID_NOT_LEARN) == metrics["did_not_learn"]
     if metrics["did_not_learn"]:
         assert "DID NOT LEARN" in result.output
 
     # a second stage continues the first with the same data and seed; another seed is refused
     again = CliRunner().invoke(train_command, [str(data), "--config", str(cfg), "--out", str(tmp_path / "stage2"),
                                                "--init-model", str(out / "tiny.keras"), "--learning-rate", "1e-4"])
-    assert again.exit_code in (0, DID_NOT_LEARN_EXIT), again.output
+    assert again.exit_code in (0, ExitCode.DID_NOT_LEARN), again.output
     continued = json.loads((tmp_path / "stage2" / "tiny" / "metrics.json").read_text())
     assert continued["init_model"]["sha256"] == info["sha256"]
     assert continued["init_model"]["epochs_before"] == metrics["epochs_run"]
@@ -219,26 +229,26 @@ def test_train_cells_mode_end_to_end_on_synthetic_fields(tmp_path):
     assert "second stage: continued from" in (tmp_path / "stage2" / "tiny.md").read_text()
     refused = CliRunner().invoke(train_command, [str(data), "--config", str(cfg), "--out", str(tmp_path / "o"),
                                                  "--init-model", str(out / "tiny.keras"), "--seed", "2"])
-    assert refused.exit_code == 1 and "leak its training images" in refused.output
+    assert refused.exit_code == 2 and "leak its training images" in refused.output
     other_split = write_config(tmp_path / "other-split.yaml", split={"train": 0.6, "val": 0.2, "test": 0.2})
     refused = CliRunner().invoke(train_command, [str(data), "--config", str(other_split), "--out", str(tmp_path / "o"),
                                                  "--init-model", str(out / "tiny.keras")])
-    assert refused.exit_code == 1 and "leak its training images" in refused.output
+    assert refused.exit_code == 2 and "leak its training images" in refused.output
 
 
 def test_train_reports_bad_inputs_in_one_line(tmp_path):
     cfg = write_config(tmp_path / "tiny.yaml")
     result = CliRunner().invoke(train_command, [str(tmp_path / "nope"), "--config", str(cfg), "--out",
                                                 str(tmp_path / "o")])
-    assert result.exit_code == 1 and "data folder not found" in result.output
+    assert result.exit_code == 2 and "data folder not found" in result.output
     assert "Traceback" not in result.output
     (tmp_path / "data/lab/big").mkdir(parents=True)
     result = CliRunner().invoke(train_command, [str(tmp_path / "data"), "--config", str(cfg), "--out",
                                                 str(tmp_path / "o")])
-    assert result.exit_code == 1 and "lab/big" in result.output
+    assert result.exit_code == 2 and "lab/big" in result.output
     result = CliRunner().invoke(train_command, [str(tmp_path), "--config", str(tmp_path / "missing.yaml"),
                                                 "--out", str(tmp_path / "o")])
-    assert result.exit_code == 1 and "missing.yaml" in result.output
+    assert result.exit_code == 2 and "missing.yaml" in result.output
 
 
 @pytest.mark.skipif(not (SHARED_DATA / "ghaderzadeh-all" / "images").is_dir(),
@@ -249,7 +259,7 @@ def test_paper_recipe_runs_end_to_end_on_a_tiny_real_subset(tmp_path):
     result = CliRunner().invoke(train_command, [str(SHARED_DATA), "--config", str(ROOT / "configs/paper.yaml"),
                                                 "--out", str(out), "--epochs", "1", "--max-images-per-source", "5",
                                                 "--work", str(tmp_path / "work")])
-    assert result.exit_code in (0, DID_NOT_LEARN_EXIT), result.output
+    assert result.exit_code in (0, ExitCode.DID_NOT_LEARN), result.output
     metrics = _check_outputs(out, "paper-vgg16")
     assert metrics["config"]["input_size"] == 200 and metrics["epochs_run"] == 1
     assert metrics["data"]["images"] == 20

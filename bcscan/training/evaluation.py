@@ -14,7 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from .model import LEUKEMIC, NORMAL
+from bcscan.errors import ConfigError
+from bcscan.model.network import LEUKEMIC, NORMAL
 
 CLASSES = [LEUKEMIC, NORMAL]
 ECE_BINS = 15
@@ -542,10 +543,10 @@ def parse_class_map(items: list[str]) -> dict[str, list[str]]:
         name, sep, folders = item.partition("=")
         name = name.strip()
         if not sep or name not in CLASSES or not folders.strip():
-            raise ValueError(f"--class-map {item!r}: expected CLASS=FOLDER[,FOLDER...] with CLASS in {CLASSES}")
+            raise ConfigError(f"--class-map {item!r}: expected CLASS=FOLDER[,FOLDER...] with CLASS in {CLASSES}")
         out.setdefault(name, []).extend(f.strip() for f in folders.split(",") if f.strip())
     if not out:
-        raise ValueError("give at least one --class-map")
+        raise ConfigError("give at least one --class-map")
     return out
 
 
@@ -553,10 +554,11 @@ def evaluate(model_path: Path, data_dir: Path, class_map: dict[str, list[str]], 
              mode: str = "cells", mpp: float | None = None, splits_csv: Path | None = None,
              split: str = "test", device: str = "auto", batch_size: int = 64, echo=print) -> dict[str, Any]:
     """Score a labelled data folder with a saved model; writes metrics.json and reports into `out`."""
-    from .classification import calibrate, configure_tensorflow
-    from .model import load_keras_model
-    from .segmentation import SegmentationParams
-    from .training import SourceSpec, TrainingError, _jsonable, collect_samples, predict_probs
+    from bcscan.errors import TrainingError
+    from bcscan.model.classifier import calibrate, configure_tensorflow
+    from bcscan.model.network import load_keras_model
+    from bcscan.scan.segmentation import SegmentationParams
+    from bcscan.training.train import SourceSpec, _jsonable, collect_samples, predict_probs
 
     t0 = time.time()
     data_dir, out = Path(data_dir), Path(out)
@@ -566,7 +568,7 @@ def evaluate(model_path: Path, data_dir: Path, class_map: dict[str, list[str]], 
         raise TrainingError(f"mode must be image or cells, got {mode!r}")
     if mode == "cells" and not mpp:
         raise TrainingError("cells mode needs --mpp (µm per pixel of the images)")
-    from .model import load_model_info
+    from bcscan.model.network import load_model_info
 
     info = load_model_info(model_path)
     if mode == "cells" and not info.crop_um:

@@ -25,49 +25,24 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any
 
 import numpy as np
 
-from .pipeline import ScanCells, StageError, TileCells, cells_table, plan_scan, tile_cells
-from .reading import ReadingParams, ScanError, open_scan
-from .segmentation import SegmentationParams
-from .tiling import Tile, TilePlan, TilingParams
-
-if TYPE_CHECKING:  # batch imports this module; worker processes never need batch or reporting
-    from .batch import ScanJob, Settings
+from bcscan.batch.executors.base import Executor
+from bcscan.batch.plan import BatchRun, ScanJob
+from bcscan.batch.scans import classifier_for, failed_meta, ok_meta, store_scan
+from bcscan.batch.settings import PipelineParams
+from bcscan.errors import describe_failure
+from bcscan.model.network import ModelInfo
+from bcscan.scan.pipeline import ScanCells, TileCells, cells_table, plan_scan, tile_cells
+from bcscan.scan.reading import ReadingParams, open_scan
+from bcscan.scan.segmentation import SegmentationParams
+from bcscan.scan.tiling import Tile, TilePlan, TilingParams
 
 log = logging.getLogger("bcscan")
 
 OPEN_SCANS_PER_WORKER = 4
-
-
-@dataclass(frozen=True)
-class PipelineParams:
-    workers: int = -1          # tile worker processes; -1 = one per core but one (at least 1); 0 = no pipelining
-    tiles_in_flight: int = 0   # tile tasks queued or running at once; 0 = 4 per worker
-    scans_in_flight: int = 4   # scans open at once
-
-    def __post_init__(self):
-        if self.workers < -1:
-            raise ValueError("workers must be -1 (auto), 0 (no pipelining) or a number of processes")
-        if self.tiles_in_flight < 0 or self.scans_in_flight < 1:
-            raise ValueError("tiles_in_flight must be >= 0 and scans_in_flight >= 1")
-
-    def worker_count(self) -> int:
-        if self.workers >= 0:
-            return self.workers
-        return max(1, available_cores() - 1)
-
-    def window(self) -> int:
-        return self.tiles_in_flight or 4 * max(1, self.worker_count())
-
-
-def available_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
 
 
 # ----------------------------------------------------------------------------- worker side
@@ -105,12 +80,8 @@ def _open(path: str):
     return scan
 
 
-def _failure(exc: Exception) -> tuple[str, str, str]:
-    if isinstance(exc, ScanError):
-        return ("error", "read", str(exc))
-    if isinstance(exc, StageError):
-        return ("error", exc.stage, str(exc))
-    return ("error", "internal", f"unexpected {type(exc).__name__}: {exc}")
+def _failure(exc: Exception, path: str) -> tuple[str, str, str]:
+    return ("error", *describe_failure(exc, path))
 
 
 def _plan_task(path: str):
@@ -118,7 +89,7 @@ def _plan_task(path: str):
         scan = _open(path)
         return ("plan", plan_scan(scan, _worker["segmentation"], _worker["tiling"], _worker["crop_um"]), scan.mpp)
     except Exception as exc:  # noqa: BLE001 - reported as this scan's failure
-        return _failure(exc)
+        return _failure(exc, path)
 
 
 def _tile_task(path: str, plan: TilePlan, tile: Tile):
@@ -127,7 +98,7 @@ def _tile_task(path: str, plan: TilePlan, tile: Tile):
         return ("tile", tile_cells(_open(path), plan, tile, _worker["segmentation"], _worker["crop_um"],
                                    _worker["input_size"]))
     except Exception as exc:  # noqa: BLE001
-        return _failure(exc)
+        return _failure(exc, path)
 
 
 # ----------------------------------------------------------------------------- classifier side
@@ -187,11 +158,10 @@ class _CropBuffer:
 
 
 class _Pipeline:
-    def __init__(self, jobs: list[ScanJob], settings: Settings, out_dir: Path, model_info, mpp: float | None,
-                 metas: list, progress: Callable[[int], Any] | None):
-        self.jobs, self.settings, self.out_dir, self.model_info, self.mpp = jobs, settings, out_dir, model_info, mpp
-        self.metas, self.progress = metas, progress
-        self.params = settings.pipeline
+    def __init__(self, run: BatchRun, model_info: ModelInfo, jobs: list[ScanJob], metas: list):
+        self.run_, self.model_info, self.jobs, self.metas = run, model_info, jobs, metas
+        self.settings = run.settings
+        self.params = run.settings.pipeline
         self.classifier = None
 
     def run(self, todo: deque[int], scans_in_flight: int) -> list[int]:
@@ -202,7 +172,7 @@ class _Pipeline:
         executor = ProcessPoolExecutor(self.params.worker_count(), mp_context=multiprocessing.get_context("spawn"),
                                        initializer=_init_worker,
                                        initargs=(os.getpid(), self.settings.reading, self.settings.segmentation,
-                                                 self.settings.tiling, self.mpp, self.model_info.crop_um,
+                                                 self.settings.tiling, self.run_.mpp, self.model_info.crop_um,
                                                  self.model_info.input_size))
         active: OrderedDict[int, _ScanState] = OrderedDict()
         in_flight: deque = deque()
@@ -217,8 +187,6 @@ class _Pipeline:
                     state.in_flight += 1
                 self._fill(executor, active, in_flight)
                 if self.classifier is None:  # workers start reading while TensorFlow loads
-                    from .batch import classifier_for
-
                     self.classifier = classifier_for(self.settings.classification)
                 if in_flight:
                     future, state = in_flight.popleft()
@@ -286,48 +254,41 @@ class _Pipeline:
             start += len(crops)
 
     def _finish(self, state: _ScanState) -> None:
-        from .batch import failed_meta, ok_meta, store_scan
-
         job = state.job
         if state.error is not None:
-            meta, cells = failed_meta(job, state.error[0], state.error[1]), None
+            meta, cells = failed_meta(job, *state.error), None
         else:
             geometry = np.concatenate(state.geometry) if state.geometry else np.zeros((0, 7))
             p = np.concatenate(state.probabilities) if state.probabilities else np.zeros(0, np.float32)
             result = ScanCells(cells_table(geometry, p, self.settings.classification.threshold), state.scan_mpp,
                                state.plan.level, state.plan.working_mpp, len(state.plan.tiles), state.plan.skipped)
             meta, cells = ok_meta(job, result), result.cells
-        self.metas[state.index] = store_scan(job, self.out_dir, meta, cells, state.t0)
-        if self.progress is not None:
-            self.progress(1)
+        self.metas[state.index] = store_scan(job, self.run_, meta, cells, state.t0)
+        self.run_.advance()
 
 
-def run_pipelined(jobs: list[ScanJob], settings: Settings, out_dir: Path, model_info, mpp: float | None = None,
-                  force: bool = False, progress: Callable[[int], Any] | None = None) -> list[dict[str, Any]]:
-    """scans.csv rows of `jobs` (in their order), computing the scans not done yet through the pipeline.
-    `model_info`: the model's verified metadata (crop size and input size for the workers)."""
-    from .batch import failed_meta, settled_meta, store_scan
+class PipelinedExecutor(Executor):
+    """Tiles read and segmented in local worker processes while this process classifies."""
+    name = "pipelined"
 
-    metas: list = [None] * len(jobs)
-    todo: deque[int] = deque()
-    for i, job in enumerate(jobs):
-        meta = settled_meta(job, out_dir, force)
-        if meta is None:
-            todo.append(i)
-        else:
-            metas[i] = meta
-            if progress is not None:
-                progress(1)
-    pipeline = _Pipeline(jobs, settings, out_dir, model_info, mpp, metas, progress)
-    suspects: list[int] = []
-    while todo:
-        suspects += pipeline.run(todo, settings.pipeline.scans_in_flight)
-    for index in suspects:  # alone, a scan that kills a worker again is the culprit
-        if pipeline.run(deque([index]), 1):
-            job = jobs[index]
-            metas[index] = store_scan(job, out_dir, failed_meta(
-                job, "read", f"{job.relative}: a worker process died reading or segmenting this scan "
-                             "(a crash in the slide reader?)"), None, time.perf_counter())
-            if progress is not None:
-                progress(1)
-    return metas
+    def __init__(self, params: PipelineParams):
+        self.params = params
+
+    def describe(self) -> dict[str, Any]:
+        return {"engine": self.name, "tile_workers": self.params.worker_count(),
+                "tiles_in_flight": self.params.window(), "scans_in_flight": self.params.scans_in_flight}
+
+    def execute(self, run: BatchRun, model_info: ModelInfo, jobs: list[ScanJob], todo: list[int],
+                metas: list[dict[str, Any] | None]) -> None:
+        pipeline = _Pipeline(run, model_info, jobs, metas)
+        queue: deque[int] = deque(todo)
+        suspects: list[int] = []
+        while queue:
+            suspects += pipeline.run(queue, self.params.scans_in_flight)
+        for index in suspects:  # alone, a scan that kills a worker again is the culprit
+            if pipeline.run(deque([index]), 1):
+                job = jobs[index]
+                metas[index] = store_scan(job, run, failed_meta(
+                    job, "read", f"{job.relative}: a worker process died reading or segmenting this scan "
+                                 "(a crash in the slide reader?)"), None, time.perf_counter())
+                run.advance()

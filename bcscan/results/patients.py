@@ -13,11 +13,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from .reading import SCAN_SUFFIXES
-
-
-class PatientError(ValueError):
-    """A manifest or pattern that cannot be used."""
+from bcscan.errors import PatientError
+from bcscan.scan.reading import SCAN_SUFFIXES
 
 
 @dataclass(frozen=True)

@@ -28,10 +28,18 @@ from xml.sax.saxutils import escape
 import numpy as np
 import pandas as pd
 
-from . import __version__
-from .aggregation import FLAG_INCOMPLETE, FLAG_INSUFFICIENT, FLAG_NEGATIVE, FLAG_REVIEW, PATIENT_COLUMNS
-from .outputs import CELL_COLUMNS, CLASS_COLOURS, FAILURE_COLUMNS, SCAN_COLUMNS, atomic_write_bytes, atomic_write_csv, \
-    safe_filename
+from bcscan import __version__
+from bcscan.errors import ReportError, ReportsIncomplete
+from bcscan.results.aggregation import FLAG_INCOMPLETE, FLAG_INSUFFICIENT, FLAG_NEGATIVE, FLAG_REVIEW, PATIENT_COLUMNS
+from bcscan.results.tables import (
+    CELL_COLUMNS,
+    CLASS_COLOURS,
+    FAILURE_COLUMNS,
+    SCAN_COLUMNS,
+    atomic_write_bytes,
+    atomic_write_csv,
+    safe_filename,
+)
 
 log = logging.getLogger("bcscan")
 
@@ -39,14 +47,6 @@ REPORTS_DIR = "reports"
 SUMMARY_COLUMNS = ["patient_id", "n_scans", "n_scans_failed", "n_cells", "n_leukemic", "n_normal", "pct_leukemic",
                    "ci_low", "ci_high", "flag", "report", "failed_scans"]
 DISCLAIMER = "Decision support: to be verified by a qualified reviewer."
-
-
-class ReportError(Exception):
-    """Reports that cannot be made; the message is one line."""
-
-
-class ReportsIncomplete(ReportError):
-    """Some patients' reports failed; the others and the summary were written."""
 
 
 @dataclass(frozen=True)
@@ -507,7 +507,8 @@ def _scan_pictures(data: RunData, scan_row: pd.Series, cells: pd.DataFrame, gall
     """Open one scan once: its marked thumbnail and the gallery crops that lie on it."""
     import cv2
 
-    from .reading import ReadingParams, ScanError, open_scan
+    from bcscan.errors import ScanError
+    from bcscan.scan.reading import ReadingParams, open_scan
 
     scan = str(scan_row["scan"])
     if data.scan_dir is None:
@@ -612,9 +613,8 @@ def _doc(buffer, title: str):
 
 def _kv_table(rows: list[tuple[str, str]], styles, col0: float = 105):
     from reportlab.lib import colors
-    from reportlab.platypus import Paragraph, Table, TableStyle
-
     from reportlab.lib.pagesizes import A4
+    from reportlab.platypus import Paragraph, Table, TableStyle
 
     width = A4[0] - 84
     table = Table([[Paragraph(escape(k), styles["label"]), Paragraph(v, styles["body"])] for k, v in rows],

@@ -15,7 +15,7 @@ from typing import Iterable, Iterator, Sequence
 import cv2
 import numpy as np
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 
 # µm per pixel of each data set, keyed by (width, height) where a set mixes

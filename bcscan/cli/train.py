@@ -9,14 +9,11 @@ from pathlib import Path
 
 import click
 
-DID_NOT_LEARN_EXIT = 3
+from bcscan.cli.common import fail, reported_errors
+from bcscan.errors import EXIT_CODES_HELP, ExitCode
 
 
-def _fail(message: str) -> None:
-    raise click.ClickException(message.splitlines()[0] if message else "failed")
-
-
-@click.command("train", context_settings={"show_default": True})
+@click.command("train", context_settings={"show_default": True}, epilog=EXIT_CODES_HELP)
 @click.argument("data_dir", type=click.Path(path_type=Path))
 @click.option("--config", "config_path", required=True, type=click.Path(path_type=Path),
               help="Training recipe (YAML), e.g. configs/train-default.yaml or configs/paper.yaml.")
@@ -41,23 +38,17 @@ def train_command(data_dir, config_path, out_dir, weights, init_model, epochs, s
     """Train the VGG-16 leukemic/normal classifier on labelled folders under DATA_DIR.
 
     Writes the model and its metadata (read by `bcscan scan`), metrics.json, a classification
-    report, confusion matrix and learning-curve PNGs and a model card.  Exits with status 3
+    report, confusion matrix and learning-curve PNGs and a model card.  Exits with status 4
     (after writing everything, flagged in metrics.json as "did_not_learn") when the validation
     balanced accuracy stayed at chance.
     """
-    from .config import ConfigError
-    from .model import ModelError
-    from .training import TrainingError, train
+    from bcscan.training.train import train
 
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    try:
+    with reported_errors():
         metrics = train(data_dir, config_path, out_dir, weights=weights, init_model=init_model, epochs=epochs,
                         seed=seed, max_images_per_source=max_images_per_source, work_dir=work_dir,
                         max_minutes=max_minutes, learning_rate=learning_rate, device=device, echo=click.echo)
-    except (ConfigError, ModelError, TrainingError) as exc:
-        _fail(str(exc))
-    except RuntimeError as exc:  # e.g. --device gpu without a GPU
-        _fail(str(exc))
     name = metrics["config"].get("name", "bcscan-vgg16")
     click.echo(f"[train] test accuracy {_f(metrics['accuracy'])}, balanced accuracy {_f(metrics['balanced_accuracy'])}, "
                f"ROC AUC {_f(metrics['roc_auc'])}, ECE {_f(metrics['calibration'].get('ece_test_images_before'))} → "
@@ -77,10 +68,10 @@ def train_command(data_dir, config_path, out_dir, weights, init_model, epochs, s
         val = metrics["validation_cells"]["balanced_accuracy"]
         click.echo(f"[train] DID NOT LEARN: validation balanced accuracy {_f(val)} is at chance (0.5); "
                    "the model is useless (try batch norm, a lower learning rate, more epochs or --weights)", err=True)
-        raise SystemExit(DID_NOT_LEARN_EXIT)
+        raise SystemExit(ExitCode.DID_NOT_LEARN)
 
 
-@click.command("evaluate", context_settings={"show_default": True})
+@click.command("evaluate", context_settings={"show_default": True}, epilog=EXIT_CODES_HELP)
 @click.argument("model_dir", type=click.Path(path_type=Path))
 @click.argument("data_dir", type=click.Path(path_type=Path))
 @click.option("--class-map", "class_map", multiple=True, required=True,
@@ -102,21 +93,18 @@ def evaluate_command(model_dir, data_dir, class_map, out_dir, mode, mpp, model_n
     Writes metrics.json (accuracy, balanced_accuracy, roc_auc, ece, per-class precision/recall/F1,
     confusion matrix), classification_report.txt, confusion_matrix.png and predictions.csv.
     """
-    from .evaluation import evaluate, parse_class_map
-    from .model import ModelError, load_model_info
-    from .training import TrainingError
+    from bcscan.model.network import load_model_info
+    from bcscan.training.evaluation import evaluate, parse_class_map
 
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     model_path = _model_path(Path(model_dir), model_name)
-    try:
+    with reported_errors():
         cmap = parse_class_map(list(class_map))
         info = load_model_info(model_path)
         if mode is None:
             mode = "cells" if info.crop_um else "image"
         metrics = evaluate(model_path, data_dir, cmap, out_dir, mode=mode, mpp=mpp, splits_csv=splits_csv,
                            split=split, device=device, echo=click.echo)
-    except (ValueError, ModelError, TrainingError, RuntimeError) as exc:
-        _fail(str(exc))
     click.echo(f"[evaluate] {metrics['images_total']} images ({metrics['images_without_cells']} without cells), "
                f"{metrics['samples']['n']} samples, mode {mode}")
     click.echo(f"[evaluate] accuracy {_f(metrics['accuracy'])}, balanced accuracy {_f(metrics['balanced_accuracy'])}, "
@@ -129,12 +117,12 @@ def _model_path(model_dir: Path, name: str | None) -> Path:
     if model_dir.suffix == ".keras":
         return model_dir
     if not model_dir.is_dir():
-        _fail(f"{model_dir}: model folder not found")
+        fail(f"{model_dir}: model folder not found")
     if name:
         return model_dir / f"{name}.keras"
     found = sorted(model_dir.glob("*.keras"))
     if len(found) != 1:
-        _fail(f"{model_dir}: expected exactly one *.keras model, found {len(found)} (use --model-name)")
+        fail(f"{model_dir}: expected exactly one *.keras model, found {len(found)} (use --model-name)")
     return found[0]
 
 

@@ -6,14 +6,25 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
 
-from .classification import CellClassifier, crop_cells, crop_side_px, resize_crops
-from .reading import Scan, ScanError, resample
-from .segmentation import Segmentation, SegmentationParams, segment
-from .tiling import Tile, TilePlan, TilingParams, plan_tiles, read_tile
+from bcscan.errors import ScanError, StageError
+from bcscan.scan.crops import crop_cells, crop_side_px, resize_crops
+from bcscan.scan.reading import Scan, resample
+from bcscan.scan.segmentation import Segmentation, SegmentationParams, segment
+from bcscan.scan.tiling import Tile, TilePlan, TilingParams, plan_tiles, read_tile
+
+
+class Classifier(Protocol):
+    """What a scan needs of the model (`model.classifier.CellClassifier`): the scan stages sit below
+    the model and only call it."""
+    info: Any     # model.network.ModelInfo: crop_um, input_size
+    params: Any   # model.classifier.ClassificationParams: batch_size, threshold
+
+    def predict(self, crops: np.ndarray) -> np.ndarray: ...
 
 
 @dataclass
@@ -34,14 +45,6 @@ def cells_in_field(rgb: np.ndarray, mpp: float, params: SegmentationParams, crop
 
 
 CELL_RESULT_COLUMNS = ["cell_id", "x", "y", "x0", "y0", "x1", "y1", "area_um2", "label", "p_leukemic"]
-
-
-class StageError(Exception):
-    """A scan failed in one stage (read, segment, classify); the batch goes on."""
-
-    def __init__(self, stage: str, message: str):
-        super().__init__(message)
-        self.stage = stage
 
 
 @dataclass
@@ -118,12 +121,12 @@ def cells_table(geometry: np.ndarray, p_leukemic: np.ndarray, threshold: float) 
 
 
 def scan_cells(scan: Scan, seg_params: SegmentationParams, tiling: TilingParams,
-               classifier: CellClassifier) -> ScanCells:
+               classifier: Classifier) -> ScanCells:
     """Find and classify every white cell of a scan, tile by tile in this process, each cell once.
 
     Crops are classified in groups of several batches while tiles stream in, so
     memory holds at most a few batches of crops whatever the slide size.
-    (`streaming.run_pipelined` does the same with tiles in worker processes.)
+    (`batch.executors.pipelined` does the same with tiles in worker processes.)
     """
     info = classifier.info
     plan = plan_scan(scan, seg_params, tiling, info.crop_um)

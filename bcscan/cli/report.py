@@ -10,25 +10,11 @@ from pathlib import Path
 
 import click
 
-EXIT_OK = 0
-EXIT_SOME_FAILED = 1
-EXIT_CANNOT_RUN = 2
-EXIT_LOCKED = 3
-
-REPORT_EXIT_CODES_HELP = """\b
-Exit codes:
-  0  every report was written
-  1  some patients' reports failed (named on stderr); the others were written
-  2  nothing could run (no finished scan run in OUT_DIR, bad config or patient)
-  3  a bcscan run holds the lock on OUT_DIR"""
+from bcscan.cli.common import fail, reported_errors
+from bcscan.errors import EXIT_CODES_HELP, ExitCode
 
 
-def _fail(message: str, code: int):
-    click.echo(f"bcscan: error: {message}", err=True)
-    sys.exit(code)
-
-
-@click.command("report", epilog=REPORT_EXIT_CODES_HELP)
+@click.command("report", epilog=EXIT_CODES_HELP)
 @click.argument("out_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--scan-dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Where the scans are now (default: the scan folder recorded in run.json).")
@@ -41,39 +27,34 @@ def report_command(out_dir, scan_dir, config_path, patients, quiet):
     """Write OUT_DIR/reports/<patient>.pdf, summary.pdf and summary.csv from the tables of a
     finished `bcscan scan` run, without rerunning the model.
 
-    Scans that cannot be found any more get a note instead of their pictures.
+    Scans that cannot be found any more get a note instead of their pictures. Exit code 1
+    when some patients' reports failed (named on stderr; the others were written).
     """
-    from .batch import RunLock
-    from .config import ConfigError, load_yaml, section
-    from .reporting import ReportError, ReportingParams, ReportsIncomplete, write_reports
+    from bcscan.batch.store import RunLock
+    from bcscan.config import load_yaml, section
+    from bcscan.results.reporting import ReportingParams, write_reports
 
     params = None
     if config_path is not None:
-        try:
+        with reported_errors():
             params = section(ReportingParams, load_yaml(config_path).get("reporting"), "reporting")
-        except ConfigError as exc:
-            _fail(f"config: {exc}", EXIT_CANNOT_RUN)
     if not (out_dir / "run.json").is_file():
-        _fail(f"{out_dir / 'run.json'}: missing (not the output folder of a finished bcscan scan run)",
-              EXIT_CANNOT_RUN)
+        fail(f"{out_dir / 'run.json'}: missing (not the output folder of a finished bcscan scan run)")
     lock = RunLock(out_dir)
     try:
         locked = lock.acquire()
     except OSError as exc:
-        _fail(f"{out_dir}: cannot lock output folder ({exc.strerror or exc})", EXIT_CANNOT_RUN)
+        fail(f"{out_dir}: cannot lock output folder ({exc.strerror or exc})")
     if not locked:
-        _fail(f"{out_dir}: a bcscan run is using this output folder (lock {lock.path})", EXIT_LOCKED)
+        fail(f"{out_dir}: a bcscan run is using this output folder (lock {lock.path})", ExitCode.LOCKED)
     try:
-        written = write_reports(out_dir, scan_dir=scan_dir, params=params, patients=list(patients) or None)
-    except ReportsIncomplete as exc:
-        _fail(str(exc), EXIT_SOME_FAILED)
-    except ReportError as exc:
-        _fail(str(exc), EXIT_CANNOT_RUN)
+        with reported_errors():
+            written = write_reports(out_dir, scan_dir=scan_dir, params=params, patients=list(patients) or None)
     except OSError as exc:
-        _fail(f"{out_dir}: cannot write reports ({exc.strerror or exc})", EXIT_CANNOT_RUN)
+        fail(f"{out_dir}: cannot write reports ({exc.strerror or exc})")
     finally:
         lock.release()
     if not quiet:
         n = sum(1 for p in written if p.suffix == ".pdf" and p.parent.name == "reports")
         click.echo(f"{n} patient report(s) → {out_dir / 'reports'}; summary → {out_dir / 'summary.pdf'}", err=True)
-    sys.exit(EXIT_OK)
+    sys.exit(ExitCode.OK)

@@ -37,19 +37,15 @@ from typing import Any
 
 import numpy as np
 
-from .config import ConfigError, load_yaml, section
-from .model import LEUKEMIC, NORMAL
+from bcscan.config import load_yaml, section
+from bcscan.errors import ConfigError, TrainingError
+from bcscan.model.network import LEUKEMIC, NORMAL
 
 log = logging.getLogger(__name__)
 
 CLASSES = [LEUKEMIC, NORMAL]
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"}
 CACHE_VERSION = 2
-DID_NOT_LEARN_EXIT = 3
-
-
-class TrainingError(Exception):
-    """A training run that cannot proceed; the message is one line."""
 
 
 # ----------------------------------------------------------------------------- config
@@ -158,7 +154,7 @@ TOP_KEYS = {"name", "mode", "input_size", "crop_um", "crop_margin", "balance", "
 
 def load_train_config(path: Path, overrides: dict[str, Any] | None = None) -> TrainConfig:
     """Read a training config; `overrides` (epochs, seed, max_images_per_source, ...) win."""
-    from .segmentation import SegmentationParams
+    from bcscan.scan.segmentation import SegmentationParams
 
     raw = load_yaml(path)
     unknown = sorted(set(raw) - TOP_KEYS)
@@ -289,12 +285,12 @@ def _extract_one(args):
     cv2.setNumThreads(1)
     rgb = _read_rgb(Path(path))
     h = average_hash(rgb, hash_size)
-    from .classification import crop_cells, crop_side_px, resize_square
+    from bcscan.scan.crops import crop_cells, crop_side_px, resize_square
 
     if mode == "image":
         x = resize_square(rgb, input_size)[None]
         return h, x, x
-    from .pipeline import cells_in_field
+    from bcscan.scan.pipeline import cells_in_field
 
     fc = cells_in_field(rgb, mpp, seg_params, crop_um)
     msize = int(round(input_size * margin))
@@ -571,8 +567,17 @@ def train(data_dir: Path, config_path: Path, out_dir: Path, *, weights: Path | N
           max_images_per_source: int | None = None, work_dir: Path | None = None, max_minutes: float | None = None,
           learning_rate: float | None = None, device: str = "auto", echo=print) -> dict:
     """Run a training as configured; returns metrics (also written to OUT/<name>/metrics.json)."""
-    from .evaluation import (colour_baseline, ece, fit_image_temperature, fit_temperature, image_level, metrics_block,
-                             per_source, stain_swap_check, write_reports)
+    from bcscan.training.evaluation import (
+        colour_baseline,
+        ece,
+        fit_image_temperature,
+        fit_temperature,
+        image_level,
+        metrics_block,
+        per_source,
+        stain_swap_check,
+        write_reports,
+    )
 
     cfg = load_train_config(config_path, {"epochs": epochs, "seed": seed, "max_minutes": max_minutes,
                                           "max_images_per_source": max_images_per_source,
@@ -617,13 +622,13 @@ def train(data_dir: Path, config_path: Path, out_dir: Path, *, weights: Path | N
             echo(f"[train] WARNING (source shortcut): {line}")
 
     # -- model
-    from .classification import configure_tensorflow
+    from bcscan.model.classifier import configure_tensorflow
 
     dev = configure_tensorflow(device)
     import keras
     import tensorflow as tf
 
-    from .model import ModelInfo, build_vgg16, save_model
+    from bcscan.model.network import ModelInfo, build_vgg16, save_model
 
     keras.utils.set_random_seed(cfg.seed)
     if cfg.training.deterministic:
@@ -680,7 +685,7 @@ def train(data_dir: Path, config_path: Path, out_dir: Path, *, weights: Path | N
     p_val = predict_probs(model, samples.x[val_idx])
     p_test = predict_probs(model, samples.x[test_idx])
     temperature = fit_temperature(p_val, labels[val_idx])
-    from .classification import calibrate
+    from bcscan.model.classifier import calibrate
 
     pv_cal, pt_cal = calibrate(p_val, temperature), calibrate(p_test, temperature)
     li = CLASSES.index(LEUKEMIC)
@@ -752,14 +757,14 @@ def train(data_dir: Path, config_path: Path, out_dir: Path, *, weights: Path | N
                         "colour_baseline_accuracy": (baseline or {}).get("test_images", {}).get("accuracy")})
     save_target = model
     if tp.store_float16:
-        from .model import to_float16
+        from bcscan.model.network import to_float16
 
         save_target = to_float16(model)
     save_model(save_target, out_dir / f"{cfg.name}.keras", info)
     metrics["model_file_bytes"] = (out_dir / f"{cfg.name}.keras").stat().st_size
     metrics["model_sha256"] = info.sha256
     write_reports(report_dir, metrics, history=history)
-    from .evaluation import write_model_card
+    from bcscan.training.evaluation import write_model_card
 
     write_model_card(out_dir / f"{cfg.name}.md", cfg, metrics, config_path, data_dir, report_dir)
     (report_dir / "metrics.json").write_text(json.dumps(_jsonable(metrics), indent=2) + "\n", encoding="utf-8")
@@ -772,7 +777,8 @@ def continue_from(model, init_model: Path, cfg: TrainConfig, split_sha256: str):
     training stage, e.g. after a time budget cut the first).  Refused when its images were split
     otherwise (their digest differs; models older than the digest: other data, seed or mode),
     since its training images could then sit in this run's test split."""
-    from .model import ModelError, load_keras_model
+    from bcscan.errors import ModelError
+    from bcscan.model.network import load_keras_model
 
     previous, info = load_keras_model(init_model)
     trained = info.training or {}

@@ -8,16 +8,15 @@ functions, so the model sees at scan time exactly what it saw in training.
 from __future__ import annotations
 
 import logging
-import math
 import os
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
-from .model import load_keras_model
-from .reading import crop_padded
+from bcscan.errors import ConfigError, ModelError
+from bcscan.model.network import load_keras_model, resolve_model_path
+from bcscan.scan.crops import resize_crops
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +25,7 @@ ONNX_TOLERANCE = 1e-4   # largest softmax difference to TensorFlow accepted for 
 
 @dataclass(frozen=True)
 class ClassificationParams:
-    model: str = "models/bcscan-vgg16.keras"  # relative paths are resolved against the bcscan install
+    model: str | None = None                  # None = the model shipped with bcscan; else a .keras path
     batch_size: int = 64
     threshold: float = 0.5                    # p_leukemic at or above which a cell is called leukemic
     device: str = "auto"                      # auto | cpu | gpu
@@ -42,40 +41,6 @@ class ClassificationParams:
             raise ValueError("device must be auto, cpu or gpu")
         if self.cpu_backend not in {"auto", "onnxruntime", "tensorflow"}:
             raise ValueError("cpu_backend must be auto, onnxruntime or tensorflow")
-
-
-def crop_side_px(crop_um: float, mpp: float) -> int:
-    """Crop side in pixels at `mpp`, rounded to an even number so the centre pixel is well defined."""
-    return max(2, 2 * int(math.ceil(crop_um / mpp / 2)))
-
-
-def crop_cells(image: np.ndarray, centres: np.ndarray, side: int) -> np.ndarray:
-    """Square `side`×`side` crops centred on each (x, y); outside the image is white glass."""
-    crops = np.empty((len(centres), side, side, 3), dtype=np.uint8)
-    half = side // 2
-    for i, (x, y) in enumerate(np.asarray(centres, dtype=np.float64).reshape(-1, 2)):
-        crops[i] = crop_padded(image, int(round(x)) - half, int(round(y)) - half, side, side)
-    return crops
-
-
-def resize_square(image: np.ndarray, size: int) -> np.ndarray:
-    """uint8 image → size×size (area averaging when shrinking); training and scanning share it."""
-    import cv2
-
-    if image.shape[0] == size and image.shape[1] == size:
-        return image
-    interp = cv2.INTER_AREA if image.shape[0] > size else cv2.INTER_LINEAR
-    return cv2.resize(image, (size, size), interpolation=interp)
-
-
-def resize_crops(crops: np.ndarray, input_size: int) -> np.ndarray:
-    """uint8 crops → uint8 input_size×input_size crops (a no-op when already at that size)."""
-    if crops.shape[1:3] == (input_size, input_size):
-        return crops
-    out = np.empty((len(crops), input_size, input_size, 3), dtype=np.uint8)
-    for i, crop in enumerate(crops):
-        out[i] = resize_square(crop, input_size)
-    return out
 
 
 def to_model_input(crops: np.ndarray, input_size: int) -> np.ndarray:
@@ -124,7 +89,7 @@ def configure_tensorflow(device: str = "auto", cpu_threads: int = 0) -> str:
 
     gpus = tf.config.list_physical_devices("GPU") if device != "cpu" else []
     if device == "gpu" and not gpus:
-        raise RuntimeError("device 'gpu' requested but TensorFlow sees no GPU")
+        raise ConfigError("device 'gpu' requested but TensorFlow sees no GPU")
     if device == "cpu":
         tf.config.set_visible_devices([], "GPU")
     try:
@@ -140,15 +105,6 @@ def configure_tensorflow(device: str = "auto", cpu_threads: int = 0) -> str:
     except RuntimeError:
         pass  # already initialised in this process: keep the first settings
     return "gpu" if gpus else "cpu"
-
-
-def resolve_model_path(model: str | Path) -> Path:
-    from .config import PACKAGE_ROOT
-
-    path = Path(model).expanduser()
-    if not path.is_absolute() and not path.exists():
-        path = PACKAGE_ROOT / path
-    return path
 
 
 class CellClassifier:
@@ -181,16 +137,16 @@ class CellClassifier:
         if wanted == "tensorflow":
             return None
         try:
-            from .onnx_backend import OnnxRunner, UnsupportedModel
+            from bcscan.model.onnx_backend import OnnxRunner, UnsupportedModel
 
             runner = OnnxRunner(self.model, self.params.cpu_threads)
         except ImportError:
             if wanted == "onnxruntime":
-                raise RuntimeError("cpu_backend 'onnxruntime' needs the onnx extra: pip install 'bcscan[onnx]'") from None
+                raise ConfigError("cpu_backend 'onnxruntime' needs the onnx extra: pip install 'bcscan[onnx]'") from None
             return None
         except UnsupportedModel as exc:
             if wanted == "onnxruntime":
-                raise RuntimeError(f"{self.model_path}: not expressible for ONNX Runtime ({exc})") from exc
+                raise ModelError(f"{self.model_path}: not expressible for ONNX Runtime ({exc})") from exc
             log.info("model stays on TensorFlow: %s", exc)
             return None
         probe = np.random.default_rng(0).uniform(0, 1, (8, self.info.input_size, self.info.input_size, 3))

@@ -15,13 +15,23 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bcscan.config import packaged
+from bcscan.errors import ModelError
+
 MODEL_FORMAT = "bcscan-model/1"
 LEUKEMIC = "leukemic"
 NORMAL = "normal"
 
 
-class ModelError(Exception):
-    """A model file that cannot be used; the message is one line."""
+SHIPPED_MODEL = "bcscan-vgg16.keras"
+
+
+def resolve_model_path(model: str | Path | None) -> Path:
+    """The model a run uses: a path as given (relative to the working folder), or, when none is
+    given, the model shipped with bcscan (package data, found from any install)."""
+    if not model:
+        return packaged(SHIPPED_MODEL)
+    return Path(model).expanduser()
 
 
 @dataclass

@@ -15,14 +15,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from bcscan.errors import ScanError
+
 SLIDE_SUFFIXES = {".svs", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif", ".svslide", ".tif", ".tiff"}
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"}
 DICOM_SUFFIX = ".dcm"
 SCAN_SUFFIXES = SLIDE_SUFFIXES | IMAGE_SUFFIXES | {DICOM_SUFFIX}
-
-
-class ScanError(Exception):
-    """A scan that cannot be used; the message is one line for the failure list."""
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from .reading import Scan
+from bcscan.scan.reading import Scan
 
 
 @dataclass(frozen=True)

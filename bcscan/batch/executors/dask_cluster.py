@@ -1,7 +1,7 @@
 """The same night's batch, shared out over a Dask cluster: one task per scan.
 
-`run_batch_dask` has the contract of `batch.run_batch` (same outputs, same exit codes, same
-exceptions when nothing can run) but hands each scan to a Dask worker:
+`DaskExecutor` executes a batch's scans (the outline, `outline.run_batch`, plans before and
+collects after, as for every executor) by handing each scan to a Dask worker:
 
 - `workers=N` starts a `distributed.LocalCluster` of N single-threaded worker processes on this
   machine (and closes it at the end);
@@ -9,7 +9,7 @@ exceptions when nothing can run) but hands each scan to a Dask worker:
   `dask scheduler --scheduler-file`) connects to a cluster that is already running, e.g. workers
   on several GPU nodes or submitted to Slurm/PBS by dask-jobqueue.
 
-Workers run `batch.process_scan`, which writes each scan's result under
+Workers run `scans.process_scan`, which writes each scan's result under
 `OUT_DIR/.bcscan/scans/<key>` atomically (cells first, the json that marks it complete last)
 and keeps one loaded model per worker process.  The client then rebuilds every table, GeoJSON,
 `run.json` and report from those stored results, exactly as the single-machine run does.  A worker
@@ -25,7 +25,6 @@ the functions: `bcscan --help` and a plain `bcscan scan` never import it.
 """
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import os
 import threading
@@ -33,13 +32,15 @@ import time
 import uuid
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from . import __version__
-from .batch import (STATE_DIR, BatchResult, ResultStore, ScanJob, Settings, collect_outputs, one_line,
-                    plan_batch, prepare_output, process_scan)
-from .classification import resolve_model_path
-from .config import ConfigError
+from bcscan import __version__
+from bcscan.batch.executors.base import Executor
+from bcscan.batch.plan import BatchRun, ScanJob
+from bcscan.batch.scans import loaded_classifier, one_line, process_scan
+from bcscan.batch.store import STATE_DIR, ResultStore
+from bcscan.errors import ConfigError
+from bcscan.model.network import ModelInfo, resolve_model_path
 
 log = logging.getLogger("bcscan")
 
@@ -49,90 +50,94 @@ WORKER_WAIT_S = 600            # for a first worker to join (Slurm jobs may wait
 RESULT_VISIBLE_WAIT_S = 60     # for results written on another node to appear (NFS attribute caches)
 
 
-def run_batch_dask(scan_dir: Path, out_dir: Path, settings: Settings, mpp: float | None = None, force: bool = False,
-                   scheduler: str | None = None, workers: int | None = None,
-                   progress: Callable[[int], Any] | None = None, argv: list[str] | None = None,
-                   retries: int = DEFAULT_RETRIES) -> BatchResult:
-    """Process every scan below `scan_dir` into `out_dir` with one Dask task per scan.
-    Raises ConfigError (no Dask, scheduler unreachable, no worker, paths not shared),
-    ModelError or PatientError when nothing can run; a scan that fails, even one whose
-    worker keeps dying, is recorded and the batch goes on."""
-    if scheduler and workers:
-        raise ConfigError("--scheduler and --workers exclude each other (a cluster is either joined or started)")
-    if workers is not None and workers < 1:
-        raise ConfigError("--workers must be at least 1")
-    try:
-        import distributed
-    except ImportError:
-        raise ConfigError("--scheduler/--workers need Dask: pip install 'bcscan[distributed]'") from None
+class DaskExecutor(Executor):
+    """One Dask task per scan, on a cluster this run joins (`scheduler`) or starts (`workers`).
+    Raises ConfigError (no Dask, scheduler unreachable, no worker, paths not shared) when
+    nothing can run; a scan that fails, even one whose worker keeps dying, is a failed row."""
+    name = "dask"
 
-    started = dt.datetime.now(dt.timezone.utc)
-    # Workers on other nodes have another working directory: every path they get is absolute.
-    scan_dir, out_dir = Path(scan_dir).resolve(), Path(out_dir).resolve()
-    model_info = prepare_output(out_dir, settings)
-    jobs = plan_batch(scan_dir, settings, mpp, model_info.sha256)
-    model_path = resolve_model_path(settings.classification.model).resolve()
-    # Same classification parameters, the model by absolute path (not part of the result key).
-    worker_settings = replace(settings, classification=replace(settings.classification, model=str(model_path)))
+    def __init__(self, scheduler: str | None = None, workers: int | None = None, retries: int = DEFAULT_RETRIES):
+        if scheduler and workers:
+            raise ConfigError("--dask-scheduler and --dask-workers exclude each other "
+                              "(a cluster is either joined or started)")
+        if workers is not None and workers < 1:
+            raise ConfigError("--dask-workers must be at least 1")
+        try:
+            import distributed
+        except ImportError:
+            raise ConfigError("--dask-scheduler/--dask-workers need Dask: pip install 'bcscan[distributed]'") from None
+        self.distributed = distributed
+        self.scheduler, self.workers, self.retries = scheduler, workers, retries
+        self.info: dict[str, Any] = {"engine": f"dask.distributed {distributed.__version__}"}
+        self.devices: list[str] = []
+        self.load_seconds = 0.0
 
-    cluster = client = None
-    futures: dict[Any, int] = {}
-    metas: list[dict[str, Any] | None] = [None] * len(jobs)
-    executor: dict[str, Any] = {"engine": f"dask.distributed {distributed.__version__}"}
-    try:
-        cluster, client = _connect(distributed, scheduler, workers)
-        executor["scheduler"] = "LocalCluster" if cluster is not None else str(scheduler)
-        resources = _check_workers(client, scan_dir, out_dir, model_path, jobs, executor)
-        run_token = uuid.uuid4().hex[:8]  # task keys unique per run: two runs may share one scheduler
-        for i, job in enumerate(jobs):
-            if job.outcome is not None:  # settled while planning: nothing to send out
-                metas[i] = process_scan(job, worker_settings, out_dir, mpp, force)
-                if progress is not None:
-                    progress(1)
-                continue
-            future = client.submit(scan_task, job, worker_settings, out_dir, mpp, force, __version__,
-                                   key=f"bcscan-scan-{i:05d}-{run_token}", pure=False, retries=retries,
-                                   resources=resources)
-            futures[future] = i
-        devices: dict[str, str] = {}
-        scan_workers: dict[str, str] = {}
-        for future in distributed.as_completed(list(futures), loop=client.loop):
-            i = futures[future]
-            metas[i], worker, device = _outcome(distributed, future, jobs[i])
-            if worker:
-                scan_workers[jobs[i].relative] = worker
-            if device:
-                devices[worker] = device
-            if progress is not None:
-                progress(1)
-        executor["scans"] = scan_workers  # which worker made each result (after any retry)
-        executor["devices"] = sorted(set(devices.values()))
-    finally:
-        if client is not None:
-            if futures and any(m is None for m in metas):  # interrupted: leave nothing running for this batch
-                client.cancel(list(futures), force=True)
-            client.close()
-        if cluster is not None:
-            cluster.close()
-    _wait_until_visible(out_dir, jobs, metas)
-    result = collect_outputs(scan_dir, out_dir, settings, model_info, jobs, metas, started, mpp, argv, executor)
-    return result
+    def describe(self) -> dict[str, Any]:
+        return self.info
+
+    def device(self, run: BatchRun) -> str:
+        return "+".join(self.devices) if self.devices else "not loaded in this process"
+
+    def model_load_seconds(self, run: BatchRun, since: float) -> float:
+        """The longest model load among the workers (they load in parallel, once each)."""
+        return round(self.load_seconds, 2)
+
+    def execute(self, run: BatchRun, model_info: ModelInfo, jobs: list[ScanJob], todo: list[int],
+                metas: list[dict[str, Any] | None]) -> None:
+        if not todo:  # every scan settled already: no cluster needed
+            return
+        distributed = self.distributed
+        model_path = resolve_model_path(run.settings.classification.model).resolve()
+        # The same classification parameters, the model by absolute path (not part of the result key).
+        settings = replace(run.settings, classification=replace(run.settings.classification, model=str(model_path)))
+        worker_run = replace(run, settings=settings, progress=None)  # a progress bar stays with the client
+        cluster = client = None
+        futures: dict[Any, int] = {}
+        try:
+            cluster, client = _connect(distributed, self.scheduler, self.workers)
+            self.info["scheduler"] = "LocalCluster" if cluster is not None else str(self.scheduler)
+            resources = _check_workers(client, run.scan_dir, run.out_dir, model_path,
+                                       [jobs[i] for i in todo], self.info)
+            run_token = uuid.uuid4().hex[:8]  # task keys unique per run: two runs may share one scheduler
+            for i in todo:
+                future = client.submit(scan_task, jobs[i], worker_run, __version__,
+                                       key=f"bcscan-scan-{i:05d}-{run_token}", pure=False, retries=self.retries,
+                                       resources=resources)
+                futures[future] = i
+            devices: set[str] = set()
+            scan_workers: dict[str, str] = {}
+            for future in distributed.as_completed(list(futures), loop=client.loop):
+                i = futures[future]
+                metas[i], answer = _outcome(distributed, future, jobs[i])
+                if answer.get("worker"):
+                    scan_workers[jobs[i].relative] = answer["worker"]
+                if answer.get("device"):
+                    devices.add(answer["device"])
+                self.load_seconds = max(self.load_seconds, answer.get("model_load_s", 0.0))
+                run.advance()
+            self.info["scans"] = scan_workers  # which worker made each result (after any retry)
+            self.info["devices"] = self.devices = sorted(devices)
+        finally:
+            if client is not None:
+                if futures and any(metas[i] is None for i in todo):  # interrupted: leave nothing running
+                    client.cancel(list(futures), force=True)
+                client.close()
+            if cluster is not None:
+                cluster.close()
+        _wait_until_visible(run.out_dir, jobs, metas)
 
 
-def scan_task(job: ScanJob, settings: Settings, out_dir: Path, mpp: float | None, force: bool,
-              client_version: str) -> dict[str, Any]:
+def scan_task(job: ScanJob, run: BatchRun, client_version: str) -> dict[str, Any]:
     """What a worker runs for one scan: `process_scan` with the batch's umask, its log lines
     captured for the client's log, and the worker's bcscan version checked against the client's
     (a result is keyed by the client's version, so a different one must not write it)."""
-    from . import batch
-
-    base = {"scan": job.relative, "patient_id": job.patient_id}
     if __version__ != client_version:
-        return {"meta": {**base, "status": "failed", "stage": "worker", "sha256": job.sha256,
+        return {"meta": {"scan": job.relative, "patient_id": job.patient_id, "status": "failed", "stage": "worker",
+                         "sha256": job.sha256,
                          "error": f"{job.relative}: bcscan {__version__} on worker {_worker_address()}, "
                                   f"{client_version} on the client (install the same version on every node)"},
                 "logs": [], "device": "", "worker": _worker_address()}
-    os.umask(settings.batch.umask_value)  # outputs hold patient data, whichever process writes them
+    os.umask(run.settings.batch.umask_value)  # outputs hold patient data, whichever process writes them
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     records: list[tuple[int, str]] = []
     handler = _ListHandler(records)
@@ -140,14 +145,16 @@ def scan_task(job: ScanJob, settings: Settings, out_dir: Path, mpp: float | None
     saved_level = bcscan_log.level
     bcscan_log.addHandler(handler)
     bcscan_log.setLevel(logging.DEBUG)
+    started = time.perf_counter()
     try:
-        meta = process_scan(job, settings, out_dir, mpp, force)
+        meta = process_scan(job, run)
     finally:
         bcscan_log.removeHandler(handler)
         bcscan_log.setLevel(saved_level)
-    device = batch._classifiers[settings.classification].engine if settings.classification in batch._classifiers \
-        else ""
-    return {"meta": meta, "logs": records, "device": device, "worker": _worker_address()}
+    classifier = loaded_classifier(run.settings.classification)
+    loaded_now = classifier is not None and classifier.loaded_at >= started
+    return {"meta": meta, "logs": records, "device": classifier.engine if classifier else "",
+            "worker": _worker_address(), "model_load_s": classifier.load_seconds if loaded_now else 0.0}
 
 
 def check_worker(scan_dir: str, out_dir: str, model_path: str, probe: str, probe_text: str,
@@ -242,10 +249,10 @@ def _workers_info(client) -> dict[str, dict[str, Any]]:
         return client.scheduler_info()["workers"]
 
 
-def _outcome(distributed, future, job: ScanJob) -> tuple[dict[str, Any], str, str]:
-    """The scan's row for scans.csv, the worker that made it and its device; a task that could
-    not finish (its worker died too often, or it raised after its retries) is a failed scan,
-    stored nowhere, so the next run tries it again."""
+def _outcome(distributed, future, job: ScanJob) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The scan's row for scans.csv and the worker's answer (worker, device, model load time); a
+    task that could not finish (its worker died too often, or it raised after its retries) is a
+    failed scan, stored nowhere, so the next run tries it again."""
     base = {"scan": job.relative, "patient_id": job.patient_id, "sha256": job.sha256}
     try:
         answer = future.result()
@@ -253,15 +260,15 @@ def _outcome(distributed, future, job: ScanJob) -> tuple[dict[str, Any], str, st
         log.error("scan %s failed at stage worker (details in failures.csv)", job.number)
         return {**base, "status": "failed", "stage": "worker",
                 "error": f"{job.relative}: Dask workers died while processing it, the scan was given up "
-                         f"({one_line(str(exc))[:200]})"}, "", ""
+                         f"({one_line(str(exc))[:200]})"}, {}
     except Exception as exc:  # noqa: BLE001 - one scan must never stop the batch
         log.error("scan %s failed at stage worker (details in failures.csv)", job.number)
         return {**base, "status": "failed", "stage": "worker",
                 "error": f"{job.relative}: task failed on its Dask worker: {type(exc).__name__}: "
-                         f"{one_line(str(exc))[:300]}"}, "", ""
+                         f"{one_line(str(exc))[:300]}"}, {}
     for level, message in answer["logs"]:
         log.log(level, "%s [%s]", message, answer["worker"])
-    return answer["meta"], answer["worker"], answer["device"]
+    return answer["meta"], answer
 
 
 def _wait_until_visible(out_dir: Path, jobs: list[ScanJob], metas: list[dict[str, Any]]) -> None:

@@ -1,0 +1,129 @@
+"""The run's outputs, rebuilt from the per-scan results whichever executor made them: the
+tables, GeoJSON, provenance (run.json) and the PDF reports."""
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import platform
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from bcscan import __version__
+from bcscan.batch.plan import BatchRun, ScanJob
+from bcscan.batch.store import ResultStore
+from bcscan.errors import ExitCode, ReportError
+from bcscan.model.network import ModelInfo, resolve_model_path
+from bcscan.results.aggregation import summarise_patients
+from bcscan.results.reporting import write_reports
+from bcscan.results.tables import (
+    CELL_COLUMNS,
+    FAILURE_COLUMNS,
+    SCAN_COLUMNS,
+    atomic_write_csv,
+    atomic_write_json,
+    cells_geojson,
+    safe_filename,
+)
+
+log = logging.getLogger("bcscan")
+
+
+@dataclass
+class Execution:
+    """Where and how the scans ran, for run.json."""
+    executor: dict[str, Any]    # the executor and its settings
+    device: str                 # where the model ran
+    timings: dict[str, float]   # plan_s (incl. hashing), scans_s, model_load_s
+
+
+@dataclass
+class BatchResult:
+    exit_code: int
+    n_scans: int
+    n_failed: int
+    n_cells: int
+    out_dir: Path
+
+
+def collect_outputs(run: BatchRun, model_info: ModelInfo, jobs: list[ScanJob], metas: list[dict[str, Any]],
+                    started: dt.datetime, execution: Execution) -> BatchResult:
+    """Write every output of the run; `metas` are the scans.csv rows of `jobs`."""
+    out_dir = run.out_dir
+    store = ResultStore(out_dir)
+    cell_tables = []
+    for job, meta in zip(jobs, metas):
+        if meta["status"] != "ok":
+            continue
+        cells = store.load(job.key)[1].copy()
+        cells.insert(0, "scan", job.relative)
+        cells.insert(1, "patient_id", job.patient_id)
+        cell_tables.append(cells)
+
+    scans = pd.DataFrame(metas).reindex(columns=SCAN_COLUMNS + ["stage"])
+    for column in ("n_cells", "n_leukemic", "n_normal", "level", "tiles_read", "tiles_skipped"):
+        scans[column] = scans[column].astype("Int64")  # failed scans leave these empty, not NaN floats
+    cells = pd.concat(cell_tables, ignore_index=True) if cell_tables else pd.DataFrame(columns=CELL_COLUMNS)
+    patients = summarise_patients(scans, cells, run.settings.aggregation)
+    failures = scans[scans["status"] == "failed"].reindex(columns=FAILURE_COLUMNS)
+
+    atomic_write_csv(out_dir / "cells.csv", cells, CELL_COLUMNS)
+    atomic_write_csv(out_dir / "scans.csv", scans, SCAN_COLUMNS)
+    atomic_write_csv(out_dir / "patients.csv", patients, list(patients.columns))
+    atomic_write_csv(out_dir / "failures.csv", failures, FAILURE_COLUMNS)
+    for meta in metas:
+        if meta["status"] == "ok":
+            scan_cells = cells[cells["scan"] == meta["scan"]]
+            atomic_write_json(out_dir / "geojson" / f"{safe_filename(meta['scan'])}.geojson", cells_geojson(scan_cells))
+
+    n_failed = int((scans["status"] == "failed").sum())
+    n_pending = int((scans["status"] == "pending").sum())
+    atomic_write_json(out_dir / "run.json", provenance(run, model_info, metas, started, execution, {
+        "scans": len(metas), "failed": n_failed, "pending": n_pending, "cells": int(len(cells)),
+        "patients": int(len(patients))}))
+    try:
+        write_reports(out_dir, run.scan_dir, run.settings.reporting)
+    except ReportError as exc:
+        log.error("reports: %s", exc)
+    exit_code = ExitCode.SOME_FAILED if n_failed else ExitCode.OK
+    return BatchResult(int(exit_code), len(metas), n_failed, int(len(cells)), out_dir)
+
+
+def provenance(run: BatchRun, model_info: ModelInfo, metas: list[dict[str, Any]], started: dt.datetime,
+               execution: Execution, counts: dict[str, int]) -> dict[str, Any]:
+    """run.json: what ran, on what, with which inputs, model, configuration and software."""
+    settings = run.settings
+    return {
+        "run_id": started.strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:6],
+        "bcscan_version": __version__, "started": started.isoformat(),
+        "finished": dt.datetime.now(dt.timezone.utc).isoformat(), "argv": run.argv,
+        "scan_dir": str(run.scan_dir), "config": settings.as_dict(), "config_digest": settings.result_digest(run.mpp),
+        "model": {"path": str(resolve_model_path(settings.classification.model)), "name": model_info.name,
+                  "sha256": model_info.sha256, "input_size": model_info.input_size, "crop_um": model_info.crop_um},
+        "device": execution.device,
+        "executor": execution.executor,
+        "inputs": [{"scan": m["scan"], "sha256": m.get("sha256", ""), "status": m["status"]} for m in metas],
+        "timings": execution.timings,
+        "counts": counts,
+        "software": software_versions(),
+    }
+
+
+def software_versions() -> dict[str, str]:
+    """Installed versions, read from package metadata (importing TensorFlow would cost seconds)."""
+    from importlib import metadata
+
+    import openslide
+
+    versions = {"python": platform.python_version(), "bcscan": __version__,
+                "libopenslide": getattr(openslide, "__library_version__", "unknown")}
+    for package in ("numpy", "pandas", "opencv-python-headless", "openslide-python", "openslide-bin",
+                    "tensorflow", "keras", "scikit-image", "tifffile", "reportlab"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            pass
+    return versions

@@ -1,0 +1,3 @@
+from bcscan.cli.main import main
+
+main()

@@ -1,0 +1,37 @@
+"""What every command shares: how an error is told and which exit code it gives."""
+from __future__ import annotations
+
+import sys
+from contextlib import contextmanager
+from typing import Iterator, NoReturn
+
+import click
+
+from bcscan.errors import BcscanError, ExitCode
+
+
+def fail(message: str, code: int = ExitCode.CANNOT_RUN) -> NoReturn:
+    """One line on stderr, never a traceback, and the command's exit code."""
+    click.echo(f"bcscan: error: {' '.join(str(message).split()) or 'failed'}", err=True)
+    sys.exit(int(code))
+
+
+@contextmanager
+def reported_errors() -> Iterator[None]:
+    """A BcscanError raised inside becomes its one-line message and its class's exit code."""
+    try:
+        yield
+    except BcscanError as exc:
+        fail(str(exc), exc.exit_code)
+
+
+def renamed_option(old: str, new: str, value, replacement):
+    """The value of an option that has a new name; the old spelling is still accepted for one
+    version, with a warning."""
+    if value is None:
+        return replacement
+    click.echo(f"bcscan: warning: {old} is renamed {new}; the old name will be removed in the next version",
+               err=True)
+    if replacement is not None:
+        fail(f"{old} and {new} are the same option: give only {new}")
+    return value
