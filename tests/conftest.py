@@ -1,22 +1,11 @@
-"""Shared fixtures: the shared real data (skipped where absent) and a small untrained model
-with the real interface (real Keras VGG-16 file + metadata), for wiring tests that must not
-depend on the shipped model's weights."""
+"""Fixtures shared by the tests: a small untrained model with the real interface (real Keras
+VGG-16 file + metadata), for wiring tests that must not depend on the shipped model's weights.
+Plain helpers are in helpers.py."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
-
-REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
-
-
-def shared(*parts: str) -> Path:
-    """A path inside ../shared/data, or skip the test with the reason."""
-    path = SHARED_DATA.joinpath(*parts)
-    if not path.exists():
-        pytest.skip(f"shared data not available: {path} (tests that use real images need ../shared/data)")
-    return path
 
 
 @pytest.fixture(scope="session")

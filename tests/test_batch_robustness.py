@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from click.testing import CliRunner
-from conftest import shared
+from helpers import comparable_tables, shared
 from PIL import Image
 
 from bcscan.cli.main import main
@@ -33,19 +33,6 @@ def bcscan_process(scan_dir: Path, out_dir: Path, model: Path, *extra: str) -> s
     return subprocess.Popen([sys.executable, "-m", "bcscan.cli", "scan", str(scan_dir), "--out", str(out_dir),
                              "--model", str(model), "--quiet", *extra],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def tables(out_dir: Path) -> dict[str, str]:
-    return {name: (out_dir / name).read_text() for name in ("cells.csv", "patients.csv", "scans.csv")}
-
-
-def comparable(text_tables: dict[str, str]) -> dict[str, pd.DataFrame]:
-    """The tables without the columns that legitimately differ between runs (timings)."""
-    out = {}
-    for name, text in text_tables.items():
-        frame = pd.read_csv(pd.io.common.StringIO(text))
-        out[name] = frame.drop(columns=[c for c in ("seconds",) if c in frame])
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +54,7 @@ def test_killed_runs_then_rerun_give_the_uninterrupted_result(night, tmp_path, u
     t0 = time.perf_counter()
     assert bcscan_process(night, reference, untrained_model).wait() == 0
     full_run = time.perf_counter() - t0
-    expected = comparable(tables(reference))
+    expected = comparable_tables(reference)
 
     rng = random.Random(2026)
     kills, chains = 0, 0
@@ -85,7 +72,7 @@ def test_killed_runs_then_rerun_give_the_uninterrupted_result(night, tmp_path, u
             assert proc.returncode == 0
             break
         chains += 1
-        got = comparable(tables(out))
+        got = comparable_tables(out)
         for name in expected:
             pd.testing.assert_frame_equal(got[name], expected[name])
         assert not list(out.rglob(".*.tmp"))  # no temporary file left behind

@@ -6,7 +6,7 @@ import csv
 
 import numpy as np
 import pytest
-from conftest import REPO, shared
+from helpers import REPO, shared
 from PIL import Image
 
 from bcscan.errors import ModelError

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from helpers import TABLES, comparable_tables
 
 from bcscan.batch.executors import InProcessExecutor
 from bcscan.batch.outline import run_batch
@@ -23,21 +24,13 @@ from bcscan.testing.synthetic import write_batch
 
 distributed = pytest.importorskip("distributed", reason="needs the optional extra: pip install 'bcscan[distributed]'")
 
-TABLES = ("cells.csv", "patients.csv", "scans.csv", "failures.csv")
-
-
 def make_batch(root: Path, n_slides: int = 2, n_fields: int = 2, slide_size=(2200, 1700)) -> Path:
     """Pyramidal TIFF slides and field PNGs for a few patients, plus one bad file."""
     return write_batch(root / "scans", n_slides, n_fields, slide_size=slide_size, wbc_per_slide=15, seed=300)
 
 
-def comparable(out_dir: Path) -> dict[str, pd.DataFrame]:
-    """The tables without the columns that legitimately differ between runs (timings)."""
-    return {name: pd.read_csv(out_dir / name).drop(columns=["seconds"], errors="ignore") for name in TABLES}
-
-
 def assert_same_tables(out_dir: Path, expected: dict[str, pd.DataFrame]) -> None:
-    got = comparable(out_dir)
+    got = comparable_tables(out_dir)
     for name in TABLES:
         pd.testing.assert_frame_equal(got[name], expected[name], obj=name)
     cells = got["cells.csv"]
@@ -61,7 +54,7 @@ def reference(batch, settings, tmp_path_factory):
     out = tmp_path_factory.mktemp("reference")
     result = run_batch(BatchRun(batch, out, settings), InProcessExecutor())
     assert result.n_scans == 5 and result.n_failed == 1 and result.n_cells > 30
-    return comparable(out)
+    return comparable_tables(out)
 
 
 def test_local_cluster_of_two_worker_processes_gives_the_single_process_outputs(batch, settings, reference, tmp_path):

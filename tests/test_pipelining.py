@@ -13,6 +13,7 @@ import pandas as pd
 import psutil
 import pytest
 from click.testing import CliRunner
+from helpers import comparable_tables
 
 from bcscan.batch.executors.pipelined import _CropBuffer, _ScanState
 from bcscan.batch.settings import PipelineParams
@@ -46,16 +47,11 @@ def run_scan(scans: Path, out: Path, model: Path, *options: str, tile_px: int = 
                                      "--config", str(config), *options])
 
 
-def tables(out: Path) -> dict[str, pd.DataFrame]:
-    return {name: pd.read_csv(out / name).drop(columns=["seconds"], errors="ignore")
-            for name in ("cells.csv", "scans.csv", "patients.csv", "failures.csv")}
-
-
 def test_pipelined_run_equals_the_in_process_run(batch, tmp_path, untrained_model):
     serial = run_scan(batch, tmp_path / "serial", untrained_model, "--tile-workers", "0")
     piped = run_scan(batch, tmp_path / "piped", untrained_model, "--tile-workers", "2")
     assert serial.exit_code == piped.exit_code == 1  # the broken file fails, the rest completes
-    expected, got = tables(tmp_path / "serial"), tables(tmp_path / "piped")
+    expected, got = comparable_tables(tmp_path / "serial"), comparable_tables(tmp_path / "piped")
     for name in expected:
         pd.testing.assert_frame_equal(got[name], expected[name], check_exact=False, atol=1e-3)
     assert len(got["cells.csv"]) >= 30
@@ -112,7 +108,7 @@ def test_a_tile_worker_that_dies_does_not_lose_any_scan(batch, tmp_path, untrain
     stdout, stderr = proc.communicate(timeout=300)
     assert proc.returncode == 1, stderr  # only the broken file fails
     assert "tile worker process died" in (tmp_path / "out" / "bcscan.log").read_text()
-    expected, got = tables(tmp_path / "reference"), tables(tmp_path / "out")
+    expected, got = comparable_tables(tmp_path / "reference"), comparable_tables(tmp_path / "out")
     for name in expected:
         pd.testing.assert_frame_equal(got[name], expected[name], check_exact=False, atol=1e-3)
 

@@ -7,7 +7,7 @@ import sys
 import pandas as pd
 import pytest
 from click.testing import CliRunner
-from conftest import REPO
+from helpers import REPO
 
 from bcscan.cli.main import main
 from bcscan.model.classifier import ClassificationParams

@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 import tifffile
-from conftest import shared
+from helpers import shared
 from PIL import Image
 
 from bcscan.errors import ScanError

@@ -8,7 +8,7 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import shared
+from helpers import shared
 from PIL import Image
 
 from bcscan.batch.outline import run_batch

@@ -15,12 +15,11 @@ import cv2
 import numpy as np
 import pytest
 import yaml
+from helpers import REPO, SHARED_DATA, shared
 
 from bcscan.scan.segmentation import Segmentation, SegmentationParams, segment
 from bcscan.testing import groundtruth as V
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
 PARAMS = SegmentationParams()
 
 # Romanowsky-like colours (RGB)
@@ -178,8 +177,8 @@ def test_yolo_and_voc_loaders(tmp_path):
 
 # --------------------------------------------------------------------------- real ground truth
 def _data() -> Path:
-    if not (SHARED_DATA / "bccd").is_dir() or not (SHARED_DATA / "txl-pbc").is_dir():
-        pytest.skip(f"shared data not available: {SHARED_DATA} (real-image tests need ../shared/data)")
+    shared("bccd")
+    shared("txl-pbc")
     return SHARED_DATA
 
 
@@ -206,8 +205,7 @@ def test_txl_subset_f1():
 
 def test_zheng_dataset2_subset_dice():
     data = _data()
-    if not (data / "wbc-seg-zheng2018").is_dir():
-        pytest.skip("shared data has no wbc-seg-zheng2018")
+    shared("wbc-seg-zheng2018")
     cell_d, nuc_d = [], []
     for sample in itertools.islice(V.zheng_samples(data, "Dataset2"), 0, None, 4):
         rgb = V.read_rgb(sample.image)
