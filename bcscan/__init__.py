@@ -1,3 +1,3 @@
 """bcscan: batch leukemia screening of peripheral blood smear scans."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -1,7 +1,6 @@
 """Per-patient counts, the 95 % Wilson interval of the leukemic fraction, and the flag."""
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import pandas as pd
@@ -27,15 +26,14 @@ class AggregationParams:
             raise ValueError("min_cells must be >= 1")
 
 
-def wilson_interval(successes: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
-    """95 % Wilson score interval of a proportion; stays inside [0, 1] and is sane for small n."""
+def wilson_interval(successes: int, n: int) -> tuple[float, float]:
+    """95 % Wilson score interval of a proportion (scipy); stays inside [0, 1] and is sane for small n."""
     if n == 0:
         return (0.0, 1.0)
-    p = successes / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return (max(0.0, centre - half), min(1.0, centre + half))
+    from scipy.stats import binomtest
+
+    ci = binomtest(int(successes), int(n)).proportion_ci(confidence_level=0.95, method="wilson")
+    return (max(0.0, float(ci.low)), min(1.0, float(ci.high)))
 
 
 def patient_flag(n_cells: int, n_leukemic: int, n_failed: int, params: AggregationParams) -> str:
