@@ -120,3 +120,33 @@ def test_help_is_instant_and_lists_exit_codes():
     assert time.perf_counter() - t0 < 3.0
     assert "Exit codes" in out.stdout and "failures.csv" in out.stdout
     assert "tensorflow" not in out.stderr.lower()
+
+
+def test_old_dask_option_names_still_work_with_a_warning(batch, tmp_path):
+    result = run(["scan", batch["scans"], "--out", tmp_path / "o", "--scheduler", "tcp://127.0.0.1:9",
+                  "--dask-workers", "2"])
+    assert "--scheduler is renamed --dask-scheduler" in result.output
+    assert result.exit_code == 2 and "--dask-scheduler and --dask-workers exclude each other" in result.output
+    result = run(["scan", batch["scans"], "--out", tmp_path / "o", "--workers", "2", "--dask-workers", "2"])
+    assert "--workers is renamed --dask-workers" in result.output
+    assert result.exit_code == 2 and "give only --dask-workers" in result.output
+    assert not (tmp_path / "o").exists()  # refused before anything was written
+
+
+def test_every_command_documents_the_same_exit_codes():
+    from bcscan.errors import EXIT_CODES_HELP
+
+    for command in ("scan", "report", "train", "evaluate"):
+        result = run([command, "--help"])
+        assert result.exit_code == 0 and "the model did not learn" in result.output, command
+    assert EXIT_CODES_HELP.count("\n") == 6
+
+
+def test_a_missing_default_config_is_one_line_naming_it(tmp_path, monkeypatch):
+    from bcscan import config
+    from bcscan.batch.settings import load_settings
+    from bcscan.errors import ConfigError
+
+    monkeypatch.setattr(config, "packaged", lambda name: tmp_path / "site-packages" / "bcscan" / name)
+    with pytest.raises(ConfigError, match=r"site-packages/bcscan/default.yaml: the default configuration is missing"):
+        load_settings()
