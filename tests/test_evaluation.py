@@ -9,16 +9,10 @@ import pytest
 from click.testing import CliRunner
 
 from bcscan.cli.train import evaluate_command
-from bcscan.training.evaluation import (
-    LogisticRegression,
-    ece,
-    fit_temperature,
-    hsv_histograms,
-    image_level,
-    metrics_block,
-    parse_class_map,
-    roc_auc,
-)
+from bcscan.training.baselines import LogisticRegression, hsv_histograms
+from bcscan.training.calibration import fit_temperature
+from bcscan.training.evaluate import parse_class_map
+from bcscan.training.metrics import ece, image_level, metrics_block, roc_auc
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -67,7 +61,7 @@ def test_ece_and_temperature_scaling():
 
 
 def test_image_score_is_the_calibrated_mean_logit_of_its_cells():
-    from bcscan.training.evaluation import fit_image_temperature
+    from bcscan.training.calibration import fit_image_temperature
 
     ids, y, p = image_level(np.array([3, 3, 5, 3]), np.array([0, 0, 1, 0]), np.array([0.9, 0.5, 0.2, 0.1]))
     assert ids.tolist() == [3, 5] and y.tolist() == [0, 1]
@@ -211,7 +205,7 @@ def test_shipped_model_on_its_ghaderzadeh_test_split(tmp_path):
 
 
 def test_restain_transfers_lab_statistics():
-    from bcscan.training.evaluation import lab_stats, restain
+    from bcscan.training.baselines import lab_stats, restain
 
     rng = np.random.default_rng(3)
     purple = np.clip(rng.normal((120, 60, 160), 25, (10, 16, 16, 3)), 0, 255).astype(np.uint8)

@@ -16,18 +16,10 @@ from click.testing import CliRunner
 
 from bcscan.cli.train import train_command
 from bcscan.errors import ConfigError, ExitCode
-from bcscan.training.train import (
-    AugmentParams,
-    Samples,
-    SourceSpec,
-    SplitParams,
-    average_hash,
-    balance_indices,
-    load_train_config,
-    near_duplicate_groups,
-    shortcut_check,
-    split_images,
-)
+from bcscan.training.duplicates import average_hash, near_duplicate_groups
+from bcscan.training.recipe import AugmentParams, SourceSpec, SplitParams, load_train_config, shortcut_check
+from bcscan.training.samples import Samples
+from bcscan.training.splits import balance_indices, split_images
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -168,7 +160,7 @@ def test_shortcut_check():
 
 
 def test_augmenter_shapes_and_range():
-    from bcscan.training.train import make_augmenter
+    from bcscan.training.augment import make_augmenter
 
     params = AugmentParams(horizontal_flip=True, vertical_flip=True, rotation_deg=90, scale=0.2, translate=0.05,
                            hue=0.1, saturation=0.3, brightness=0.2, contrast=0.2, channel_gain=0.1, grayscale_p=0.5)

@@ -94,7 +94,7 @@ def evaluate_command(model_dir, data_dir, class_map, out_dir, mode, mpp, model_n
     confusion matrix), classification_report.txt, confusion_matrix.png and predictions.csv.
     """
     from bcscan.model.network import load_model_info
-    from bcscan.training.evaluation import evaluate, parse_class_map
+    from bcscan.training.evaluate import evaluate, parse_class_map
 
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     model_path = _model_path(Path(model_dir), model_name)

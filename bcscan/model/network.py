@@ -21,6 +21,7 @@ from bcscan.errors import ModelError
 MODEL_FORMAT = "bcscan-model/1"
 LEUKEMIC = "leukemic"
 NORMAL = "normal"
+CLASSES = [LEUKEMIC, NORMAL]  # model output order: index 0 is p(leukemic)
 
 
 SHIPPED_MODEL = "bcscan-vgg16.keras"

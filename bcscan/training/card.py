@@ -1,0 +1,201 @@
+"""The model card (NAME.md) of a training run: intended use, data and splits, recipe, test results,
+shortcut checks, calibration and limitations, from the run's configuration and metrics."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from bcscan.training.recipe import TrainConfig
+from bcscan.training.reports import fmt
+
+
+def write_model_card(path: Path, cfg: TrainConfig, metrics: dict[str, Any], config_path: Path, data_dir: Path,
+                     report_dir: Path, extra: str = "") -> None:
+    """Markdown model card from a training run's configuration and metrics."""
+    rel = report_dir.name
+    lines = (_title(cfg, metrics, config_path) + _use_and_data(cfg, metrics, data_dir)
+             + _splits(cfg, metrics, rel) + _recipe(cfg, metrics) + _results(cfg, metrics)
+             + _per_folder(metrics) + _stain_swap(metrics) + _closing(metrics, rel, extra))
+    path.write_text("\n".join(lines), encoding="utf-8")
+
+
+def _title(cfg: TrainConfig, metrics: dict[str, Any], config_path: Path) -> list[str]:
+    lines = [
+        f"# Model card: `{cfg.name}`",
+        "",
+        f"VGG-16{' with batch normalisation after every convolution' if cfg.model.batch_norm else ''} "
+        f"classifying {'white-cell crops' if cfg.mode == 'cells' else 'whole images'} of peripheral blood smears "
+        f"as **leukemic** or **normal**. Trained by `bcscan train` (config `{config_path}`).",
+        "",
+    ]
+    if metrics.get("did_not_learn"):
+        lines += ["> **THIS RUN DID NOT LEARN**: validation balanced accuracy "
+                  f"{fmt(metrics['validation_cells']['balanced_accuracy'])} is at chance. Do not use this model.", ""]
+    return lines
+
+
+def _use_and_data(cfg: TrainConfig, metrics: dict[str, Any], data_dir: Path) -> list[str]:
+    d = metrics["data"]
+    lines = [
+        "## Intended use",
+        "",
+        "Research screening aid inside `bcscan scan`: each white cell found by the segmentation is cropped "
+        f"({cfg.crop_um:g} µm square at {cfg.segmentation.working_mpp:g} µm/px, resized to "
+        f"{cfg.input_size}×{cfg.input_size}) and scored p(leukemic); per-patient summaries aggregate the cells. "
+        "Not a diagnostic device: it has never been validated on patients, it was trained on B-ALL images of one "
+        "hospital and normal cells of another, and every positive needs review by a haematologist."
+        if cfg.mode == "cells" else
+        "Reproduction of the paper's whole-image classifier; not the model `bcscan scan` uses by default.",
+        "",
+        "## Data",
+        "",
+        f"Data folder `{data_dir}`; mode `{cfg.mode}`; {d['images']} images → {d['samples']} samples.",
+        "",
+        "| source folder | class | dataset | µm/px | images | without cells | samples | train / val / test images | train samples used |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for s in d["sources"]:
+        lines.append(f"| `{s['path']}` | {s['label']} | {s['dataset']} | {s['mpp']:g} | {s['images']} | "
+                     f"{s['images_without_cells']} | {s['samples']} | {s['train_images']} / {s['val_images']} / "
+                     f"{s['test_images']} | {s['train_samples_used']} |")
+    return lines
+
+
+def _splits(cfg: TrainConfig, metrics: dict[str, Any], rel: str) -> list[str]:
+    d = metrics["data"]
+    lines = [
+        "",
+        f"Splits: {cfg.split.train:.0%}/{cfg.split.val:.0%}/{cfg.split.test:.0%} of the images of each source "
+        f"folder, seed {cfg.seed}. Near-duplicates (16×16 average hash, Hamming ≤ {cfg.split.max_hamming}, "
+        f"transitively) are kept in one split ({d['near_duplicate_groups_gt1']} groups of ≥2 images); in cells "
+        "mode all crops of an image stay in its split. Image split lists: "
+        f"`{rel}/splits.csv`. Training samples balanced by random undersampling ({d['balance']}): "
+        f"{d['train_samples_balanced']} samples. The held-back parts of the shared data (≈10 % of ghaderzadeh-all, "
+        "test splits of bccd/txl-pbc) were never seen.",
+        "",
+    ]
+    if metrics.get("source_shortcut_warning"):
+        lines += ["**Source-shortcut warning.** " + " ".join(metrics["source_shortcut_warning"]), ""]
+    return lines
+
+
+def _recipe(cfg: TrainConfig, metrics: dict[str, Any]) -> list[str]:
+    a, tp, cal = cfg.augmentation, cfg.training, metrics["calibration"]
+    init = metrics.get("init_model")
+    return [
+        "## Recipe",
+        "",
+        f"- VGG-16 conv base ({'batch norm after each conv, ' if cfg.model.batch_norm else ''}"
+        f"{'initialised from ' + metrics['weights'] if metrics.get('weights') else 'from scratch: no ImageNet weights offline'}) "
+        f"→ flatten → dense {cfg.model.hidden_units} ReLU → dropout {cfg.model.dropout} → softmax(2)",
+        f"- input {cfg.input_size}×{cfg.input_size}, rescale 1/255; Adam lr {tp.learning_rate:g}, "
+        f"schedule `{tp.lr_schedule}`, batch {tp.batch_size}, ≤ {tp.epochs} epochs, "
+        f"early stopping patience {tp.early_stopping_patience or 'off'}, "
+        f"time budget {tp.max_minutes or 'none'} min; best epoch by validation loss: "
+        f"{metrics['best_epoch']} of {metrics['epochs_run']} run",
+        *([f"- second stage: continued from `{init['path']}` (SHA-256 "
+           f"{init['sha256'][:12]}…, {init['epochs_before']} epochs before, same "
+           "data, seed and split) with the settings above; epochs counted in this stage"]
+          if init else []),
+        f"- augmentation: flips (h {a.horizontal_flip}, v {a.vertical_flip}), rotation ±{a.rotation_deg:g}°, "
+        f"scale ±{a.scale:g}, shift ±{a.translate:g}, hue ±{a.hue:g}, saturation ±{a.saturation:g}, "
+        f"brightness ±{a.brightness:g}, contrast ±{a.contrast:g}, channel gain ±{a.channel_gain:g}, "
+        f"grey p={a.grayscale_p:g}",
+        f"- calibration: temperature T = {cal['temperature']:g} fitted on the validation split (cells); image "
+        f"score = sigmoid(mean cell logit / {cal.get('image_temperature', 1.0):g}), that image temperature fitted "
+        "on the validation images",
+        f"- training throughput {metrics['timing_s']['train_images_per_s']} samples/s; fit "
+        f"{metrics['timing_s']['fit'] / 60:.1f} min; model file {metrics.get('model_file_bytes', 0) / 1e6:.1f} MB",
+        "",
+    ]
+
+
+def _metrics_row(label: str, block: dict[str, Any]) -> str:
+    return (f"| {label} | {fmt(block['accuracy'])} | {fmt(block['balanced_accuracy'])} | {fmt(block['roc_auc'])} | "
+            f"{fmt(block['ece'])} |")
+
+
+def _results(cfg: TrainConfig, metrics: dict[str, Any]) -> list[str]:
+    """The test table: VGG-16 at image and cell level and per dataset, then the colour-only baseline."""
+    ti, tc = metrics.get("test_images") or {}, metrics.get("test_cells") or {}
+    base = metrics.get("colour_baseline") or {}
+    lines = [
+        "## Results (test split, never trained on)",
+        "",
+        "| | accuracy | balanced accuracy | ROC AUC | ECE |",
+        "|---|---|---|---|---|",
+    ]
+    if ti:
+        lines.append(_metrics_row(f"VGG-16, images ({ti['n']})", ti))
+    if tc and cfg.mode == "cells":
+        lines.append(_metrics_row(f"VGG-16, cells ({tc['n']})", tc))
+    for ds, blk in metrics["per_source"]["datasets"].items():
+        bi = blk.get("images")
+        if bi:
+            lines.append(_metrics_row(f"VGG-16, {ds} images ({bi['n']})", bi))
+    if base:
+        lines.append(_metrics_row("colour-only baseline, images", base["test_images"]))
+        for ds, blk in base["per_source"]["datasets"].items():
+            if blk.get("images"):
+                lines.append(_metrics_row(f"colour-only baseline, {ds} images", blk["images"]))
+    return lines
+
+
+def _per_folder(metrics: dict[str, Any]) -> list[str]:
+    base = metrics.get("colour_baseline") or {}
+    lines = ["", "Per source folder (test, image level):", "",
+             "| folder | class | images | VGG-16 accuracy | colour baseline accuracy |", "|---|---|---|---|---|"]
+    for name, b in metrics["per_source"]["folders"].items():
+        cb = (base.get("per_source") or {}).get("folders", {}).get(name, {}) if base else {}
+        lines.append(f"| `{name}` | {b['label']} | {b['images']} | {fmt(b['image_accuracy'])} | "
+                     f"{fmt(cb.get('image_accuracy'))} |")
+    return lines
+
+
+def _stain_swap(metrics: dict[str, Any]) -> list[str]:
+    swap = metrics.get("stain_swap")
+    if not swap:
+        return []
+    lines = ["", "Stain swap (test samples re-stained with the other dataset's colour statistics, Reinhard "
+                 "CIELAB transfer; a model that reads morphology keeps its accuracy, a colour model collapses):",
+             "", "| test data | model | accuracy (images) | balanced accuracy | called normal |",
+             "|---|---|---|---|---|"]
+    for key, block in swap.items():
+        if not isinstance(block, dict):
+            continue
+        for name, label in (("vgg16_original_colours", "VGG-16, original colours"),
+                            ("vgg16", "VGG-16, re-stained"), ("colour_baseline", "colour baseline, re-stained")):
+            if name in block:
+                b = block[name]
+                lines.append(f"| {key} | {label} | {fmt(b['images']['accuracy'])} | "
+                             f"{fmt(b['images']['balanced_accuracy'])} | {fmt(b['called_normal_rate_images'])} |")
+    return lines
+
+
+def _closing(metrics: dict[str, Any], rel: str, extra: str) -> list[str]:
+    """Calibration figures, the list of report files, `extra` and the limitations."""
+    cal = metrics["calibration"]
+    return ["",
+            f"Calibration (test): ECE before {fmt(cal.get('ece_test_images_before', cal['ece_test_before']))} → after "
+            f"{fmt(cal.get('ece_test_images_after', cal['ece_test_after']))} (images); cells "
+            f"{fmt(cal['ece_test_before'])} → {fmt(cal['ece_test_after'])}.",
+            f"Test images in which the segmentation found no white cell: {metrics['test_images_without_cells']} "
+            "(left out of the image-level figures).",
+            "",
+            f"Files: `{rel}/metrics.json`, `{rel}/classification_report.txt`, `{rel}/confusion_matrix.png`, "
+            f"`{rel}/learning_curves.png`, `{rel}/history.csv`, `{rel}/splits.csv`.",
+            "",
+            extra,
+            "## Limitations",
+            "",
+            "- Leukemic examples come from ONE hospital (ghaderzadeh-all, Taleqani, B-ALL only); normals are its "
+            "hematogones plus healthy-donor cells of another lab (PBC, CellaVision). A dataset that supplies only "
+            "normal cells lets the model call anything that looks like that lab normal; nothing here measures "
+            "leukemic cells from another lab. Myeloid leukemias (AML, CML) and T-ALL were never seen.",
+            "- Labels are per image (patient class), not per cell: in cells mode every white cell of a leukemic "
+            "image is labelled leukemic, including any normal cell in it (label noise).",
+            "- No patient identifiers: splits are by image (near-duplicates grouped), not by patient, so test "
+            "figures are optimistic for new patients.",
+            "- Scales (µm/px) of the sources are estimates from typical cell sizes.",
+            "- Trained from scratch (no ImageNet weights offline) on a few thousand crops.",
+            ""]

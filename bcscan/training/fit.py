@@ -1,0 +1,201 @@
+"""Build and fit the VGG-16: seeded model, optimiser and learning-rate schedule, augmented
+training dataset, callbacks (best checkpoint by validation loss, CSV history, early stopping,
+time budget), and continuing a model trained earlier on the same split (`--init-model`)."""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bcscan.errors import ModelError, TrainingError
+from bcscan.model.network import CLASSES
+from bcscan.training.augment import make_augmenter
+from bcscan.training.recipe import TrainConfig, TrainParams
+from bcscan.training.samples import Samples
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Fitted:
+    """What the fit step hands on: the best model (by validation loss) and how it got there."""
+    model: Any
+    history: dict[str, list[float]]
+    best_epoch: int
+    fit_s: float
+    stopped_for_time: bool
+    init_info: Any          # ModelInfo of the --init-model, or None
+    device: str
+
+
+def fit_model(cfg: TrainConfig, samples: Samples, labels: np.ndarray, train_idx: np.ndarray, val_idx: np.ndarray,
+              *, split_sha256: str, weights: Path | None, init_model: Path | None, device: str, work_dir: Path,
+              report_dir: Path, echo=print) -> Fitted:
+    """Build (or continue) the configured VGG-16 and fit it on the balanced training samples;
+    returns the checkpoint of the best epoch by validation loss."""
+    from bcscan.model.classifier import configure_tensorflow
+
+    dev = configure_tensorflow(device)
+    import keras
+    import tensorflow as tf
+
+    from bcscan.model.network import build_vgg16
+
+    keras.utils.set_random_seed(cfg.seed)
+    if cfg.training.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    model = build_vgg16(cfg.input_size, len(CLASSES), cfg.model.hidden_units, cfg.model.dropout,
+                        cfg.model.batch_norm, weights, cfg.seed)
+    init_info = continue_from(model, Path(init_model), cfg, split_sha256) if init_model else None
+    tp = cfg.training
+    _compile(model, tp, len(train_idx), dev)
+    train_ds, val_ds = _datasets(cfg, samples, labels, train_idx, val_idx)
+    ckpt = work_dir / "checkpoint-best.keras"
+    callbacks, budget = _callbacks(tp, ckpt, report_dir / "history.csv")
+    start = (f"continuing {init_model} ({init_info.training.get('epochs_run')} epochs)" if init_info
+             else f"weights {weights}" if weights else "from scratch")
+    echo(f"[train] VGG-16{' + batch norm' if cfg.model.batch_norm else ''} {cfg.input_size}×{cfg.input_size}, "
+         f"{start}, {tp.epochs} epochs max, device {dev}")
+    t_fit = time.time()
+    hist = model.fit(train_ds, validation_data=val_ds, epochs=tp.epochs, callbacks=callbacks, verbose=2)
+    fit_s = time.time() - t_fit
+    history = {k: [float(v) for v in vals] for k, vals in hist.history.items()}
+    if ckpt.is_file():
+        model = keras.saving.load_model(ckpt, compile=False)  # best epoch by validation loss
+    return Fitted(model=model, history=history, best_epoch=int(np.argmin(history["val_loss"])) + 1, fit_s=fit_s,
+                  stopped_for_time=bool(budget.stopped_for_time) if budget else False, init_info=init_info,
+                  device=dev)
+
+
+def _compile(model, tp: TrainParams, n_train: int, device: str) -> None:
+    """Adam with the configured learning rate (per-step cosine decay for `cosine`), softmax cross-entropy."""
+    import keras
+
+    steps = math.ceil(n_train / tp.batch_size)
+    if tp.lr_schedule == "cosine":
+        lr = keras.optimizers.schedules.CosineDecay(tp.learning_rate, decay_steps=steps * tp.epochs, alpha=0.02)
+    else:
+        lr = tp.learning_rate
+    model.compile(optimizer=keras.optimizers.Adam(lr), loss="sparse_categorical_crossentropy",
+                  metrics=["accuracy"], jit_compile=tp.jit_compile and device == "cpu")
+
+
+def _datasets(cfg: TrainConfig, samples: Samples, labels: np.ndarray, train_idx: np.ndarray, val_idx: np.ndarray):
+    """(training dataset: shuffled each epoch, augmented margin crops; validation dataset: plain crops)."""
+    import tensorflow as tf
+
+    tp = cfg.training
+    augment = make_augmenter(cfg.augmentation, cfg.input_size, cfg.margin, cfg.seed)
+    xm_train, y_train = samples.x_margin[train_idx], labels[train_idx]
+    train_ds = (tf.data.Dataset.from_tensor_slices((xm_train, y_train))
+                .shuffle(len(train_idx), seed=cfg.seed, reshuffle_each_iteration=True)
+                .batch(tp.batch_size)
+                .map(lambda x, y: (augment(x), y), num_parallel_calls=1, deterministic=True)
+                .prefetch(2))
+    val_ds = (tf.data.Dataset.from_tensor_slices((samples.x[val_idx], labels[val_idx]))
+              .batch(64).map(lambda x, y: (tf.cast(x, tf.float32) / 255.0, y)).prefetch(2))
+    return train_ds, val_ds
+
+
+def _callbacks(tp: TrainParams, ckpt: Path, history_csv: Path):
+    """(Keras callbacks in the order they run, the time-budget callback or None)."""
+    import keras
+
+    callbacks = [keras.callbacks.ModelCheckpoint(str(ckpt), monitor="val_loss", save_best_only=True),
+                 keras.callbacks.CSVLogger(str(history_csv))]
+    if tp.lr_schedule == "cosine_time":
+        callbacks.insert(0, _cosine_time_callback(tp.learning_rate, tp.max_minutes))
+    if tp.lr_schedule == "plateau":
+        callbacks.append(keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.3, patience=1,
+                                                           min_lr=tp.learning_rate / 100, verbose=1))
+    if tp.early_stopping_patience:
+        callbacks.append(keras.callbacks.EarlyStopping(monitor="val_loss", patience=tp.early_stopping_patience,
+                                                       restore_best_weights=True))
+    budget = None
+    if tp.max_minutes:
+        budget = _TimeBudget.make(tp.max_minutes)
+        callbacks.append(budget)
+    return callbacks, budget
+
+
+class _TimeBudget:
+    """Keras callback factory: stop before the next epoch would overrun `minutes`."""
+
+    @staticmethod
+    def make(minutes: float):
+        import keras
+
+        class TimeBudget(keras.callbacks.Callback):
+            def on_train_begin(self, logs=None):
+                self.t0 = time.time()
+                self.stopped_for_time = False
+
+            def on_epoch_end(self, epoch, logs=None):
+                elapsed = time.time() - self.t0
+                per_epoch = elapsed / (epoch + 1)
+                if elapsed + per_epoch > minutes * 60:
+                    self.model.stop_training = True
+                    self.stopped_for_time = True
+                    log.warning("time budget of %.0f min reached after epoch %d: stopping", minutes, epoch + 1)
+
+        return TimeBudget()
+
+
+def _cosine_time_callback(lr0: float, minutes: float, alpha: float = 0.02):
+    """Cosine decay of the learning rate over wall-clock time (anneals fully within the time budget
+    whatever the machine's throughput)."""
+    import keras
+
+    class CosineTime(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            self.t0 = time.time()
+
+        def on_train_batch_begin(self, batch, logs=None):
+            frac = min(1.0, (time.time() - self.t0) / (minutes * 60))
+            self.model.optimizer.learning_rate.assign(lr0 * (alpha + (1 - alpha) * 0.5 * (1 + math.cos(math.pi * frac))))
+
+        def on_epoch_end(self, epoch, logs=None):
+            if logs is not None:
+                logs["learning_rate"] = float(self.model.optimizer.learning_rate.numpy())
+
+    return CosineTime()
+
+
+def continue_from(model, init_model: Path, cfg: TrainConfig, split_sha256: str):
+    """Load the weights of a bcscan model trained earlier on the same split into `model` (a second
+    training stage, e.g. after a time budget cut the first).  Refused when its images were split
+    otherwise (their digest differs; models older than the digest: other data, seed or mode),
+    since its training images could then sit in this run's test split."""
+    from bcscan.model.network import load_keras_model
+
+    previous, info = load_keras_model(init_model)
+    trained = info.training or {}
+    if "split_sha256" in trained:
+        same_split = trained["split_sha256"] == split_sha256
+    else:
+        same_split = (trained.get("mode") == cfg.mode and trained.get("seed") == cfg.seed
+                      and trained.get("sources") == [dataclasses.asdict(s) for s in cfg.sources])
+    if not same_split or info.input_size != cfg.input_size:
+        raise TrainingError(f"{init_model}: trained on another split of the images (data, seed, split or mode) or "
+                            "another input size than this run; continuing it would leak its training images into "
+                            "this test split")
+    try:
+        model.set_weights(previous.get_weights())
+    except ValueError as exc:
+        raise ModelError(f"{init_model}: architecture differs from the config's model ({exc})") from exc
+    return info
+
+
+def init_summary(init_model: Path | None, info) -> dict | None:
+    """metrics' `init_model`: the continued model's path, digest and epochs trained before this stage."""
+    if info is None:
+        return None
+    earlier = info.training.get("init_model") or {}
+    return {"path": str(init_model), "sha256": info.sha256,
+            "epochs_before": int(info.training.get("epochs_run") or 0) + int(earlier.get("epochs_before") or 0)}

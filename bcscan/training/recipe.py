@@ -1,0 +1,196 @@
+"""The training recipe: the YAML config of `bcscan train` as typed, validated dataclasses.
+
+A source folder maps to one model class and has its own scale in µm/px; `shortcut_check`
+warns when the recipe's classes come from different datasets (a lab/stain shortcut).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bcscan.config import load_yaml, section
+from bcscan.errors import ConfigError
+from bcscan.model.network import CLASSES, LEUKEMIC, NORMAL
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    path: str                  # folder relative to DATA_DIR
+    label: str                 # model class: leukemic | normal
+    mpp: float = 0.0           # µm per pixel of this source's images (cells mode)
+    dataset: str = ""          # name used for per-dataset reports; default: first path component
+
+    def __post_init__(self):
+        if self.label not in CLASSES:
+            raise ValueError(f"source {self.path}: label must be one of {CLASSES}, got {self.label!r}")
+        if self.mpp < 0:
+            raise ValueError(f"source {self.path}: mpp must be >= 0")
+
+    @property
+    def dataset_name(self) -> str:
+        return self.dataset or Path(self.path).parts[0]
+
+
+@dataclass(frozen=True)
+class SplitParams:
+    train: float = 0.8
+    val: float = 0.1
+    test: float = 0.1
+    hash_size: int = 16
+    max_hamming: int = 3
+
+    def __post_init__(self):
+        if min(self.train, self.val, self.test) < 0 or abs(self.train + self.val + self.test - 1) > 1e-6:
+            raise ValueError("train + val + test must be 1 and each >= 0")
+
+
+@dataclass(frozen=True)
+class ModelParams:
+    batch_norm: bool = True
+    hidden_units: int = 256
+    dropout: float = 0.5
+
+
+@dataclass(frozen=True)
+class TrainParams:
+    epochs: int = 10
+    batch_size: int = 32
+    learning_rate: float = 1e-3
+    lr_schedule: str = "constant"        # constant | plateau | cosine (over epochs) | cosine_time (over max_minutes)
+    early_stopping_patience: int = 0     # 0 = off
+    max_minutes: float = 0.0             # 0 = no time budget
+    jit_compile: bool = True
+    deterministic: bool = False          # tf op determinism (slower)
+    did_not_learn_margin: float = 0.10   # val balanced accuracy below 0.5 + margin = did not learn
+    store_float16: bool = False          # store weights as float16 (half the file)
+
+    def __post_init__(self):
+        if self.lr_schedule not in {"constant", "plateau", "cosine", "cosine_time"}:
+            raise ValueError("lr_schedule must be constant, plateau, cosine or cosine_time")
+        if self.lr_schedule == "cosine_time" and self.max_minutes <= 0:
+            raise ValueError("lr_schedule cosine_time needs max_minutes > 0")
+        if self.epochs < 1 or self.batch_size < 1 or self.learning_rate <= 0:
+            raise ValueError("epochs, batch_size and learning_rate must be positive")
+
+
+@dataclass(frozen=True)
+class AugmentParams:
+    horizontal_flip: bool = True
+    vertical_flip: bool = False
+    rotation_deg: float = 0.0        # uniform in ±rotation_deg
+    scale: float = 0.0               # zoom factor uniform in [1-scale, 1+scale]
+    translate: float = 0.0           # shift, fraction of the crop side
+    hue: float = 0.0                 # hue shift, fraction of the colour wheel
+    saturation: float = 0.0          # saturation factor in [1-s, 1+s]
+    brightness: float = 0.0          # value factor in [1-b, 1+b]
+    contrast: float = 0.0            # contrast factor in [1-c, 1+c]
+    channel_gain: float = 0.0        # per-channel (stain cast) gain in [1-g, 1+g]
+    grayscale_p: float = 0.0         # probability of a grey-level sample
+
+
+@dataclass
+class TrainConfig:
+    name: str = "bcscan-vgg16"
+    mode: str = "cells"              # image | cells
+    input_size: int = 64
+    crop_um: float = 24.0            # cells mode: physical side of each crop
+    crop_margin: float = 1.25        # cells mode: training crops cached this much larger (scale/shift room)
+    balance: str = "undersample"     # undersample | none
+    max_images_per_source: int = 0   # 0 = all (a seeded random subset otherwise)
+    seed: int = 0
+    sources: list[SourceSpec] = field(default_factory=list)
+    segmentation: Any = None         # SegmentationParams
+    split: SplitParams = field(default_factory=SplitParams)
+    model: ModelParams = field(default_factory=ModelParams)
+    training: TrainParams = field(default_factory=TrainParams)
+    augmentation: AugmentParams = field(default_factory=AugmentParams)
+    raw: dict = field(default_factory=dict)
+
+    @property
+    def margin(self) -> float:
+        return self.crop_margin if self.mode == "cells" else 1.0
+
+
+TOP_KEYS = {"name", "mode", "input_size", "crop_um", "crop_margin", "balance", "max_images_per_source",
+            "seed", "sources", "segmentation", "split", "model", "training", "augmentation", "description"}
+
+
+def load_train_config(path: Path, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """Read a training config; `overrides` (epochs, seed, max_images_per_source, ...) win."""
+    from bcscan.scan.segmentation import SegmentationParams
+
+    raw = load_yaml(path)
+    unknown = sorted(set(raw) - TOP_KEYS)
+    if unknown:
+        raise ConfigError(f"{path}: unknown key(s): {', '.join(unknown)}")
+    raw = json.loads(json.dumps(raw))  # deep copy, plain types
+    overrides = overrides or {}
+    for key in ("seed", "max_images_per_source", "input_size"):
+        if overrides.get(key) is not None:
+            raw[key] = overrides[key]
+    for key in ("epochs", "max_minutes", "batch_size", "learning_rate"):
+        if overrides.get(key) is not None:
+            raw.setdefault("training", {})[key] = overrides[key]
+    try:
+        sources = [section(SourceSpec, s, f"sources[{i}]") for i, s in enumerate(raw.get("sources") or [])]
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
+    if not sources:
+        raise ConfigError(f"{path}: no 'sources' listed")
+    labels = {s.label for s in sources}
+    if labels != set(CLASSES):
+        raise ConfigError(f"{path}: sources must cover both classes {CLASSES}, got {sorted(labels)}")
+    try:
+        cfg = TrainConfig(
+            name=str(raw.get("name", "bcscan-vgg16")),
+            mode=str(raw.get("mode", "cells")),
+            input_size=int(raw.get("input_size", 64)),
+            crop_um=float(raw.get("crop_um", 24.0)),
+            crop_margin=float(raw.get("crop_margin", 1.25)),
+            balance=str(raw.get("balance", "undersample")),
+            max_images_per_source=int(raw.get("max_images_per_source") or 0),
+            seed=int(raw.get("seed", 0)),
+            sources=sources,
+            segmentation=section(SegmentationParams, raw.get("segmentation"), "segmentation"),
+            split=section(SplitParams, raw.get("split"), "split"),
+            model=section(ModelParams, raw.get("model"), "model"),
+            training=section(TrainParams, raw.get("training"), "training"),
+            augmentation=section(AugmentParams, raw.get("augmentation"), "augmentation"),
+            raw=raw,
+        )
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
+    if cfg.mode not in {"image", "cells"}:
+        raise ConfigError(f"{path}: mode must be 'image' or 'cells', got {cfg.mode!r}")
+    if cfg.balance not in {"undersample", "none"}:
+        raise ConfigError(f"{path}: balance must be 'undersample' or 'none'")
+    if cfg.input_size < 32:
+        raise ConfigError(f"{path}: input_size must be >= 32 (VGG-16 pools 5 times)")
+    if cfg.mode == "cells":
+        missing = [s.path for s in sources if s.mpp <= 0]
+        if missing:
+            raise ConfigError(f"{path}: cells mode needs 'mpp' for every source (missing: {', '.join(missing)})")
+        if cfg.crop_margin < 1:
+            raise ConfigError(f"{path}: crop_margin must be >= 1")
+    return cfg
+
+
+def shortcut_check(sources: list[SourceSpec]) -> list[str]:
+    """Lines of warning when a class draws on a dataset the other class does not."""
+    by_class = {c: {s.dataset_name for s in sources if s.label == c} for c in CLASSES}
+    lines = []
+    a, b = by_class[LEUKEMIC], by_class[NORMAL]
+    if not (a & b):
+        lines.append(f"the classes come from different datasets (leukemic: {sorted(a)}, normal: {sorted(b)}): "
+                     "the model can learn the lab/stain instead of the cells; accuracy says little, "
+                     "see per-source accuracy and a held-out lab")
+    else:
+        for c, other in ((LEUKEMIC, NORMAL), (NORMAL, LEUKEMIC)):
+            only = by_class[c] - by_class[other]
+            if only:
+                lines.append(f"dataset(s) {sorted(only)} supply only class '{c}': any image that looks like "
+                             f"{'them' if len(only) > 1 else 'it'} can be called '{c}' from stain/scanner cues; "
+                             f"judge the model on datasets holding both classes ({sorted(a & b)}) and on other labs")
+    return lines

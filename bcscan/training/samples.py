@@ -1,0 +1,173 @@
+"""The samples of a training or evaluation run: discover the images of each source folder, decode
+each once, hash it (near-duplicates) and cut its samples: the whole image (`image` mode, as in
+the paper) or one crop per white cell found by `pipeline.cells_in_field` (`cells` mode, exactly
+the crops `bcscan scan` classifies; each crop inherits its image's label).  Cached as an .npz
+in the work folder, so a re-run does not re-segment."""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from bcscan.errors import TrainingError
+from bcscan.model.network import CLASSES
+from bcscan.training.duplicates import average_hash
+from bcscan.training.recipe import SourceSpec
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"}
+CACHE_VERSION = 2
+
+
+@dataclass
+class Samples:
+    """All samples of a data collection; images are the unit of splitting and aggregation."""
+    x: np.ndarray            # uint8 N×S×S×3 at input_size, exactly what the model sees at scan time
+    x_margin: np.ndarray     # uint8 N×M×M×3 larger crops for augmentation (== x in image mode)
+    image: np.ndarray        # int, index into `files` for each sample
+    files: list[str]         # image paths relative to DATA_DIR
+    source: np.ndarray       # int, index into `sources` for each image
+    ahash: np.ndarray        # uint8 packed bits of each image's average hash
+    n_cells: np.ndarray      # samples per image
+    sources: list[SourceSpec]
+
+    @property
+    def image_label(self) -> np.ndarray:
+        return np.array([CLASSES.index(self.sources[s].label) for s in self.source], dtype=np.int64)
+
+    @property
+    def label(self) -> np.ndarray:
+        return self.image_label[self.image]
+
+
+def list_images(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def discover(data_dir: Path, sources: list[SourceSpec], max_per_source: int = 0, seed: int = 0,
+             only: set[str] | None = None) -> list[tuple[str, int]]:
+    """(relative path, source index) of every image; a seeded subset when max_per_source > 0."""
+    data_dir = Path(data_dir)
+    out: list[tuple[str, int]] = []
+    for i, src in enumerate(sources):
+        folder = data_dir / src.path
+        if not folder.is_dir():
+            raise TrainingError(f"{folder}: source folder not found")
+        files = [p.relative_to(data_dir).as_posix() for p in list_images(folder)]
+        if only is not None:
+            files = [f for f in files if f in only]
+        if not files and only is None:
+            raise TrainingError(f"{folder}: no images (.jpg/.png/.bmp/.tif) in source folder")
+        if max_per_source and len(files) > max_per_source:
+            rng = np.random.default_rng([seed, i])
+            files = sorted(rng.choice(files, max_per_source, replace=False).tolist())
+        out.extend((f, i) for f in files)
+    return out
+
+
+def _read_rgb(path: Path) -> np.ndarray:
+    import cv2
+
+    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise TrainingError(f"{path}: cannot decode image")
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def _extract_one(args):
+    """Worker: (path, mpp, mode, input_size, crop_um, margin, seg_params, hash_size) → arrays."""
+    path, mpp, mode, input_size, crop_um, margin, seg_params, hash_size = args
+    import cv2
+
+    cv2.setNumThreads(1)
+    rgb = _read_rgb(Path(path))
+    h = average_hash(rgb, hash_size)
+    from bcscan.scan.crops import crop_cells, crop_side_px, resize_square
+
+    if mode == "image":
+        x = resize_square(rgb, input_size)[None]
+        return h, x, x
+    from bcscan.scan.pipeline import cells_in_field
+
+    fc = cells_in_field(rgb, mpp, seg_params, crop_um)
+    msize = int(round(input_size * margin))
+    x = np.stack([resize_square(c, input_size) for c in fc.crops]) if len(fc.crops) else \
+        np.zeros((0, input_size, input_size, 3), np.uint8)
+    if len(fc.crops):
+        big = crop_cells(fc.image, fc.centres, crop_side_px(crop_um * margin, seg_params.working_mpp))
+        xm = np.stack([resize_square(c, msize) for c in big])
+    else:
+        xm = np.zeros((0, msize, msize, 3), np.uint8)
+    return h, x, xm
+
+
+def _cache_key(files, sources, mode, input_size, crop_um, margin, seg_params, hash_size, data_dir) -> str:
+    digest = hashlib.sha256()
+    meta = {"v": CACHE_VERSION, "mode": mode, "input": input_size, "crop_um": crop_um, "margin": margin,
+            "seg": dataclasses.asdict(seg_params) if seg_params is not None else None, "hash": hash_size,
+            "mpp": [s.mpp for s in sources]}
+    digest.update(json.dumps(meta, sort_keys=True).encode())
+    for rel, si in files:
+        st = (Path(data_dir) / rel).stat()
+        digest.update(f"{rel}|{si}|{st.st_size}|{int(st.st_mtime)}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+def collect_samples(data_dir: Path, sources: list[SourceSpec], mode: str, input_size: int, crop_um: float,
+                    margin: float, seg_params, *, max_per_source: int = 0, seed: int = 0,
+                    hash_size: int = 16, cache_dir: Path | None = None, workers: int = 0,
+                    only: set[str] | None = None, progress: bool = False) -> Samples:
+    """Decode, hash and (cells mode) segment every image once; cached when `cache_dir` is given."""
+    files = discover(data_dir, sources, max_per_source, seed, only)
+    if not files:
+        raise TrainingError(f"{data_dir}: no images selected")
+    margin = margin if mode == "cells" else 1.0
+    cache = None
+    if cache_dir is not None:
+        key = _cache_key(files, sources, mode, input_size, crop_um, margin, seg_params, hash_size, data_dir)
+        cache = Path(cache_dir) / f"samples-{mode}-{key}.npz"
+        if cache.is_file():
+            z = np.load(cache, allow_pickle=False)
+            log.info("sample cache %s", cache)
+            return Samples(z["x"], z["x_margin"], z["image"], [f for f, _ in files],
+                           np.array([s for _, s in files]), z["ahash"], z["n_cells"], list(sources))
+    jobs = [(str(Path(data_dir) / rel), sources[si].mpp, mode, input_size, crop_um, margin, seg_params, hash_size)
+            for rel, si in files]
+    workers = workers or min(4, os.cpu_count() or 1)
+    results = []
+    t0 = time.time()
+    import sys
+
+    # fork is safe only before TensorFlow starts its threads; otherwise decode in this process
+    if workers > 1 and len(jobs) > 50 and "tensorflow" not in sys.modules and hasattr(os, "fork"):
+        import multiprocessing as mp
+
+        with mp.get_context("fork").Pool(workers) as pool:
+            for i, r in enumerate(pool.imap(_extract_one, jobs, chunksize=16)):
+                results.append(r)
+                if progress and (i + 1) % 500 == 0:
+                    log.warning("  %d/%d images prepared (%.0f s)", i + 1, len(jobs), time.time() - t0)
+    else:
+        results = [_extract_one(j) for j in jobs]
+    msize = int(round(input_size * margin))
+    n_cells = np.array([len(r[1]) for r in results], dtype=np.int64)
+    x = np.concatenate([r[1] for r in results]) if n_cells.sum() else np.zeros((0, input_size, input_size, 3), np.uint8)
+    xm = np.concatenate([r[2] for r in results]) if n_cells.sum() else np.zeros((0, msize, msize, 3), np.uint8)
+    image = np.repeat(np.arange(len(files)), n_cells)
+    ahash = np.stack([r[0] for r in results])
+    samples = Samples(x, xm, image, [f for f, _ in files], np.array([s for _, s in files]), ahash, n_cells,
+                      list(sources))
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_name(cache.stem + f".tmp-{os.getpid()}.npz")
+        np.savez(tmp, x=x, x_margin=xm, image=image, ahash=ahash, n_cells=n_cells)
+        os.replace(tmp, cache)
+    return samples

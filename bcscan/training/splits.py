@@ -1,0 +1,73 @@
+"""Train/validation/test split by image: near-duplicate groups kept together, stratified by
+source folder, seeded; class balancing of the training samples; the split list and its digest."""
+from __future__ import annotations
+
+import csv
+import hashlib
+from pathlib import Path
+
+import numpy as np
+
+from bcscan.errors import TrainingError
+from bcscan.model.network import CLASSES
+from bcscan.training.duplicates import near_duplicate_groups
+from bcscan.training.recipe import SplitParams
+from bcscan.training.samples import Samples
+
+
+def split_images(samples: Samples, params: SplitParams, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Split name ('train'/'val'/'test') per image, near-duplicate groups kept together,
+    stratified by source folder; returns (split per image, group per image)."""
+    groups = near_duplicate_groups(samples.ahash, params.max_hamming)
+    split = np.empty(len(groups), dtype=object)
+    uniq = np.unique(groups)
+    stratum = {g: samples.source[g] for g in uniq}  # the group's root image decides its stratum
+    rng = np.random.default_rng(seed)
+    for s in sorted(set(stratum.values())):
+        gs = np.array([g for g in uniq if stratum[g] == s])
+        gs = gs[rng.permutation(len(gs))]
+        sizes = np.array([np.sum(groups == g) for g in gs])
+        total = sizes.sum()
+        cum = np.cumsum(sizes)
+        # at least one image in each non-empty split when the stratum is tiny
+        n_test = max(params.test * total, 1.0 if params.test > 0 and total >= 3 else 0.0)
+        n_val = max(params.val * total, 1.0 if params.val > 0 and total >= 3 else 0.0)
+        for g, c, size in zip(gs, cum, sizes):
+            before = c - size
+            if before < n_test and params.test > 0:
+                name = "test"
+            elif before < n_test + n_val and params.val > 0:
+                name = "val"
+            else:
+                name = "train"
+            split[groups == g] = name
+    return split, groups
+
+
+def balance_indices(labels: np.ndarray, rng: np.random.Generator, how: str) -> np.ndarray:
+    """Sample indices with equal counts per class (random undersampling)."""
+    idx = np.arange(len(labels))
+    if how == "none":
+        return idx
+    counts = [np.sum(labels == c) for c in range(len(CLASSES))]
+    n = min(counts)
+    if n == 0:
+        raise TrainingError(f"training split has no samples of class {CLASSES[int(np.argmin(counts))]}")
+    chosen = [np.sort(rng.choice(idx[labels == c], n, replace=False)) for c in range(len(CLASSES))]
+    return np.sort(np.concatenate(chosen))
+
+
+def split_digest(files: list[str], split_img: np.ndarray) -> str:
+    """SHA-256 of the split itself (file and split name per image): a model continued with
+    `--init-model` must have been trained on exactly this split."""
+    return hashlib.sha256("\n".join(f"{file}\t{split}" for file, split in zip(files, split_img)).encode()).hexdigest()
+
+
+def write_splits_csv(path: Path, samples: Samples, split_img, groups) -> None:
+    """splits.csv: file, source folder, label, split, near-duplicate group and cell count per image."""
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(["file", "source", "label", "split", "group", "n_cells"])
+        for i, f in enumerate(samples.files):
+            src = samples.sources[samples.source[i]]
+            w.writerow([f, src.path, src.label, split_img[i], int(groups[i]), int(samples.n_cells[i])])
