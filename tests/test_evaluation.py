@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from helpers import REPO, SHARED_DATA, SHIPPED_MODEL, shared
 
 from bcscan.cli.train import evaluate_command
 from bcscan.training.baselines import LogisticRegression, hsv_histograms
@@ -14,9 +15,6 @@ from bcscan.training.calibration import fit_temperature
 from bcscan.training.evaluate import parse_class_map
 from bcscan.training.metrics import ece, image_level, metrics_block, roc_auc
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-SHIPPED = ROOT / "models" / "bcscan-vgg16.keras"
 
 
 def test_roc_auc_matches_pair_counting():
@@ -176,14 +174,13 @@ def test_evaluate_errors_are_one_line(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not SHIPPED.is_file() or not (SHARED_DATA / "pbc-normal").is_dir(),
-                    reason="needs the shipped model and ../shared/data/pbc-normal")
 def test_shipped_model_on_held_out_pbc_normal_cells(tmp_path):
     """The shipped model's own test split of pbc-normal: >= 0.98 called normal."""
-    splits = ROOT / "models" / "bcscan-vgg16" / "splits.csv"
+    shared("pbc-normal")
+    splits = REPO / "models" / "bcscan-vgg16" / "splits.csv"
     folders = ",".join(f"pbc-normal/{t}" for t in ("basophil", "eosinophil", "erythroblast", "ig", "lymphocyte",
                                                    "monocyte", "neutrophil"))
-    r = CliRunner().invoke(evaluate_command, [str(SHIPPED), str(SHARED_DATA), "--class-map", f"normal={folders}",
+    r = CliRunner().invoke(evaluate_command, [str(SHIPPED_MODEL), str(SHARED_DATA), "--class-map", f"normal={folders}",
                                               "--out", str(tmp_path), "--mpp", "0.088", "--splits", str(splits)])
     assert r.exit_code == 0, r.output
     m = json.loads((tmp_path / "metrics.json").read_text())
@@ -191,12 +188,11 @@ def test_shipped_model_on_held_out_pbc_normal_cells(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not SHIPPED.is_file() or not (SHARED_DATA / "ghaderzadeh-all").is_dir(),
-                    reason="needs the shipped model and ../shared/data/ghaderzadeh-all")
 def test_shipped_model_on_its_ghaderzadeh_test_split(tmp_path):
-    splits = ROOT / "models" / "bcscan-vgg16" / "splits.csv"
+    shared("ghaderzadeh-all")
+    splits = REPO / "models" / "bcscan-vgg16" / "splits.csv"
     g = "ghaderzadeh-all/images"
-    r = CliRunner().invoke(evaluate_command, [str(SHIPPED), str(SHARED_DATA), "--class-map",
+    r = CliRunner().invoke(evaluate_command, [str(SHIPPED_MODEL), str(SHARED_DATA), "--class-map",
                                               f"leukemic={g}/Early,{g}/Pre,{g}/Pro", "--class-map", f"normal={g}/Benign",
                                               "--out", str(tmp_path), "--mpp", "0.45", "--splits", str(splits)])
     assert r.exit_code == 0, r.output

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import yaml
 from click.testing import CliRunner
+from helpers import REPO, SHARED_DATA, shared
 
 from bcscan.cli.train import train_command
 from bcscan.errors import ConfigError, ExitCode
@@ -21,8 +22,6 @@ from bcscan.training.recipe import AugmentParams, SourceSpec, SplitParams, load_
 from bcscan.training.samples import Samples
 from bcscan.training.splits import balance_indices, split_images
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 ARTEFACTS = ("metrics.json", "classification_report.txt", "confusion_matrix.png", "learning_curves.png",
              "history.csv", "splits.csv")
 
@@ -99,13 +98,13 @@ def test_config_refuses_unknown_keys_and_missing_scale(tmp_path):
 
 @pytest.mark.parametrize("name", ["paper.yaml", "train-default.yaml"])
 def test_shipped_configs_load(name):
-    cfg = load_train_config(ROOT / "configs" / name, {"epochs": 1})
+    cfg = load_train_config(REPO / "configs" / name, {"epochs": 1})
     assert cfg.training.epochs == 1
     assert {s.label for s in cfg.sources} == {"leukemic", "normal"}
 
 
 def test_paper_config_is_the_paper_recipe():
-    cfg = load_train_config(ROOT / "configs" / "paper.yaml")
+    cfg = load_train_config(REPO / "configs" / "paper.yaml")
     assert (cfg.mode, cfg.input_size, cfg.training.epochs, cfg.training.batch_size) == ("image", 200, 10, 32)
     assert cfg.training.learning_rate == pytest.approx(1e-3) and cfg.training.lr_schedule == "constant"
     assert not cfg.model.batch_norm and cfg.balance == "undersample"
@@ -243,12 +242,11 @@ def test_train_reports_bad_inputs_in_one_line(tmp_path):
     assert result.exit_code == 2 and "missing.yaml" in result.output
 
 
-@pytest.mark.skipif(not (SHARED_DATA / "ghaderzadeh-all" / "images").is_dir(),
-                    reason=f"shared data not found at {SHARED_DATA} (needs ghaderzadeh-all)")
 def test_paper_recipe_runs_end_to_end_on_a_tiny_real_subset(tmp_path):
     """configs/paper.yaml as is (200×200 VGG-16, Adam 1e-3, flip + rotation 45°), 1 epoch, 5 images per source folder."""
+    shared("ghaderzadeh-all", "images")
     out = tmp_path / "paper"
-    result = CliRunner().invoke(train_command, [str(SHARED_DATA), "--config", str(ROOT / "configs/paper.yaml"),
+    result = CliRunner().invoke(train_command, [str(SHARED_DATA), "--config", str(REPO / "configs/paper.yaml"),
                                                 "--out", str(out), "--epochs", "1", "--max-images-per-source", "5",
                                                 "--work", str(tmp_path / "work")])
     assert result.exit_code in (0, ExitCode.DID_NOT_LEARN), result.output
