@@ -16,7 +16,6 @@ from bcscan.training.evaluate import parse_class_map
 from bcscan.training.metrics import ece, image_level, metrics_block, roc_auc
 
 
-
 def test_roc_auc_matches_pair_counting():
     rng = np.random.default_rng(0)
     y = rng.integers(0, 2, 200).astype(bool)
