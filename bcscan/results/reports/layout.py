@@ -1,10 +1,11 @@
-"""What both PDFs share on the page: paragraph styles, the key/value table, and the A4 document
-whose footer knows the page count ("Page i of N").
+"""What both PDFs share on the page: paragraph styles, the text width, the table kinds (label /
+value, listing), and the A4 document whose footer knows the page count ("Page i of N").
 
 reportlab is imported inside the functions: `bcscan --help` must not load it.
 """
 from __future__ import annotations
 
+import io
 from xml.sax.saxutils import escape
 
 from bcscan import __version__
@@ -14,6 +15,7 @@ DISCLAIMER = "Decision support: to be verified by a qualified reviewer."
 
 
 def styles():
+    """The paragraph styles of both PDFs, by name."""
     from reportlab.lib import colors
     from reportlab.lib.styles import ParagraphStyle
 
@@ -38,67 +40,94 @@ def styles():
     }
 
 
-class NumberedCanvas:
-    """A canvas that knows the page count when it draws the footers ("Page i of N")."""
-
-    @staticmethod
-    def make(footer_left: str, footer_right: str, styles):
-        from reportlab.lib import colors
-        from reportlab.pdfgen.canvas import Canvas
-        from reportlab.platypus import Paragraph
-
-        class NumberedCanvas(Canvas):
-            def __init__(self, *args, **kwargs):
-                super().__init__(*args, **kwargs)
-                self._pages = []
-
-            def showPage(self):
-                self._pages.append(dict(self.__dict__))
-                self._startPage()
-
-            def save(self):
-                total = len(self._pages)
-                for state in self._pages:
-                    self.__dict__.update(state)
-                    self._footer(total)
-                    Canvas.showPage(self)
-                Canvas.save(self)
-
-            def _footer(self, total):
-                width, _ = self._pagesize
-                self.saveState()
-                self.setStrokeColor(colors.HexColor("#999999"))
-                self.setLineWidth(0.5)
-                self.line(42, 34, width - 42, 34)
-                right = Paragraph(f"{footer_right} · Page {self._pageNumber} of {total}",
-                                  styles["small"].clone("fr", alignment=2))
-                _, rh = right.wrap(width * 0.42, 30)
-                right.drawOn(self, width - 42 - width * 0.42, 30 - rh)
-                left = Paragraph(footer_left, styles["small"])
-                _, lh = left.wrap(width * 0.45, 30)
-                left.drawOn(self, 42, 30 - lh)
-                self.restoreState()
-
-        return NumberedCanvas
-
-
-def document(buffer, title: str):
+def text_width() -> float:
+    """Width of the text block on the A4 page, in points (42 pt margins)."""
     from reportlab.lib.pagesizes import A4
-    from reportlab.platypus import SimpleDocTemplate
 
-    return SimpleDocTemplate(buffer, pagesize=A4, leftMargin=42, rightMargin=42, topMargin=40, bottomMargin=52,
-                             title=title, author=f"bcscan {__version__}", creator=f"bcscan {__version__}")
+    return A4[0] - 84
 
 
-def kv_table(rows: list[tuple[str, str]], styles, col0: float = 105):
+def header_row(titles, st) -> list:
+    """The bold header row of a listing table."""
+    from reportlab.platypus import Paragraph
+
+    return [Paragraph(f"<b>{h}</b>", st["small"]) for h in titles]
+
+
+def listing_table(rows: list, widths: list[float], *style):
+    """A table of rows under a header row (repeated on each page), ruled below every row; `style`
+    adds TableStyle commands (paddings, backgrounds)."""
     from reportlab.lib import colors
-    from reportlab.lib.pagesizes import A4
+    from reportlab.platypus import Table, TableStyle
+
+    table = Table(rows, colWidths=widths, repeatRows=1)
+    table.setStyle(TableStyle([("VALIGN", (0, 0), (-1, -1), "TOP"),
+                               ("LINEBELOW", (0, 0), (-1, -1), 0.25, colors.HexColor("#cccccc")), *style]))
+    return table
+
+
+def kv_table(rows: list[tuple[str, str]], st, col0: float = 105):
+    """Label / value lines (the value is Paragraph markup already)."""
+    from reportlab.lib import colors
     from reportlab.platypus import Paragraph, Table, TableStyle
 
-    width = A4[0] - 84
-    table = Table([[Paragraph(escape(k), styles["label"]), Paragraph(v, styles["body"])] for k, v in rows],
+    width = text_width()
+    table = Table([[Paragraph(escape(k), st["label"]), Paragraph(v, st["body"])] for k, v in rows],
                   colWidths=[col0, width - col0])
     table.setStyle(TableStyle([("VALIGN", (0, 0), (-1, -1), "TOP"), ("BOTTOMPADDING", (0, 0), (-1, -1), 2),
                                ("TOPPADDING", (0, 0), (-1, -1), 1),
                                ("LINEBELOW", (0, 0), (-1, -1), 0.25, colors.HexColor("#dddddd"))]))
     return table
+
+
+def build_pdf(story: list, title: str, footer_left: str, footer_right: str, st) -> bytes:
+    """The story laid out on A4 pages, each with the footer '<left> … <right> · Page i of N'."""
+    from reportlab.lib.pagesizes import A4
+    from reportlab.platypus import SimpleDocTemplate
+
+    buffer = io.BytesIO()
+    doc = SimpleDocTemplate(buffer, pagesize=A4, leftMargin=42, rightMargin=42, topMargin=40, bottomMargin=52,
+                            title=title, author=f"bcscan {__version__}", creator=f"bcscan {__version__}")
+    doc.build(story, canvasmaker=_numbered_canvas(footer_left, footer_right, st))
+    return buffer.getvalue()
+
+
+def _numbered_canvas(footer_left: str, footer_right: str, st):
+    """A canvas class that knows the page count when it draws the footers ("Page i of N")."""
+    from reportlab.lib import colors
+    from reportlab.pdfgen.canvas import Canvas
+    from reportlab.platypus import Paragraph
+
+    class NumberedCanvas(Canvas):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self._pages = []
+
+        def showPage(self):
+            self._pages.append(dict(self.__dict__))
+            self._startPage()
+
+        def save(self):
+            total = len(self._pages)
+            for state in self._pages:
+                self.__dict__.update(state)
+                self._footer(total)
+                Canvas.showPage(self)
+            Canvas.save(self)
+
+        def _footer(self, total):
+            width, _ = self._pagesize
+            self.saveState()
+            self.setStrokeColor(colors.HexColor("#999999"))
+            self.setLineWidth(0.5)
+            self.line(42, 34, width - 42, 34)
+            right = Paragraph(f"{footer_right} · Page {self._pageNumber} of {total}",
+                              st["small"].clone("fr", alignment=2))
+            _, rh = right.wrap(width * 0.42, 30)
+            right.drawOn(self, width - 42 - width * 0.42, 30 - rh)
+            left = Paragraph(footer_left, st["small"])
+            _, lh = left.wrap(width * 0.45, 30)
+            left.drawOn(self, 42, 30 - lh)
+            self.restoreState()
+
+    return NumberedCanvas

@@ -12,6 +12,16 @@ from bcscan.errors import ReportError
 from bcscan.results.tables import CLASS_COLOURS
 
 
+def class_rgb(label: str) -> tuple[int, int, int]:
+    """The colour a cell of this class is marked in (grey for an unknown class), as RGB."""
+    return tuple(int(c) for c in CLASS_COLOURS.get(label, [128, 128, 128]))
+
+
+def class_hex(label: str) -> str:
+    """The same colour as '#rrggbb'."""
+    return "#%02x%02x%02x" % class_rgb(label)
+
+
 def _nice_length(target_um: float) -> float:
     """1, 2 or 5 × 10^k µm, the largest not above `target_um`."""
     if target_um <= 0:
@@ -41,7 +51,7 @@ def marked_thumbnail(thumb: np.ndarray, cells: pd.DataFrame, level0_width: int, 
         mine = cells[cells["label"] == label]
         if not len(mine):
             continue
-        colour = tuple(int(c) for c in CLASS_COLOURS.get(label, [128, 128, 128]))
+        colour = class_rgb(label)
         xs = (mine["x"].to_numpy(float) * scale).round().astype(int)
         ys = (mine["y"].to_numpy(float) * scale).round().astype(int)
         rs = np.maximum(3, ((mine["x1"] - mine["x0"]).to_numpy(float) * scale / 2 + 2.5).round()).astype(int)
@@ -90,7 +100,7 @@ def histogram_png(p: np.ndarray, threshold: float, bins: int) -> np.ndarray:
     edges = np.linspace(0.0, 1.0, bins + 1)
     counts, _ = np.histogram(np.clip(p, 0, 1), bins=edges)
     centres = (edges[:-1] + edges[1:]) / 2
-    colours = ["#%02x%02x%02x" % tuple(CLASS_COLOURS["leukemic" if c >= threshold else "normal"]) for c in centres]
+    colours = [class_hex("leukemic" if c >= threshold else "normal") for c in centres]
     ax.bar(centres, counts, width=edges[1] - edges[0], color=colours, edgecolor="white", linewidth=0.5)
     ax.axvline(threshold, color="black", linestyle="--", linewidth=1)
     ax.text(threshold, 1.0, f" threshold {threshold:g}", transform=ax.get_xaxis_transform(), va="top", fontsize=7)

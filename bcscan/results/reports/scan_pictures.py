@@ -70,3 +70,20 @@ def scan_pictures(data: RunData, scan_row: pd.Series, cells: pd.DataFrame, galle
         log.warning("report pictures of %s: %s", scan, exc)
         reason = str(exc) if isinstance(exc, ScanError) else f"{type(exc).__name__}: {exc}"
         return ScanPicture(None, 0.0, f"scan could not be opened for pictures: {reason}", {})
+
+
+def patient_pictures(data: RunData, scans: pd.DataFrame, cells: pd.DataFrame, gallery: pd.DataFrame,
+                     params: ReportingParams, crop_um: float) -> dict[str, ScanPicture]:
+    """scan → its pictures, for each read scan of a patient that is pictured (one of the first
+    `max_scan_sections`) or holds a gallery cell.  `scans` is indexed 0, 1, ... in report order."""
+    pictures: dict[str, ScanPicture] = {}
+    for i, row in scans.iterrows():
+        scan = str(row["scan"])
+        if row["status"] != "ok":
+            continue
+        scan_cells = cells[cells["scan"] == scan]
+        want = i < params.max_scan_sections
+        mine = gallery[gallery["scan"] == scan]
+        if want or len(mine):
+            pictures[scan] = scan_pictures(data, row, scan_cells, mine, params, crop_um, want)
+    return pictures
