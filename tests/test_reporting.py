@@ -22,7 +22,7 @@ from bcscan.results.aggregation import (
     AggregationParams,
     summarise_patients,
 )
-from bcscan.results.reporting import ReportingParams, report_names, write_reports
+from bcscan.results.reports import ReportingParams, report_names, write_reports
 from bcscan.results.tables import CELL_COLUMNS, FAILURE_COLUMNS, SCAN_COLUMNS, atomic_write_csv, atomic_write_json
 from bcscan.testing.synthetic import draw_smear, write_pyramidal_tiff
 

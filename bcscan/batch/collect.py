@@ -18,7 +18,7 @@ from bcscan.batch.store import ResultStore
 from bcscan.errors import ExitCode, ReportError
 from bcscan.model.network import ModelInfo, resolve_model_path
 from bcscan.results.aggregation import summarise_patients
-from bcscan.results.reporting import write_reports
+from bcscan.results.reports import write_reports
 from bcscan.results.tables import (
     CELL_COLUMNS,
     FAILURE_COLUMNS,

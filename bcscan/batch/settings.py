@@ -13,7 +13,7 @@ from bcscan.errors import ConfigError
 from bcscan.model.classifier import ClassificationParams
 from bcscan.results.aggregation import AggregationParams
 from bcscan.results.patients import PatientParams
-from bcscan.results.reporting import ReportingParams
+from bcscan.results.reports import ReportingParams
 from bcscan.scan.reading import ReadingParams
 from bcscan.scan.segmentation import SegmentationParams
 from bcscan.scan.tiling import TilingParams

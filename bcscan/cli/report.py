@@ -32,7 +32,7 @@ def report_command(out_dir, scan_dir, config_path, patients, quiet):
     """
     from bcscan.batch.store import RunLock
     from bcscan.config import load_yaml, section
-    from bcscan.results.reporting import ReportingParams, write_reports
+    from bcscan.results.reports import ReportingParams, write_reports
 
     params = None
     if config_path is not None:

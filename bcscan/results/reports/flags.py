@@ -1,0 +1,37 @@
+"""How a patient's flag is shown: its headline and colours, and the reason in the patient's own numbers."""
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+
+from bcscan.results.aggregation import FLAG_INCOMPLETE, FLAG_INSUFFICIENT, FLAG_NEGATIVE, FLAG_REVIEW
+from bcscan.results.reports.formatting import as_int, fmt_num
+
+# flag → (headline, text/border colour, background colour); the summary lists the flags in this order
+FLAG_TEXT = {
+    FLAG_REVIEW: ("Leukemic cells detected — review recommended", "#c62828", "#fdecea"),
+    FLAG_INCOMPLETE: ("Incomplete: a scan failed or is pending — no negative call can be made", "#8a5a00",
+                      "#fff4e0"),
+    FLAG_INSUFFICIENT: ("Insufficient cells for a reliable count — no negative call", "#8a5a00", "#fff4e0"),
+    FLAG_NEGATIVE: ("Negative: leukemic cells below the review threshold", "#1b5e20", "#e8f5e9"),
+}
+
+
+def flag_reason(flag: str, patient: pd.Series, agg: dict[str, Any]) -> str:
+    """Why this flag, in the patient's own numbers."""
+    n, pct = as_int(patient["n_cells"]), fmt_num(patient["pct_leukemic"])
+    threshold, min_cells = agg.get("review_threshold_pct", "?"), agg.get("min_cells", "?")
+    failed = as_int(patient.get("n_scans_failed"))
+    if flag == FLAG_REVIEW:
+        return f"{pct} % of {n:,} cells are called leukemic, at or above the review threshold of {threshold} %."
+    if flag == FLAG_INCOMPLETE:
+        counted = (f"the {n:,} cells counted ({pct} % leukemic) do not support a negative call" if n
+                   else "no cells were counted")
+        return f"{failed} scan(s) of this patient gave no result (see below); {counted}."
+    if flag == FLAG_INSUFFICIENT:
+        return (f"Only {n:,} cells were found; at least {min_cells} are needed for a negative call. "
+                "A new smear or a manual differential is advised.")
+    if flag == FLAG_NEGATIVE:
+        return f"{pct} % of {n:,} cells are called leukemic, below the review threshold of {threshold} %."
+    return ""

@@ -1,0 +1,107 @@
+"""The scans in a patient's report: the 'scans at a glance' table on the first page, and one
+section per scan (counts, scale, quality notes, the marked thumbnail; or why it failed)."""
+from __future__ import annotations
+
+from xml.sax.saxutils import escape
+
+import pandas as pd
+
+from bcscan.results.reports.formatting import as_int, fmt_num, fmt_um
+from bcscan.results.reports.layout import header_row, kv_table, listing_table
+from bcscan.results.reports.markup import markup
+from bcscan.results.reports.patient_view import PatientView
+from bcscan.results.reports.pictures import class_hex, rl_image
+from bcscan.results.reports.scan_pictures import ScanPicture
+
+
+def scans_at_a_glance(view: PatientView) -> list:
+    """One line per scan: status, counts, % leukemic; failed scans in red."""
+    from reportlab.lib import colors
+    from reportlab.platypus import Paragraph
+
+    st, scans, width = view.st, view.scans, view.width
+    rows = [header_row(["", "Scan", "Status", "Cells", "Leukemic", "% leukemic"], st)]
+    style = [("TOPPADDING", (0, 0), (-1, -1), 1), ("BOTTOMPADDING", (0, 0), (-1, -1), 2)]
+    for i, row in enumerate(scans.itertuples(index=False), start=1):
+        ok = row.status == "ok"
+        n, k = as_int(row.n_cells), as_int(row.n_leukemic)
+        rows.append([Paragraph(view.scan_ids[str(row.scan)], st["small"]), Paragraph(markup(row.scan), st["small"]),
+                     Paragraph(markup(row.status), st["small"]),
+                     Paragraph(f"{n:,}" if ok else "—", st["small"]), Paragraph(f"{k:,}" if ok else "—", st["small"]),
+                     Paragraph(f"{100.0 * k / n:.2f}" if ok and n else "—", st["small"])])
+        if not ok:
+            style.append(("BACKGROUND", (0, i), (-1, i), colors.HexColor("#fdecea")))
+    table = listing_table(rows, [width * f for f in (0.05, 0.48, 0.1, 0.1, 0.12, 0.15)], *style)
+    return [Paragraph(f"Scans at a glance ({len(scans)})", st["h3"]), table]
+
+
+def scan_sections(view: PatientView, pictures: dict[str, ScanPicture]) -> list:
+    """The 'Scans' page(s): each scan's section, kept together on one page."""
+    from reportlab.platypus import KeepTogether, PageBreak, Paragraph, Spacer
+
+    st, data = view.st, view.data
+    story = [PageBreak(), Paragraph(f"Scans ({len(view.scans)})", st["h2"])]
+    stages = data.failures.set_index("scan")["stage"].to_dict() if len(data.failures) else {}
+    for i, row in view.scans.iterrows():
+        scan = str(row["scan"])
+        head = Paragraph(f"{view.scan_ids[scan]}: {markup(scan)}", st["h3"])
+        if row["status"] != "ok":
+            block = [head, _failed_scan_facts(view, row, stages.get(scan, ""))]
+        else:
+            block = [head, *_read_scan_facts(view, row, i, pictures.get(scan))]
+        story.append(KeepTogether(block + [Spacer(1, 6)]))
+    return story
+
+
+def _failed_scan_facts(view: PatientView, row: pd.Series, stage: str):
+    """Status, error and effect of a scan that gave no result."""
+    return kv_table([
+        ("Status", f'<font color="#c62828"><b>scan {markup(row["status"])}</b></font>'
+                   + (f" at stage {markup(stage)}" if stage else "")),
+        ("Error", markup(row.get("error", "") or "no result")),
+        ("Effect", "No cells counted from this scan; no negative call is made for the patient."),
+    ], view.st)
+
+
+def _read_scan_facts(view: PatientView, row: pd.Series, index: int, pic: ScanPicture | None) -> list:
+    """Counts, scale, size and time, quality notes; the marked thumbnail where there is one."""
+    from reportlab.platypus import Paragraph, Spacer
+
+    tiles_read = as_int(row["tiles_read"])
+    block = [kv_table([
+        ("Cells", f"{as_int(row['n_cells']):,} (leukemic {as_int(row['n_leukemic']):,}, "
+                  f"normal {as_int(row['n_normal']):,})"),
+        ("Scale", escape(f"{fmt_num(row['mpp'], 4)} µm/px at level 0; segmented at {fmt_num(row['working_mpp'], 3)} "
+                         f"µm/px (pyramid level {as_int(row['level'])})")),
+        ("Size, time", escape(f"{tiles_read:,} tiles read in {fmt_num(row['seconds'], 1)} s")),
+        ("Quality notes", markup("; ".join(_quality_notes(view, row, index, pic)))),
+    ], view.st)]
+    if pic is not None and pic.thumb is not None:
+        block += [Spacer(1, 3), rl_image(pic.thumb, view.width, 235),
+                  Paragraph(_legend() + escape(f" Scale bar: {fmt_um(pic.bar_um)}."), view.st["small"])]
+    return block
+
+
+def _quality_notes(view: PatientView, row: pd.Series, index: int, pic: ScanPicture | None) -> list[str]:
+    tiles_read, tiles_skipped = as_int(row["tiles_read"]), as_int(row["tiles_skipped"])
+    notes = []
+    total_tiles = tiles_read + tiles_skipped
+    if total_tiles:
+        notes.append(f"{tiles_skipped:,} of {total_tiles:,} tiles skipped as blank glass")
+    if as_int(row["n_cells"]) == 0:
+        notes.append("no white cells found on this scan")
+    if pic is not None and pic.note:
+        notes.append(pic.note)
+    max_sections = view.params.max_scan_sections
+    if index >= max_sections:
+        notes.append(f"thumbnail omitted (only the first {max_sections} scans are pictured)")
+    notes.append("blur and stain checks: not measured by this version — judge from the thumbnail and crops")
+    return notes
+
+
+def _legend() -> str:
+    """Paragraph markup explaining the marks on a thumbnail."""
+    return (f'<font color="{class_hex("leukemic")}">●</font> leukemic   '
+            f'<font color="{class_hex("normal")}">●</font> normal — every detected '
+            "cell is marked in its class colour (normal cells as dots where rings would crowd); the black bar is "
+            "the scale.")

@@ -1,0 +1,123 @@
+"""The pictures of a report, drawn from arrays: a scan thumbnail with every cell marked and a
+scale bar, the p_leukemic histogram, and any RGB array as a reportlab Image."""
+from __future__ import annotations
+
+import io
+import math
+
+import numpy as np
+import pandas as pd
+
+from bcscan.errors import ReportError
+from bcscan.results.tables import CLASS_COLOURS
+
+
+def class_rgb(label: str) -> tuple[int, int, int]:
+    """The colour a cell of this class is marked in (grey for an unknown class), as RGB."""
+    return tuple(int(c) for c in CLASS_COLOURS.get(label, [128, 128, 128]))
+
+
+def class_hex(label: str) -> str:
+    """The same colour as '#rrggbb'."""
+    return "#%02x%02x%02x" % class_rgb(label)
+
+
+def _nice_length(target_um: float) -> float:
+    """1, 2 or 5 × 10^k µm, the largest not above `target_um`."""
+    if target_um <= 0:
+        return 1.0
+    exp = math.floor(math.log10(target_um))
+    for m in (5, 2, 1):
+        if m * 10 ** exp <= target_um:
+            return m * 10 ** exp
+    return 10 ** exp
+
+
+def marked_thumbnail(thumb: np.ndarray, cells: pd.DataFrame, level0_width: int, mpp: float) -> tuple[np.ndarray, float]:
+    """The thumbnail with every cell marked in its class colour (leukemic drawn last, on top) and a
+    scale bar; returns (image, scale bar length in µm).
+
+    Sparse cells get rings with a white halo (visible on pink red cells).  Where rings would crowd
+    each other, normal cells become small dots and only leukemic cells keep their ring."""
+    import cv2
+
+    img = np.ascontiguousarray(thumb.copy())
+    h, w = img.shape[:2]
+    scale = w / float(level0_width)
+    radii = ((cells["x1"] - cells["x0"]).to_numpy(float) * scale / 2 + 2.5) if len(cells) else np.zeros(0)
+    typical = float(np.median(radii)) if len(radii) else 3.0
+    dense = len(cells) > 0 and math.sqrt(w * h / len(cells)) < 5 * max(typical, 3.0)
+    for label in ("normal", "leukemic"):
+        mine = cells[cells["label"] == label]
+        if not len(mine):
+            continue
+        colour = class_rgb(label)
+        xs = (mine["x"].to_numpy(float) * scale).round().astype(int)
+        ys = (mine["y"].to_numpy(float) * scale).round().astype(int)
+        rs = np.maximum(3, ((mine["x1"] - mine["x0"]).to_numpy(float) * scale / 2 + 2.5).round()).astype(int)
+        if dense and label != "leukemic":
+            for x, y in zip(xs, ys):
+                cv2.circle(img, (int(x), int(y)), 2, colour, -1, cv2.LINE_AA)
+            continue
+        for x, y, r in zip(xs, ys, rs):
+            cv2.circle(img, (int(x), int(y)), int(max(r, 5) if dense else r), (255, 255, 255), 4, cv2.LINE_AA)
+            cv2.circle(img, (int(x), int(y)), int(max(r, 5) if dense else r), colour, 2, cv2.LINE_AA)
+    um_per_px = mpp / scale
+    bar_um = _nice_length(img.shape[1] * 0.2 * um_per_px)
+    bar_px = max(1, int(round(bar_um / um_per_px)))
+    thick = max(3, h // 120)
+    x0, y1 = max(4, w // 40), h - max(4, h // 30)
+    cv2.rectangle(img, (x0 - 2, y1 - thick - 2), (x0 + bar_px + 2, y1 + 2), (255, 255, 255), -1)
+    cv2.rectangle(img, (x0, y1 - thick), (x0 + bar_px, y1), (0, 0, 0), -1)
+    return img, bar_um
+
+
+def rl_image(rgb: np.ndarray, width_pt: float, height_pt: float, jpeg: bool = True):
+    """A reportlab Image flowable of an RGB array, fit in width × height points, aspect kept."""
+    import cv2
+    from reportlab.platypus import Image
+
+    ok, buf = cv2.imencode(".jpg" if jpeg else ".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR),
+                           [cv2.IMWRITE_JPEG_QUALITY, 88] if jpeg else [cv2.IMWRITE_PNG_COMPRESSION, 3])
+    if not ok:
+        raise ReportError("cannot encode an image")
+    h, w = rgb.shape[:2]
+    k = min(width_pt / w, height_pt / h)
+    return Image(io.BytesIO(buf.tobytes()), width=w * k, height=h * k)
+
+
+def histogram_png(p: np.ndarray, threshold: float, bins: int) -> np.ndarray:
+    """Distribution of p_leukemic (counts, log scale when they span decades) as an RGB array."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7.0, 2.1), dpi=150)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    counts, _ = np.histogram(np.clip(p, 0, 1), bins=edges)
+    centres = (edges[:-1] + edges[1:]) / 2
+    colours = [class_hex("leukemic" if c >= threshold else "normal") for c in centres]
+    ax.bar(centres, counts, width=edges[1] - edges[0], color=colours, edgecolor="white", linewidth=0.5)
+    ax.axvline(threshold, color="black", linestyle="--", linewidth=1)
+    ax.text(threshold, 1.0, f" threshold {threshold:g}", transform=ax.get_xaxis_transform(), va="top", fontsize=7)
+    if counts.max(initial=0) >= 50 and counts[counts > 0].min(initial=1) * 20 < counts.max(initial=0):
+        ax.set_yscale("log")
+        ax.set_ylabel("cells (log)", fontsize=8)
+    else:
+        ax.set_ylabel("cells", fontsize=8)
+    from matplotlib.ticker import MaxNLocator
+
+    if ax.get_yscale() == "linear":
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("p_leukemic (model probability that a cell is leukemic)", fontsize=8)
+    ax.tick_params(labelsize=7)
+    for side in ("top", "right"):
+        ax.spines[side].set_visible(False)
+    fig.tight_layout(pad=0.4)
+    fig.canvas.draw()
+    return np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()

@@ -1,0 +1,81 @@
+"""The tables a `bcscan scan` run leaves in OUT_DIR (run.json, cells.csv, scans.csv, patients.csv,
+failures.csv), read back for the reports."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from bcscan.errors import ReportError
+from bcscan.results.aggregation import PATIENT_COLUMNS
+from bcscan.results.tables import CELL_COLUMNS, FAILURE_COLUMNS, SCAN_COLUMNS
+
+
+@dataclass
+class RunData:
+    out_dir: Path
+    scan_dir: Path | None
+    run: dict[str, Any]
+    cells: pd.DataFrame
+    scans: pd.DataFrame
+    patients: pd.DataFrame
+    failures: pd.DataFrame
+
+    @property
+    def run_id(self) -> str:
+        return str(self.run.get("run_id", "unknown"))
+
+    def config(self, section: str) -> dict[str, Any]:
+        value = (self.run.get("config") or {}).get(section)
+        return value if isinstance(value, dict) else {}
+
+
+def _read_table(path: Path, columns: list[str], numeric: list[str]) -> pd.DataFrame:
+    """A CSV read as text (a patient called "NA" stays "NA"), then its numeric columns converted."""
+    try:
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8")
+    except FileNotFoundError:
+        raise ReportError(f"{path}: missing (run `bcscan scan` into this folder first)") from None
+    except (OSError, ValueError, UnicodeDecodeError) as exc:
+        raise ReportError(f"{path}: unreadable ({exc})") from exc
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise ReportError(f"{path}: missing column(s) {', '.join(missing)}")
+    for column in numeric:
+        if column in frame.columns:
+            frame[column] = pd.to_numeric(frame[column].replace("", np.nan), errors="coerce")
+    return frame
+
+
+def load_run(out_dir: Path, scan_dir: Path | None = None) -> RunData:
+    """The run in `out_dir`; `scan_dir` overrides the scan folder recorded in run.json."""
+    out_dir = Path(out_dir)
+    if not out_dir.is_dir():
+        raise ReportError(f"{out_dir}: not a folder")
+    try:
+        run = json.loads((out_dir / "run.json").read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ReportError(f"{out_dir / 'run.json'}: missing (the scan run did not finish)") from None
+    except (OSError, ValueError) as exc:
+        raise ReportError(f"{out_dir / 'run.json'}: unreadable ({exc})") from exc
+    if not isinstance(run, dict):
+        raise ReportError(f"{out_dir / 'run.json'}: not a bcscan run record")
+    cells = _read_table(out_dir / "cells.csv", CELL_COLUMNS,
+                        ["cell_id", "x", "y", "x0", "y0", "x1", "y1", "area_um2", "p_leukemic"])
+    scans = _read_table(out_dir / "scans.csv", SCAN_COLUMNS,
+                        ["n_cells", "n_leukemic", "n_normal", "mpp", "level", "working_mpp", "tiles_read",
+                         "tiles_skipped", "seconds"])
+    patients = _read_table(out_dir / "patients.csv", PATIENT_COLUMNS[:9],
+                           ["n_scans", "n_cells", "n_leukemic", "n_normal", "pct_leukemic", "ci_low", "ci_high",
+                            "n_scans_failed"])
+    if (out_dir / "failures.csv").is_file():
+        failures = _read_table(out_dir / "failures.csv", FAILURE_COLUMNS, [])
+    else:
+        failures = scans[scans["status"] != "ok"].assign(stage="").reindex(columns=FAILURE_COLUMNS)
+    if scan_dir is None and run.get("scan_dir"):
+        scan_dir = Path(run["scan_dir"])
+    return RunData(out_dir, Path(scan_dir) if scan_dir else None, run, cells, scans, patients, failures)
