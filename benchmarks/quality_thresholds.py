@@ -50,10 +50,10 @@ FIELD_DEGRADATIONS = {
     "blur σ0.5µm": (lambda r, m: D.blur(r, m, 0.5), "blur", "edge_sigma_um"),
     "blur σ1µm": (lambda r, m: D.blur(r, m, 1.0), "blur", "edge_sigma_um"),
     "blur σ2µm": (lambda r, m: D.blur(r, m, 2.0), "blur", "edge_sigma_um"),
-    "OD×0.35": (lambda r, m: D.scale_od(r, 0.35), "faint_stain", "nucleus_od"),
-    "OD×0.5": (lambda r, m: D.scale_od(r, 0.5), "faint_stain", "nucleus_od"),
-    "OD×1.8": (lambda r, m: D.scale_od(r, 1.8), "dark_stain", "nucleus_od"),
-    "OD×2.5": (lambda r, m: D.scale_od(r, 2.5), "dark_stain", "nucleus_od"),
+    "OD×0.35": (lambda r, m: D.scale_od(r, 0.35), "faint_stain", "rbc_od"),
+    "OD×0.5": (lambda r, m: D.scale_od(r, 0.5), "faint_stain", "rbc_od"),
+    "OD×1.8": (lambda r, m: D.scale_od(r, 1.8), "dark_stain", "rbc_od"),
+    "OD×2.5": (lambda r, m: D.scale_od(r, 2.5), "dark_stain", "rbc_od"),
     "exposure×1.5": (lambda r, m: D.exposure(r, 1.5), "clipped", "clipped_fraction"),
     "exposure×0.5": (lambda r, m: D.exposure(r, 0.5), "dark_background", "glass_brightness"),
 }
@@ -94,7 +94,7 @@ def mosaics(works: list[np.ndarray], min_area_um2: float) -> list[np.ndarray]:
     h = min(w.shape[0] for w in works)
     w = min(w.shape[1] for w in works)
     area = h * w * SEG.working_mpp ** 2
-    k = max(1, math.ceil(math.sqrt(1.3 * min_area_um2 / area)))  # 1.3: room for a white cell or two
+    k = max(1, math.ceil(math.sqrt(3.0 * min_area_um2 / area)))  # 3: room for the white cells (stacks copy them)
     out = []
     for i in range(0, len(works) - k * k + 1, k * k):
         tiles = [x[:h, :w] for x in works[i:i + k * k]]
