@@ -82,7 +82,7 @@ class QualityParams:
     """Red-cell pixels: OD above this and above cell_od_relative × the tile's 95th percentile OD."""
     cell_od_relative: float = 0.25
     min_glass_fraction: float = 0.04
-    """thick: less bare glass than this between the red cells (they pile up; readable fields here >= 0.046)."""
+    """thick: less bare glass than this between the red cells (they pile up; untouched fields here >= 0.046)."""
     min_rbc_coverage: float = 0.12
     """thin: red cells cover less than this share of the area (feathered edge)."""
     overview_max_cover: float = 1.5
