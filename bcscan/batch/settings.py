@@ -14,6 +14,7 @@ from bcscan.model.classifier import ClassificationParams
 from bcscan.results.aggregation import AggregationParams
 from bcscan.results.patients import PatientParams
 from bcscan.results.reports import ReportingParams
+from bcscan.scan.quality import QualityParams
 from bcscan.scan.reading import ReadingParams
 from bcscan.scan.segmentation import SegmentationParams
 from bcscan.scan.tiling import TilingParams
@@ -73,6 +74,7 @@ class Settings:
     reading: ReadingParams = field(default_factory=ReadingParams)
     tiling: TilingParams = field(default_factory=TilingParams)
     segmentation: SegmentationParams = field(default_factory=SegmentationParams)
+    quality: QualityParams = field(default_factory=QualityParams)
     classification: ClassificationParams = field(default_factory=ClassificationParams)
     patients: PatientParams = field(default_factory=PatientParams)
     aggregation: AggregationParams = field(default_factory=AggregationParams)
@@ -93,6 +95,7 @@ class Settings:
 
 
 SECTIONS = {"batch": BatchParams, "reading": ReadingParams, "tiling": TilingParams, "segmentation": SegmentationParams,
+            "quality": QualityParams,
             "classification": ClassificationParams, "patients": PatientParams, "aggregation": AggregationParams,
             "reporting": ReportingParams, "pipeline": PipelineParams}
 

@@ -1,0 +1,113 @@
+"""Real fields degraded in physical units, for the quality-control tests and benchmark.
+
+Every degradation works on the field at its *native* scale (`mpp` µm/px), as the
+fault would happen on the microscope, before the pipeline resamples it:
+
+- `blur`: Gaussian defocus of `sigma_um` µm.
+- `scale_od`: every pixel's optical density relative to the glass multiplied
+  by `factor` (Beer-Lambert: < 1 = faded / under-stained, > 1 = over-stained).
+- `exposure`: intensities multiplied by `factor` and clipped to 0..255 (over-
+  or under-exposed camera).
+- `stack`: `layers` copies of the field laid over one another, each shifted,
+  transmittances multiplied (Beer-Lambert), so the red cells overlap as in the
+  thick end of a smear.  The field is first mirrored into a 2 × 2 periodic
+  mosaic so shifted copies have no seams; the result has the field's size.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from bcscan.testing.groundtruth import GHADERZADEH_MPP, PBC_MPP, SHARED_DATA, bccd_samples, txl_samples
+
+SMEAR_TILE_MPP = 0.25  # wsi/smear full-resolution tiles (SOURCE.txt: red cells ~30 px across)
+
+GLASS_PERCENTILE = 90.0  # the segmenter's notion of the glass colour (mean of the brightest 10 %)
+
+
+def glass_colour(rgb: np.ndarray, percentile: float = GLASS_PERCENTILE) -> np.ndarray:
+    """Mean RGB of the brightest pixels (float, 0..255)."""
+    brightness = rgb.sum(axis=2, dtype=np.uint16)
+    return rgb[brightness >= np.percentile(brightness, percentile)].mean(axis=0).astype(np.float64)
+
+
+def blur(rgb: np.ndarray, mpp: float, sigma_um: float) -> np.ndarray:
+    if sigma_um <= 0:
+        return rgb
+    return cv2.GaussianBlur(rgb, (0, 0), sigma_um / mpp, borderType=cv2.BORDER_REFLECT)
+
+
+def _transmittance(rgb: np.ndarray, glass: np.ndarray) -> np.ndarray:
+    return (rgb.astype(np.float64) + 0.5) / glass
+
+
+def _from_transmittance(t: np.ndarray, glass: np.ndarray) -> np.ndarray:
+    return np.clip(np.round(t * glass - 0.5), 0, 255).astype(np.uint8)
+
+
+def scale_od(rgb: np.ndarray, factor: float) -> np.ndarray:
+    """OD relative to the glass × `factor` (the glass itself is unchanged).  The glass here is the
+    brightest 1 %, so that almost no pixel is brighter than it (a darker reference would darken the
+    glass of fields whose background is near 255)."""
+    glass = glass_colour(rgb, 99.0)
+    return _from_transmittance(_transmittance(rgb, glass) ** factor, glass)
+
+
+def exposure(rgb: np.ndarray, factor: float) -> np.ndarray:
+    return np.clip(np.round(rgb.astype(np.float64) * factor), 0, 255).astype(np.uint8)
+
+
+def mirror_mosaic(rgb: np.ndarray) -> np.ndarray:
+    """2 × 2 mosaic of the field and its mirror images: periodic and seamless."""
+    top = np.concatenate([rgb, rgb[:, ::-1]], axis=1)
+    return np.concatenate([top, top[::-1]], axis=0)
+
+
+def stack(rgb: np.ndarray, layers: int) -> np.ndarray:
+    """`layers` shifted copies of the field on top of one another (transmittances multiplied)."""
+    h, w = rgb.shape[:2]
+    glass = glass_colour(rgb)
+    mosaic = _transmittance(mirror_mosaic(rgb), glass)
+    out = np.ones_like(mosaic)
+    # Shifts by irrational fractions of the mosaic: copies never line up with one another.
+    for i in range(layers):
+        dy = int(round((i * 0.381966 % 1.0) * 2 * h))
+        dx = int(round((i * 0.618034 % 1.0) * 2 * w))
+        out *= np.roll(mosaic, (dy, dx), axis=(0, 1))
+    return _from_transmittance(out[:h, :w], glass)
+
+
+# --------------------------------------------------------------------------- real fields of known scale
+@dataclass(frozen=True)
+class Field:
+    source: str
+    path: Path
+    mpp: float
+
+
+def field_sources(data: Path = SHARED_DATA) -> dict[str, list[Field]]:
+    """Every untouched real field of known scale in ../shared/data, by source (sorted paths)."""
+    data = Path(data)
+    out: dict[str, list[Field]] = {}
+    out["bccd"] = [Field("bccd", s.image, s.mpp) for s in bccd_samples(data)]
+    for s in txl_samples(data):
+        out.setdefault(f"txl-{s.source}", []).append(Field(f"txl-{s.source}", s.image, s.mpp))
+    out["ghaderzadeh"] = [Field("ghaderzadeh", p, GHADERZADEH_MPP)
+                          for p in sorted((data / "ghaderzadeh-all" / "images").glob("*/*.jpg"))]
+    out["pbc-normal"] = [Field("pbc-normal", p, PBC_MPP) for p in sorted((data / "pbc-normal").glob("*/*.jpg"))]
+    out["wsi-smear"] = [Field("wsi-smear", p, SMEAR_TILE_MPP)
+                        for p in sorted((data / "wsi" / "smear").glob("I_*.png"))]
+    return {k: v for k, v in out.items() if v}
+
+
+def sample_fields(data: Path = SHARED_DATA, per_source: int = 40, seed: int = 0) -> list[Field]:
+    """`per_source` fields drawn at random (seeded) from each source; all of a smaller source."""
+    rng = np.random.default_rng(seed)
+    chosen = []
+    for source, fields in sorted(field_sources(data).items()):
+        idx = rng.choice(len(fields), size=min(per_source, len(fields)), replace=False)
+        chosen += [fields[i] for i in sorted(idx)]
+    return chosen
