@@ -45,6 +45,7 @@ from bcscan.model.classifier import ClassificationParams, resolve_model_path, to
 from bcscan.model.network import load_model_info
 from bcscan.scan.crops import crop_side_px
 from bcscan.scan.pipeline import owned_cells
+from bcscan.scan.quality import measure_tile
 from bcscan.scan.reading import ReadingParams, open_scan
 from bcscan.scan.segmentation import SegmentationParams, segment
 from bcscan.scan.tiling import TilingParams, plan_tiles, read_tile
@@ -105,8 +106,9 @@ def time_tile_stages(slide: Path, crop_um: float, input_size: int) -> tuple[dict
             rgb = read_tile(scan, plan, tile)
             t1 = time.perf_counter()
             seg = segment(rgb, seg_params.working_mpp, seg_params)
+            quality = measure_tile(rgb, seg, seg_params)  # part of the segment stage, as in a scan
             t_read, t_seg = t_read + t1 - t0, t_seg + time.perf_counter() - t1
-            crops.append(owned_cells(rgb, seg, plan, tile, side, input_size).crops)
+            crops.append(owned_cells(rgb, seg, plan, tile, side, input_size, quality).crops)
     stages = {"level": plan.level, "tiles": len(plan.tiles), "tiles_skipped": plan.skipped,
               "working_mp": plan.width * plan.height / 1e6,
               "read_raw_s": t_raw, "read_tile_s": t_read, "segment_s": t_seg}

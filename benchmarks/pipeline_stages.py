@@ -22,6 +22,7 @@ from PIL import Image
 from bcscan.model.classifier import CellClassifier, ClassificationParams, to_model_input
 from bcscan.scan.crops import crop_cells, crop_side_px
 from bcscan.scan.pipeline import scan_cells
+from bcscan.scan.quality import QualityParams
 from bcscan.scan.reading import ReadingParams, open_scan
 from bcscan.scan.segmentation import SegmentationParams, segment
 from bcscan.scan.tiling import TilingParams, plan_tiles, read_tile
@@ -74,7 +75,7 @@ def main() -> None:
             bare(full[0]).numpy()  # compile
             _, t_bare = timed(lambda: [bare(b).numpy() for b in full])
             bare_rate = sum(len(b) for b in full) / t_bare
-            result, t_all = timed(lambda: scan_cells(scan, seg, tiling, classifier))
+            result, t_all = timed(lambda: scan_cells(scan, seg, tiling, classifier, QualityParams()))
 
     working_px = plan.width * plan.height
     n = len(result.cells)

@@ -16,6 +16,7 @@ from bcscan.batch.plan import BatchRun
 from bcscan.batch.settings import load_settings
 from bcscan.model.classifier import CellClassifier, ClassificationParams
 from bcscan.scan.pipeline import scan_cells
+from bcscan.scan.quality import QualityParams
 from bcscan.scan.reading import ReadingParams, open_scan
 from bcscan.scan.segmentation import SegmentationParams
 from bcscan.scan.tiling import TilingParams
@@ -69,12 +70,12 @@ def test_mosaic_slide_gives_the_same_cells_as_its_fields(tmp_path, untrained_mod
     small_tiles = TilingParams(tile_px=160)  # 64 µm cores: tile borders cut through fields and cells
     with open_scan(tmp_path / "mosaic.tif", ReadingParams()) as scan:
         assert scan.mpp == pytest.approx(BCCD_MPP)
-        from_slide = scan_cells(scan, seg, small_tiles, classifier).cells
+        from_slide = scan_cells(scan, seg, small_tiles, classifier, QualityParams()).cells
 
     expected = []
     for i, (ox, oy) in enumerate(offsets):
         with open_scan(tmp_path / f"field{i}.png", ReadingParams(), mpp=BCCD_MPP) as scan:
-            cells = scan_cells(scan, seg, TilingParams(), classifier).cells
+            cells = scan_cells(scan, seg, TilingParams(), classifier, QualityParams()).cells
         expected.append(cells[["x", "y"]].to_numpy() + (ox, oy))
     expected = np.concatenate(expected)
     found = from_slide[["x", "y"]].to_numpy()
@@ -91,7 +92,7 @@ def pipeline_detection_score(samples):
     total = None
     for sample in samples:
         with open_scan(sample.image, ReadingParams(), mpp=sample.mpp) as scan:
-            cells = scan_cells(scan, SegmentationParams(), TilingParams(tile_px=256), classifier).cells
+            cells = scan_cells(scan, SegmentationParams(), TilingParams(tile_px=256), classifier, QualityParams()).cells
         score = score_boxes(cells[["x0", "y0", "x1", "y1"]].to_numpy(float), sample.boxes)
         total = score if total is None else total + score
     return total

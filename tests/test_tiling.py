@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from bcscan.scan.quality import QualityParams
 from bcscan.scan.reading import ReadingParams, open_scan
 from bcscan.scan.segmentation import SegmentationParams
 from bcscan.scan.tiling import TilingParams, plan_tiles, read_tile
@@ -48,7 +49,7 @@ def test_cells_on_tile_borders_are_counted_once(tmp_path, tile_px, untrained_mod
     write_pyramidal_tiff(tmp_path / "s.tif", rgb, 0.25)
     classifier = CellClassifier(ClassificationParams(model=str(untrained_model), batch_size=16))
     with open_scan(tmp_path / "s.tif", ReadingParams()) as scan:
-        result = scan_cells(scan, SegmentationParams(), TilingParams(tile_px=tile_px), classifier)
+        result = scan_cells(scan, SegmentationParams(), TilingParams(tile_px=tile_px), classifier, QualityParams())
     found = result.cells[["x", "y"]].to_numpy()
     truth = np.array([(c.x, c.y) for c in drawn])
     distances = np.linalg.norm(found[:, None] - truth[None], axis=2)

@@ -21,6 +21,7 @@ from bcscan.results.aggregation import summarise_patients
 from bcscan.results.reports import write_reports
 from bcscan.results.tables import (
     CELL_COLUMNS,
+    COUNT_COLUMNS,
     FAILURE_COLUMNS,
     SCAN_COLUMNS,
     atomic_write_csv,
@@ -64,7 +65,7 @@ def collect_outputs(run: BatchRun, model_info: ModelInfo, jobs: list[ScanJob], m
         cell_tables.append(cells)
 
     scans = pd.DataFrame(metas).reindex(columns=SCAN_COLUMNS + ["stage"])
-    for column in ("n_cells", "n_leukemic", "n_normal", "level", "tiles_read", "tiles_skipped"):
+    for column in COUNT_COLUMNS:
         scans[column] = scans[column].astype("Int64")  # failed scans leave these empty, not NaN floats
     cells = pd.concat(cell_tables, ignore_index=True) if cell_tables else pd.DataFrame(columns=CELL_COLUMNS)
     patients = summarise_patients(scans, cells, run.settings.aggregation)

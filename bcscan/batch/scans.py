@@ -12,7 +12,10 @@ from bcscan.batch.plan import BatchRun, ScanJob
 from bcscan.batch.store import ResultStore
 from bcscan.errors import BcscanError, ConfigError, ModelError, describe_failure
 from bcscan.model.classifier import CellClassifier, ClassificationParams
+from bcscan.model.domain import domain_verdict
+from bcscan.model.network import ModelInfo
 from bcscan.scan.pipeline import ScanCells, scan_cells
+from bcscan.scan.quality import readable
 from bcscan.scan.reading import open_scan
 
 log = logging.getLogger("bcscan")
@@ -55,9 +58,10 @@ def process_scan(job: ScanJob, run: BatchRun) -> dict[str, Any]:
     t0 = time.perf_counter()
     settings = run.settings
     try:
+        classifier = classifier_for(settings.classification)
         with open_scan(job.path, settings.reading, mpp=run.mpp) as scan:
-            result = scan_cells(scan, settings.segmentation, settings.tiling, classifier_for(settings.classification))
-        meta, cells = ok_meta(job, result), result.cells
+            result = scan_cells(scan, settings.segmentation, settings.tiling, classifier, settings.quality)
+        meta, cells = ok_meta(job, result, classifier.info, run), result.cells
     except (ConfigError, ModelError):
         raise  # the model cannot run here (e.g. --device gpu without a GPU): nothing can run
     except Exception as exc:  # noqa: BLE001 - one scan must never stop the batch
@@ -67,13 +71,18 @@ def process_scan(job: ScanJob, run: BatchRun) -> dict[str, Any]:
     return store_scan(job, run, meta, cells, t0)
 
 
-def ok_meta(job: ScanJob, result: ScanCells) -> dict[str, Any]:
-    """scans.csv row of a scan done."""
+def ok_meta(job: ScanJob, result: ScanCells, model_info: ModelInfo, run: BatchRun) -> dict[str, Any]:
+    """scans.csv row of a scan done: counts, scale, tiles, quality figures, and whether its cells look
+    like those the model was validated on (`domain`)."""
     labels = result.cells["label"]
+    domain, distance = domain_verdict(model_info.domain, result.appearance)
+    fit = readable(result.quality, run.settings.quality)
     return {"scan": job.relative, "patient_id": job.patient_id, "status": "ok", "sha256": job.sha256,
             "mpp": round(result.scan_mpp, 5), "level": result.level, "working_mpp": result.working_mpp,
             "tiles_read": result.tiles_read, "tiles_skipped": result.tiles_skipped, "n_cells": len(result.cells),
-            "n_leukemic": int((labels == "leukemic").sum()), "n_normal": int((labels == "normal").sum()), "error": ""}
+            "n_leukemic": int((labels == "leukemic").sum()), "n_normal": int((labels == "normal").sum()),
+            "quality": "ok" if fit else "insufficient", **result.quality, "domain": domain,
+            "domain_distance": distance, "error": ""}
 
 
 def failed_meta(job: ScanJob, stage: str, message: str) -> dict[str, Any]:

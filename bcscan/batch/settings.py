@@ -89,7 +89,7 @@ class Settings:
         including a scale forced with --mpp."""
         d = self.as_dict()
         digest = config_digest({"version": __version__, "reading": d["reading"], "tiling": d["tiling"],
-                                "segmentation": d["segmentation"],
+                                "segmentation": d["segmentation"], "quality": d["quality"],
                                 "threshold": d["classification"]["threshold"]})
         return digest + (f"-mpp{mpp:g}" if mpp else "")
 

@@ -49,6 +49,7 @@ class ModelInfo:
     format: str = MODEL_FORMAT
     training: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
+    domain: dict[str, Any] = field(default_factory=dict)  # validated range of the cells' appearance (model.domain)
 
     @property
     def leukemic_index(self) -> int:

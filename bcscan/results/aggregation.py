@@ -6,11 +6,13 @@ from dataclasses import dataclass
 import pandas as pd
 
 PATIENT_COLUMNS = ["patient_id", "n_scans", "n_cells", "n_leukemic", "n_normal", "pct_leukemic",
-                   "ci_low", "ci_high", "flag", "n_scans_failed"]
+                   "ci_low", "ci_high", "flag", "n_scans_failed", "n_scans_outside", "n_scans_low_quality"]
 
 FLAG_REVIEW = "review: leukemic cells detected"
 FLAG_INSUFFICIENT = "insufficient cells"
 FLAG_INCOMPLETE = "incomplete: a scan failed or is pending"
+FLAG_OUTSIDE = "review: stain or scanner outside the validated range"
+FLAG_LOW_QUALITY = "insufficient quality"
 FLAG_NEGATIVE = "negative"
 
 
@@ -36,12 +38,18 @@ def wilson_interval(successes: int, n: int) -> tuple[float, float]:
     return (max(0.0, float(ci.low)), min(1.0, float(ci.high)))
 
 
-def patient_flag(n_cells: int, n_leukemic: int, n_failed: int, params: AggregationParams) -> str:
-    """A positive signal is always shown; a negative call needs enough cells and every scan read."""
+def patient_flag(n_cells: int, n_leukemic: int, n_failed: int, params: AggregationParams, n_outside: int = 0,
+                 n_low_quality: int = 0) -> str:
+    """A positive signal is always shown; a negative call needs every scan read, each inside the range
+    the model was validated on and fit to count, and enough cells."""
     if n_cells and 100.0 * n_leukemic / n_cells >= params.review_threshold_pct:
         return FLAG_REVIEW
     if n_failed:
         return FLAG_INCOMPLETE
+    if n_outside:
+        return FLAG_OUTSIDE
+    if n_low_quality:
+        return FLAG_LOW_QUALITY
     if n_cells < params.min_cells:
         return FLAG_INSUFFICIENT
     return FLAG_NEGATIVE
@@ -49,7 +57,9 @@ def patient_flag(n_cells: int, n_leukemic: int, n_failed: int, params: Aggregati
 
 def summarise_patients(scans: pd.DataFrame, cells: pd.DataFrame, params: AggregationParams) -> pd.DataFrame:
     """One row per patient from the per-scan table (all scans, failed and pending ones too) and the
-    cell table; `n_scans_failed` counts the scans without a result (failed or pending)."""
+    cell table; `n_scans_failed` counts the scans without a result (failed or pending),
+    `n_scans_outside` those whose cells look unlike the model's validated range, `n_scans_low_quality`
+    those with too little area fit to count."""
     rows = []
     for patient, group in scans.groupby("patient_id", sort=True):
         ok = group[group["status"] == "ok"]
@@ -58,6 +68,8 @@ def summarise_patients(scans: pd.DataFrame, cells: pd.DataFrame, params: Aggrega
         k = int((patient_cells["label"] == "leukemic").sum())
         low, high = wilson_interval(k, n)
         failed = int((group["status"] != "ok").sum())
+        outside = int((ok.get("domain") == "outside").sum()) if "domain" in ok else 0
+        low_quality = int((ok.get("quality") == "insufficient").sum()) if "quality" in ok else 0
         rows.append({
             "patient_id": patient,
             "n_scans": len(ok),
@@ -67,7 +79,9 @@ def summarise_patients(scans: pd.DataFrame, cells: pd.DataFrame, params: Aggrega
             "pct_leukemic": round(100.0 * k / n, 2) if n else 0.0,
             "ci_low": round(100.0 * low, 2),
             "ci_high": round(100.0 * high, 2),
-            "flag": patient_flag(n, k, failed, params),
+            "flag": patient_flag(n, k, failed, params, outside, low_quality),
             "n_scans_failed": failed,
+            "n_scans_outside": outside,
+            "n_scans_low_quality": low_quality,
         })
     return pd.DataFrame(rows, columns=PATIENT_COLUMNS)

@@ -5,14 +5,16 @@
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
 
 from bcscan.errors import ScanError, StageError
+from bcscan.scan.appearance import FEATURES, crop_appearance, scan_appearance
 from bcscan.scan.crops import crop_cells, crop_side_px, resize_crops
+from bcscan.scan.quality import QualityParams, TileQuality, measure_tile, summarise_quality
 from bcscan.scan.reading import Scan, resample
 from bcscan.scan.segmentation import Segmentation, SegmentationParams, segment
 from bcscan.scan.tiling import Tile, TilePlan, TilingParams, plan_tiles, read_tile
@@ -55,6 +57,8 @@ class ScanCells:
     working_mpp: float
     tiles_read: int
     tiles_skipped: int
+    quality: dict[str, float | int]   # scan.quality.summarise_quality: tiles excluded per reason, median figures
+    appearance: np.ndarray | None     # scan.appearance: median over the counted cells (None without cells)
 
 
 @dataclass
@@ -62,6 +66,8 @@ class TileCells:
     """The cells a tile owns: what a tile worker hands to the classifier."""
     geometry: np.ndarray    # float64 (n, 7): x, y, x0, y0, x1, y1 in level-0 pixels, area in µm²
     crops: np.ndarray       # uint8 (n, S, S, 3) at the model's input size
+    appearance: np.ndarray  # float32 (n, len(appearance.FEATURES)): how each crop looks
+    quality: TileQuality    # the tile's quality; a tile unfit to count hands over no cell
 
 
 def plan_scan(scan: Scan, seg_params: SegmentationParams, tiling: TilingParams, crop_um: float) -> TilePlan:
@@ -76,8 +82,9 @@ def plan_scan(scan: Scan, seg_params: SegmentationParams, tiling: TilingParams, 
 
 
 def tile_cells(scan: Scan, plan: TilePlan, tile: Tile, seg_params: SegmentationParams, crop_um: float,
-               input_size: int) -> TileCells:
-    """Read, segment and crop one tile: the cells whose centre lies in its core, crops resized for the model."""
+               input_size: int, quality: QualityParams) -> TileCells:
+    """Read, segment, check and crop one tile: the cells whose centre lies in its core, crops resized
+    for the model; none when the tile is unfit to count (blurred, badly stained, thick, ...)."""
     try:
         rgb = read_tile(scan, plan, tile)
     except ScanError as exc:
@@ -87,19 +94,33 @@ def tile_cells(scan: Scan, plan: TilePlan, tile: Tile, seg_params: SegmentationP
     except Exception as exc:
         raise StageError("segment", f"{scan.path}: segmentation failed in tile {tile.core} "
                                     f"({type(exc).__name__}: {exc})") from exc
-    return owned_cells(rgb, seg, plan, tile, crop_side_px(crop_um, seg_params.working_mpp), input_size)
+    tile_quality = measure_tile(rgb, seg, seg_params, quality)
+    return owned_cells(rgb, seg, plan, tile, crop_side_px(crop_um, seg_params.working_mpp), input_size, tile_quality)
 
 
 def owned_cells(rgb: np.ndarray, seg: Segmentation, plan: TilePlan, tile: Tile, crop_side: int,
-                input_size: int) -> TileCells:
-    """The segmented cells of a tile's read window whose centre lies in its core, with their crops."""
+                input_size: int, tile_quality: TileQuality) -> TileCells:
+    """The segmented cells of a tile's read window whose centre lies in its core, with their crops
+    (none when the tile's quality failed)."""
     rx, ry = tile.read[0], tile.read[1]
-    owned = [c for c in seg.cells if tile.owns(c.x + rx, c.y + ry)]
+    owned = [c for c in seg.cells if tile.owns(c.x + rx, c.y + ry)] if tile_quality.ok else []
     offset = np.array([rx, ry, rx, ry, rx, ry], dtype=np.float64)
     geometry = np.array([(c.x, c.y, c.x0, c.y0, c.x1, c.y1, c.area_um2) for c in owned], dtype=np.float64).reshape(-1, 7)
     geometry[:, :6] = (geometry[:, :6] + offset) * plan.to_level0
     centres = np.array([(c.x, c.y) for c in owned], dtype=np.float64).reshape(-1, 2)
-    return TileCells(geometry, resize_crops(crop_cells(rgb, centres, crop_side), input_size))
+    crops = resize_crops(crop_cells(rgb, centres, crop_side), input_size)
+    return TileCells(geometry, crops, crop_appearance(crops), tile_quality)
+
+
+def scan_result(plan: TilePlan, scan_mpp: float, tiles: list[TileCells], p_leukemic: np.ndarray,
+                threshold: float) -> ScanCells:
+    """A scan's result from its tiles' cells (in tile order) and their p_leukemic, however the tiles
+    were processed."""
+    geometry = np.concatenate([t.geometry for t in tiles]) if tiles else np.zeros((0, 7))
+    appearance = np.concatenate([t.appearance for t in tiles]) if tiles else np.zeros((0, len(FEATURES)))
+    return ScanCells(cells_table(geometry, p_leukemic, threshold), scan_mpp, plan.level, plan.working_mpp,
+                     len(plan.tiles), plan.skipped, summarise_quality([t.quality for t in tiles]),
+                     scan_appearance(appearance))
 
 
 def cells_table(geometry: np.ndarray, p_leukemic: np.ndarray, threshold: float) -> pd.DataFrame:
@@ -120,8 +141,8 @@ def cells_table(geometry: np.ndarray, p_leukemic: np.ndarray, threshold: float) 
     }, columns=CELL_RESULT_COLUMNS)
 
 
-def scan_cells(scan: Scan, seg_params: SegmentationParams, tiling: TilingParams,
-               classifier: Classifier) -> ScanCells:
+def scan_cells(scan: Scan, seg_params: SegmentationParams, tiling: TilingParams, classifier: Classifier,
+               quality: QualityParams) -> ScanCells:
     """Find and classify every white cell of a scan, tile by tile in this process, each cell once.
 
     Crops are classified in groups of several batches while tiles stream in, so
@@ -130,7 +151,7 @@ def scan_cells(scan: Scan, seg_params: SegmentationParams, tiling: TilingParams,
     """
     info = classifier.info
     plan = plan_scan(scan, seg_params, tiling, info.crop_um)
-    geometry: list[np.ndarray] = []
+    tiles: list[TileCells] = []
     pending_crops: list[np.ndarray] = []
     probabilities: list[np.ndarray] = []
     flush_at = classifier.params.batch_size * 4
@@ -144,14 +165,13 @@ def scan_cells(scan: Scan, seg_params: SegmentationParams, tiling: TilingParams,
             pending_crops.clear()
 
     for tile in plan.tiles:
-        found = tile_cells(scan, plan, tile, seg_params, info.crop_um, info.input_size)
-        geometry.append(found.geometry)
+        found = tile_cells(scan, plan, tile, seg_params, info.crop_um, info.input_size, quality)
         if len(found.crops):
             pending_crops.append(found.crops)
+        tiles.append(replace(found, crops=found.crops[:0]))  # crops go to the model only
         if sum(len(c) for c in pending_crops) >= flush_at:
             flush()
     flush()
 
     p = np.concatenate(probabilities) if probabilities else np.zeros(0, np.float32)
-    cells = cells_table(np.concatenate(geometry) if geometry else np.zeros((0, 7)), p, classifier.params.threshold)
-    return ScanCells(cells, scan.mpp, plan.level, plan.working_mpp, len(plan.tiles), plan.skipped)
+    return scan_result(plan, scan.mpp, tiles, p, classifier.params.threshold)

@@ -95,6 +95,10 @@ class QualityParams:
     clip_level: int = 254
     max_clipped_fraction: float = 0.3
     """clipped: more than this share of the cells' pixels have a channel at clip_level or above."""
+    # --- the scan as a whole
+    min_readable_fraction: float = 0.25
+    """insufficient quality: fewer of the scan's tiles than this fit to count (a smear's thick end and feathered
+    edge are normally excluded; a scan that is mostly blurred or badly stained is not counted at all)."""
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -106,7 +110,8 @@ class QualityParams:
         for lo, hi in (("min_nucleus_od", "max_nucleus_od"), ("min_rbc_od", "max_rbc_od")):
             if getattr(self, lo) >= getattr(self, hi):
                 raise ValueError(f"{lo} must be < {hi}")
-        for name in ("min_glass_fraction", "min_rbc_coverage", "max_clipped_fraction", "cell_od_relative"):
+        for name in ("min_glass_fraction", "min_rbc_coverage", "max_clipped_fraction", "cell_od_relative",
+                     "min_readable_fraction"):
             if getattr(self, name) > 1:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if not 1 <= self.clip_level <= 255:
@@ -320,3 +325,29 @@ def overview_crowding(overview: np.ndarray, overview_mpp: float, block_um: float
     verdict[area_od < p.overview_glass_od] = "glass"
     cover = np.where(area_od < p.overview_glass_od, np.nan, cover)
     return OverviewCrowding(cover=cover, verdict=verdict, block_px=block)
+
+
+SUMMARY_FIGURES = ("edge_sigma_um", "nucleus_od", "rbc_od", "glass_brightness", "rbc_coverage", "glass_fraction",
+                   "clipped_fraction")
+SUMMARY_COLUMNS = (("tiles_low_quality",) + tuple(f"tiles_{reason}" for reason in REASONS)
+                   + ("readable_fraction",) + SUMMARY_FIGURES)
+
+
+def summarise_quality(tiles: list[TileQuality]) -> dict[str, float | int | None]:
+    """A scan's quality figures (SUMMARY_COLUMNS, for scans.csv): tiles unfit to count, in all and
+    per reason; the fraction of tiles fit to count; the median of each figure over the tiles that
+    measured it (None where none did)."""
+    summary: dict[str, float | int | None] = {"tiles_low_quality": sum(not t.ok for t in tiles)}
+    for reason in REASONS:
+        summary[f"tiles_{reason}"] = sum(reason in t.reasons for t in tiles)
+    summary["readable_fraction"] = round(1 - summary["tiles_low_quality"] / len(tiles), 3) if tiles else None
+    for name in SUMMARY_FIGURES:
+        values = [getattr(t, name) for t in tiles if math.isfinite(getattr(t, name))]
+        summary[name] = round(float(np.median(values)), 3) if values else None
+    return summary
+
+
+def readable(summary: dict[str, float | int | None], params: QualityParams) -> bool:
+    """Whether enough of a scan was fit to count (a scan with no tile at all, blank, is not judged here)."""
+    fraction = summary.get("readable_fraction")
+    return fraction is None or fraction >= params.min_readable_fraction

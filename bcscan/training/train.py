@@ -30,6 +30,7 @@ from bcscan.model.network import CLASSES, LEUKEMIC
 from bcscan.training.baselines import colour_baseline, stain_swap_check
 from bcscan.training.calibration import fit_image_temperature, fit_temperature
 from bcscan.training.card import write_model_card
+from bcscan.training.domain_fit import fit_domain
 from bcscan.training.fit import Fitted, fit_model, init_summary
 from bcscan.training.metrics import ece, image_level, metrics_block, per_source
 from bcscan.training.predict import predict_probs
@@ -62,6 +63,7 @@ def train(data_dir: Path, config_path: Path, out_dir: Path, *, weights: Path | N
                        report_dir=report_dir, echo=echo)
     history, n_train = fitted.history, len(data.train_idx)
     assessed = _assess(cfg, data, fitted.model, echo)
+    domain = fit_domain(data.samples, data.split_img) if cfg.mode == "cells" else {}
     primary = assessed["test_images"] or assessed["test_cells"] or {}
     metrics = {**{k: primary.get(k) for k in ("accuracy", "balanced_accuracy", "roc_auc", "ece", "per_class",
                                               "confusion_matrix", "n")},
@@ -76,6 +78,7 @@ def train(data_dir: Path, config_path: Path, out_dir: Path, *, weights: Path | N
                "init_model": init_summary(init_model, fitted.init_info),
                "timing_s": {"data": round(data.collect_s, 1), "fit": round(fitted.fit_s, 1),
                             "train_images_per_s": round(n_train * len(history.get("loss", [])) / fitted.fit_s, 1)},
+               "domain": domain,
                "config": cfg.raw}
     _save(cfg, fitted, metrics, data.split_sha256, config_path=config_path, data_dir=data_dir, out_dir=out_dir,
           report_dir=report_dir, weights=weights)
@@ -248,4 +251,5 @@ def _model_info(cfg: TrainConfig, metrics: dict[str, Any], split_sha256: str, co
                                "did_not_learn": metrics["did_not_learn"]},
                      metrics={k: metrics[k] for k in ("accuracy", "balanced_accuracy", "roc_auc", "ece")}
                      | {"ece_before_calibration": calib.get("ece_test_images_before", calib["ece_test_before"]),
-                        "colour_baseline_accuracy": (baseline or {}).get("test_images", {}).get("accuracy")})
+                        "colour_baseline_accuracy": (baseline or {}).get("test_images", {}).get("accuracy")},
+                     domain=metrics["domain"])

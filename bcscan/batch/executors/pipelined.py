@@ -35,7 +35,8 @@ from bcscan.batch.scans import classifier_for, failed_meta, ok_meta, store_scan
 from bcscan.batch.settings import PipelineParams
 from bcscan.errors import describe_failure
 from bcscan.model.network import ModelInfo
-from bcscan.scan.pipeline import ScanCells, TileCells, cells_table, plan_scan, tile_cells
+from bcscan.scan.pipeline import TileCells, plan_scan, scan_result, tile_cells
+from bcscan.scan.quality import QualityParams
 from bcscan.scan.reading import ReadingParams, open_scan
 from bcscan.scan.segmentation import SegmentationParams
 from bcscan.scan.tiling import Tile, TilePlan, TilingParams
@@ -51,12 +52,12 @@ _worker: dict[str, Any] = {}
 
 
 def _init_worker(parent: int, reading: ReadingParams, segmentation: SegmentationParams, tiling: TilingParams,
-                 mpp: float | None, crop_um: float, input_size: int) -> None:
+                 quality: QualityParams, mpp: float | None, crop_um: float, input_size: int) -> None:
     import cv2
 
     cv2.setNumThreads(1)  # one core per worker: the classifier's threads need the rest
     threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
-    _worker.update(reading=reading, segmentation=segmentation, tiling=tiling, mpp=mpp, crop_um=crop_um,
+    _worker.update(reading=reading, segmentation=segmentation, tiling=tiling, quality=quality, mpp=mpp, crop_um=crop_um,
                    input_size=input_size, scans=OrderedDict())
 
 
@@ -96,7 +97,7 @@ def _tile_task(path: str, plan: TilePlan, tile: Tile):
     """`plan` without its tile list (sent once per tile: small whatever the slide size)."""
     try:
         return ("tile", tile_cells(_open(path), plan, tile, _worker["segmentation"], _worker["crop_um"],
-                                   _worker["input_size"]))
+                                   _worker["input_size"], _worker["quality"]))
     except Exception as exc:  # noqa: BLE001
         return _failure(exc, path)
 
@@ -113,7 +114,7 @@ class _ScanState:
     scan_mpp: float = 0.0
     next_tile: int = 0
     in_flight: int = 0
-    geometry: list[np.ndarray] = field(default_factory=list)
+    tiles: list[TileCells] = field(default_factory=list)
     probabilities: list[np.ndarray] = field(default_factory=list)
     unclassified: int = 0
     error: tuple[str, str] | None = None     # (stage, message)
@@ -172,7 +173,8 @@ class _Pipeline:
         executor = ProcessPoolExecutor(self.params.worker_count(), mp_context=multiprocessing.get_context("spawn"),
                                        initializer=_init_worker,
                                        initargs=(os.getpid(), self.settings.reading, self.settings.segmentation,
-                                                 self.settings.tiling, self.run_.mpp, self.model_info.crop_um,
+                                                 self.settings.tiling, self.settings.quality, self.run_.mpp,
+                                                 self.model_info.crop_um,
                                                  self.model_info.input_size))
         active: OrderedDict[int, _ScanState] = OrderedDict()
         in_flight: deque = deque()
@@ -231,9 +233,9 @@ class _Pipeline:
             state.plan_head = replace(state.plan, tiles=[])
         else:
             found: TileCells = outcome[1]
-            state.geometry.append(found.geometry)
             if len(found.crops):
                 buffer.add(state, found.crops)
+            state.tiles.append(replace(found, crops=found.crops[:0]))  # crops go to the model only
 
     def _classify(self, buffer: _CropBuffer, n: int) -> None:
         chunks = buffer.take(n)
@@ -258,11 +260,9 @@ class _Pipeline:
         if state.error is not None:
             meta, cells = failed_meta(job, *state.error), None
         else:
-            geometry = np.concatenate(state.geometry) if state.geometry else np.zeros((0, 7))
             p = np.concatenate(state.probabilities) if state.probabilities else np.zeros(0, np.float32)
-            result = ScanCells(cells_table(geometry, p, self.settings.classification.threshold), state.scan_mpp,
-                               state.plan.level, state.plan.working_mpp, len(state.plan.tiles), state.plan.skipped)
-            meta, cells = ok_meta(job, result), result.cells
+            result = scan_result(state.plan, state.scan_mpp, state.tiles, p, self.settings.classification.threshold)
+            meta, cells = ok_meta(job, result, self.model_info, self.run_), result.cells
         self.metas[state.index] = store_scan(job, self.run_, meta, cells, state.t0)
         self.run_.advance()
 

@@ -5,7 +5,14 @@ from typing import Any
 
 import pandas as pd
 
-from bcscan.results.aggregation import FLAG_INCOMPLETE, FLAG_INSUFFICIENT, FLAG_NEGATIVE, FLAG_REVIEW
+from bcscan.results.aggregation import (
+    FLAG_INCOMPLETE,
+    FLAG_INSUFFICIENT,
+    FLAG_LOW_QUALITY,
+    FLAG_NEGATIVE,
+    FLAG_OUTSIDE,
+    FLAG_REVIEW,
+)
 from bcscan.results.reports.formatting import as_int, fmt_num
 
 # flag → (headline, text/border colour, background colour); the summary lists the flags in this order
@@ -13,6 +20,9 @@ FLAG_TEXT = {
     FLAG_REVIEW: ("Leukemic cells detected — review recommended", "#c62828", "#fdecea"),
     FLAG_INCOMPLETE: ("Incomplete: a scan failed or is pending — no negative call can be made", "#8a5a00",
                       "#fff4e0"),
+    FLAG_OUTSIDE: ("Stain or scanner outside the validated range — review; no negative call", "#8a5a00", "#fff4e0"),
+    FLAG_LOW_QUALITY: ("Insufficient quality: too little of the smear fit to count — no negative call", "#8a5a00",
+                       "#fff4e0"),
     FLAG_INSUFFICIENT: ("Insufficient cells for a reliable count — no negative call", "#8a5a00", "#fff4e0"),
     FLAG_NEGATIVE: ("Negative: leukemic cells below the review threshold", "#1b5e20", "#e8f5e9"),
 }
@@ -29,6 +39,14 @@ def flag_reason(flag: str, patient: pd.Series, agg: dict[str, Any]) -> str:
         counted = (f"the {n:,} cells counted ({pct} % leukemic) do not support a negative call" if n
                    else "no cells were counted")
         return f"{failed} scan(s) of this patient gave no result (see below); {counted}."
+    if flag == FLAG_OUTSIDE:
+        return (f"The cells of {as_int(patient.get('n_scans_outside'))} scan(s) look unlike those the model was "
+                "validated on (stain colour or strength, background or sharpness; see below): its calls there are "
+                f"not reliable ({pct} % of {n:,} cells called leukemic). Review the smear.")
+    if flag == FLAG_LOW_QUALITY:
+        return (f"{as_int(patient.get('n_scans_low_quality'))} scan(s) had too little area fit to count (blurred, "
+                f"badly stained, too thick or too thin; see below); {n:,} cells were counted there. A new scan or "
+                "smear is advised.")
     if flag == FLAG_INSUFFICIENT:
         return (f"Only {n:,} cells were found; at least {min_cells} are needed for a negative call. "
                 "A new smear or a manual differential is advised.")

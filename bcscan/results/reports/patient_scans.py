@@ -12,6 +12,7 @@ from bcscan.results.reports.markup import markup
 from bcscan.results.reports.patient_view import PatientView
 from bcscan.results.reports.pictures import class_hex, rl_image
 from bcscan.results.reports.scan_pictures import ScanPicture
+from bcscan.scan.quality import REASONS
 
 
 def scans_at_a_glance(view: PatientView) -> list:
@@ -95,7 +96,31 @@ def _quality_notes(view: PatientView, row: pd.Series, index: int, pic: ScanPictu
     max_sections = view.params.max_scan_sections
     if index >= max_sections:
         notes.append(f"thumbnail omitted (only the first {max_sections} scans are pictured)")
-    notes.append("blur and stain checks: not measured by this version — judge from the thumbnail and crops")
+    notes += _check_notes(row)
+    return notes
+
+
+def _check_notes(row: pd.Series) -> list[str]:
+    """The scan's quality figures and whether its cells look like those the model was validated on."""
+    notes = []
+    if str(row.get("domain", "")) == "outside":
+        notes.append(f"WARNING: stain or scanner outside the validated range (appearance distance "
+                     f"{fmt_num(row.get('domain_distance'))}): the cells' stain colour or strength, background or "
+                     "sharpness differ from the labs the model was validated on; its calls here are not reliable")
+    elif str(row.get("domain", "")) == "inside":
+        notes.append(f"cells' appearance inside the validated range (distance {fmt_num(row.get('domain_distance'))})")
+    if "readable_fraction" not in row or pd.isna(row.get("readable_fraction")):
+        return notes
+    excluded = ", ".join(f"{as_int(row.get(f'tiles_{reason}'))} {reason.replace('_', ' ')}" for reason in REASONS
+                         if as_int(row.get(f"tiles_{reason}")))
+    verdict = "INSUFFICIENT QUALITY: " if str(row.get("quality")) == "insufficient" else ""
+    notes.append(f"{verdict}{as_int(row.get('tiles_low_quality'))} tile(s) not counted"
+                 + (f" ({excluded})" if excluded else "") + f"; {fmt_num(100 * row['readable_fraction'], 0)} % of "
+                 "the tiles read were fit to count")
+    notes.append(f"quality figures (medians over tiles): edge blur {fmt_num(row.get('edge_sigma_um'))} µm, "
+                 f"nucleus OD {fmt_num(row.get('nucleus_od'))}, red-cell OD {fmt_num(row.get('rbc_od'))}, glass "
+                 f"brightness {fmt_num(row.get('glass_brightness'), 0)}, red-cell cover "
+                 f"{fmt_num(row.get('rbc_coverage'))}, clipped {fmt_num(row.get('clipped_fraction'))}")
     return notes
 
 

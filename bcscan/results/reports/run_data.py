@@ -12,7 +12,7 @@ import pandas as pd
 
 from bcscan.errors import ReportError
 from bcscan.results.aggregation import PATIENT_COLUMNS
-from bcscan.results.tables import CELL_COLUMNS, FAILURE_COLUMNS, SCAN_COLUMNS
+from bcscan.results.tables import CELL_COLUMNS, FAILURE_COLUMNS, QUALITY_COLUMNS, SCAN_BASE_COLUMNS
 
 
 @dataclass
@@ -66,12 +66,12 @@ def load_run(out_dir: Path, scan_dir: Path | None = None) -> RunData:
         raise ReportError(f"{out_dir / 'run.json'}: not a bcscan run record")
     cells = _read_table(out_dir / "cells.csv", CELL_COLUMNS,
                         ["cell_id", "x", "y", "x0", "y0", "x1", "y1", "area_um2", "p_leukemic"])
-    scans = _read_table(out_dir / "scans.csv", SCAN_COLUMNS,
+    scans = _read_table(out_dir / "scans.csv", SCAN_BASE_COLUMNS,
                         ["n_cells", "n_leukemic", "n_normal", "mpp", "level", "working_mpp", "tiles_read",
-                         "tiles_skipped", "seconds"])
+                         "tiles_skipped", "seconds", *QUALITY_COLUMNS, "domain_distance"])
     patients = _read_table(out_dir / "patients.csv", PATIENT_COLUMNS[:9],
                            ["n_scans", "n_cells", "n_leukemic", "n_normal", "pct_leukemic", "ci_low", "ci_high",
-                            "n_scans_failed"])
+                            "n_scans_failed", "n_scans_outside", "n_scans_low_quality"])
     if (out_dir / "failures.csv").is_file():
         failures = _read_table(out_dir / "failures.csv", FAILURE_COLUMNS, [])
     else:

@@ -1,0 +1,94 @@
+"""The domain check: a scan whose cells look unlike those the model was validated on is said to be
+`outside`, and its patient is never called negative on it.  Unit tests on drawn figures; end to
+end on real fields with the shipped model (its reference is in models/bcscan-vgg16.json)."""
+from __future__ import annotations
+
+import csv
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+from helpers import REPO, SHIPPED_MODEL, shared
+
+from bcscan.cli.main import main
+from bcscan.model.domain import INSIDE, OUTSIDE, UNKNOWN, domain_verdict, fit_reference
+from bcscan.model.network import load_model_info
+from bcscan.results.aggregation import FLAG_LOW_QUALITY, FLAG_NEGATIVE, FLAG_OUTSIDE, FLAG_REVIEW
+from bcscan.scan.appearance import FEATURES, crop_appearance
+from bcscan.testing.degrade import blur
+from bcscan.testing.synthetic import draw_smear
+
+
+def test_reference_calls_its_own_labs_inside_and_far_figures_outside():
+    rng = np.random.default_rng(0)
+    k = len(FEATURES)
+    lab_a = rng.normal(0.0, 1.0, (400, k))
+    lab_b = rng.normal(10.0, 0.5, (400, k))
+    reference = fit_reference(np.vstack([lab_a, lab_b]), ["a"] * 400 + ["b"] * 400, quantile=0.99)
+    assert sorted(reference["labs"]) == ["a", "b"]
+    inside = [domain_verdict(reference, f)[0] for f in rng.normal(0.0, 1.0, (200, k))]
+    assert inside.count(INSIDE) >= 190  # about 1 % of a training lab's own spread falls outside
+    assert domain_verdict(reference, np.full(k, 10.0))[0] == INSIDE
+    assert domain_verdict(reference, np.full(k, 5.0))[0] == OUTSIDE  # between the labs, near neither
+    assert domain_verdict({}, np.zeros(k)) == (UNKNOWN, None)        # a model without a reference
+    assert domain_verdict(reference, None) == (UNKNOWN, None)        # a scan without cells
+
+
+def test_blur_lowers_sharpness_and_greyscale_removes_the_stain_colour():
+    rgb, _ = draw_smear(400, 400, 0.375, 6, seed=3)
+    crops = np.stack([rgb[i:i + 64, j:j + 64] for i in (40, 160, 280) for j in (40, 160, 280)])
+    sharp = crop_appearance(crops)[:, FEATURES.index("log_sharpness")]
+    blurred = crop_appearance(np.stack([cv2.GaussianBlur(c, (0, 0), 2.7) for c in crops]))
+    assert np.all(blurred[:, FEATURES.index("log_sharpness")] < sharp - 1.0)
+    grey = np.repeat(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)[..., None], 3, -1)
+    figures = crop_appearance(grey[None, 100:164, 100:164])[0]
+    assert figures[0] == pytest.approx(figures[1]) == pytest.approx(figures[2])
+
+
+def greyish(rgb: np.ndarray, colour: float = 0.5) -> np.ndarray:
+    """Half the stain's colour washed out (pure grey is refused when read; at x 0.4 no cell is found)."""
+    grey = np.repeat(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)[..., None], 3, -1).astype(np.float32)
+    return np.clip(grey + colour * (rgb.astype(np.float32) - grey), 0, 255).astype(np.uint8)
+
+
+def _benign_test_fields(n: int) -> list[np.ndarray]:
+    """Hematogone (normal) fields of the shipped model's own test split: never trained on."""
+    shared("ghaderzadeh-all", "images", "Benign")
+    rows = csv.DictReader(open(REPO / "models" / "bcscan-vgg16" / "splits.csv", encoding="utf-8"))
+    files = sorted(r["file"] for r in rows if r["split"] == "test" and "/Benign/" in r["file"])[:n]
+    return [cv2.cvtColor(cv2.imread(str(shared(f))), cv2.COLOR_BGR2RGB) for f in files]
+
+
+def _write(folder, fields) -> None:
+    folder.mkdir(parents=True)
+    for i, rgb in enumerate(fields):
+        cv2.imwrite(str(folder / f"field-{i}.png"), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+
+
+@pytest.mark.slow
+def test_restained_greyish_blurred_and_other_lab_scans_are_never_called_negative(tmp_path):
+    assert load_model_info(SHIPPED_MODEL).domain, "the shipped model carries no domain reference"
+    fields = _benign_test_fields(8)
+    scans = tmp_path / "scans"
+    _write(scans / "untouched", fields)
+    _write(scans / "greyish", [greyish(f) for f in fields])
+    _write(scans / "blurred", [blur(f, 0.45, 1.0) for f in fields])
+    bccd = sorted(shared("bccd", "JPEGImages").glob("*.jpg"))[:8]
+    _write(scans / "other-lab", [cv2.resize(cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB), None, fx=0.14, fy=0.14,
+                                            interpolation=cv2.INTER_AREA) for p in bccd])  # 0.063 → 0.45 µm/px
+    result = CliRunner().invoke(main, ["scan", str(scans), "--out", str(tmp_path / "out"), "--mpp", "0.45",
+                                       "--tile-workers", "0", "--quiet"])
+    assert result.exit_code == 0, result.output
+    scans_csv = pd.read_csv(tmp_path / "out" / "scans.csv")
+    patient_of = scans_csv["patient_id"]
+    domain = scans_csv.groupby(patient_of)["domain"].agg(lambda d: (d == "outside").mean())
+    assert domain["untouched"] <= 0.125                      # at most 1 of 8 fields of the training lab
+    assert domain["greyish"] >= 0.75 and domain["other-lab"] >= 0.75
+    assert (scans_csv.loc[patient_of == "blurred", "tiles_blur"] >= 1).all()  # excluded as blurred, not counted
+    flags = pd.read_csv(tmp_path / "out" / "patients.csv").set_index("patient_id")["flag"]
+    assert flags["other-lab"] == FLAG_OUTSIDE
+    assert flags["greyish"] in (FLAG_OUTSIDE, FLAG_REVIEW)  # a positive signal is shown first, as always
+    assert flags["blurred"] == FLAG_LOW_QUALITY
+    assert FLAG_NEGATIVE not in {flags["greyish"], flags["other-lab"], flags["blurred"]}
