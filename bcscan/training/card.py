@@ -15,7 +15,7 @@ def write_model_card(path: Path, cfg: TrainConfig, metrics: dict[str, Any], conf
     rel = report_dir.name
     lines = (_title(cfg, metrics, config_path) + _use_and_data(cfg, metrics, data_dir)
              + _splits(cfg, metrics, rel) + _recipe(cfg, metrics) + _results(cfg, metrics)
-             + _per_folder(metrics) + _stain_swap(metrics) + _closing(metrics, rel, extra))
+             + _per_folder(metrics) + _stain_swap(metrics) + _domain(metrics) + _closing(metrics, rel, extra))
     path.write_text("\n".join(lines), encoding="utf-8")
 
 
@@ -170,6 +170,21 @@ def _stain_swap(metrics: dict[str, Any]) -> list[str]:
                 lines.append(f"| {key} | {label} | {fmt(b['images']['accuracy'])} | "
                              f"{fmt(b['images']['balanced_accuracy'])} | {fmt(b['called_normal_rate_images'])} |")
     return lines
+
+
+def _domain(metrics: dict[str, Any]) -> list[str]:
+    """The validated range stored with the model (bcscan.model.domain) and how tight it is."""
+    domain = metrics.get("domain")
+    if not domain:
+        return []
+    labs = ", ".join(f"{lab} ({block['images']} images)" for lab, block in domain["labs"].items())
+    return ["", "## Validated range (domain check at scan time)", "",
+            f"The appearance of the training cells (nucleus stain colour and strength, background, sharpness; "
+            f"`bcscan.scan.appearance`), one Gaussian per training lab over per-image medians: {labs}. A scan whose "
+            f"cells' median lies further than {domain['threshold']} (the {domain['quantile']} quantile of the "
+            f"training images' own distances) from every training lab is `outside`: its patient is never called "
+            f"negative. Validation images called outside: {fmt(domain.get('validation_images_outside'))}. "
+            "Other labs and degraded cells: `python benchmarks/domain_check.py DATA_DIR`."]
 
 
 def _closing(metrics: dict[str, Any], rel: str, extra: str) -> list[str]:
