@@ -30,3 +30,13 @@ def shared(*parts: str) -> Path:
 def comparable_tables(out_dir: Path, names: tuple[str, ...] = TABLES) -> dict[str, pd.DataFrame]:
     """A run's tables without the columns that legitimately differ between runs (timings)."""
     return {name: pd.read_csv(Path(out_dir) / name).drop(columns=["seconds"], errors="ignore") for name in names}
+
+
+def run_timings(out_dir: Path) -> dict[str, float]:
+    """run.json's timings, checked to hold every figure (whichever executor ran)."""
+    import json
+
+    timings = json.loads((Path(out_dir) / "run.json").read_text(encoding="utf-8"))["timings"]
+    assert set(timings) == {"plan_s", "scans_s", "model_load_s"}, timings
+    assert timings["scans_s"] > 0 and timings["model_load_s"] >= 0, timings  # 0: loaded by an earlier run
+    return timings

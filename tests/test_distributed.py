@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from helpers import TABLES, comparable_tables
+from helpers import TABLES, comparable_tables, run_timings
 
 from bcscan.batch.executors import InProcessExecutor
 from bcscan.batch.outline import run_batch
@@ -71,6 +71,7 @@ def test_local_cluster_of_two_worker_processes_gives_the_single_process_outputs(
     assert executor["scheduler"] == "LocalCluster" and executor["workers"] == 2
     assert len(executor["scans"]) == 5 and all(w.startswith("tcp://") for w in executor["scans"].values())
     assert json.loads((tmp_path / "out" / "run.json").read_text())["device"].startswith("cpu/")
+    assert run_timings(tmp_path / "out")["model_load_s"] > 0  # fresh worker processes loaded the model
 
 
 def test_worker_killed_mid_scan_is_retried_elsewhere_and_counted_once(batch, settings, reference, tmp_path):

@@ -13,7 +13,7 @@ import pandas as pd
 import psutil
 import pytest
 from click.testing import CliRunner
-from helpers import comparable_tables
+from helpers import comparable_tables, run_timings
 
 from bcscan.batch.executors.pipelined import _CropBuffer, _ScanState
 from bcscan.batch.settings import PipelineParams
@@ -59,6 +59,8 @@ def test_pipelined_run_equals_the_in_process_run(batch, tmp_path, untrained_mode
     assert list(got["failures.csv"].scan) == ["P1/broken.svs"]
     run = (tmp_path / "piped" / "run.json").read_text()
     assert '"engine": "pipelined"' in run and '"tile_workers": 2' in run
+    run_timings(tmp_path / "serial")
+    run_timings(tmp_path / "piped")
 
 
 def test_crop_buffer_fills_batches_across_scans_in_arrival_order():
