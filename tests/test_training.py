@@ -172,6 +172,21 @@ def test_augmenter_shapes_and_range():
     assert np.allclose(plain, x / 255.0, atol=1e-6)
 
 
+def test_hed_stain_jitter():
+    from bcscan.training.augment import hed_jitter, make_augmenter
+
+    x = np.random.default_rng(0).integers(0, 256, (6, 40, 40, 3)).astype(np.uint8)
+    assert np.array_equal(hed_jitter(x, np.random.default_rng(0), 0.0, 0.0), x)  # exact round trip
+    y = hed_jitter(x, np.random.default_rng(0), 0.25, 0.015)
+    assert y.shape == x.shape and y.dtype == np.uint8 and not np.array_equal(y, x)
+    white = np.full((2, 8, 8, 3), 255, np.uint8)  # glass takes a tint, the same over the sample
+    tinted = hed_jitter(white, np.random.default_rng(1), 0.0, 0.015)
+    assert (tinted.reshape(2, -1, 3).std(axis=1) == 0).all() and (tinted < 255).any()
+    aug = make_augmenter(AugmentParams(horizontal_flip=False, hed_scale=0.25, hed_shift=0.015), 40, 1.0, seed=0)
+    z = aug(x).numpy()
+    assert z.shape == (6, 40, 40, 3) and 0.0 <= z.min() and z.max() <= 1.0 and not np.allclose(z, x / 255.0)
+
+
 # ----------------------------------------------------------------------------- end to end
 
 def _check_outputs(out: Path, name: str) -> dict:

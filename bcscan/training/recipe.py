@@ -88,6 +88,8 @@ class AugmentParams:
     contrast: float = 0.0            # contrast factor in [1-c, 1+c]
     channel_gain: float = 0.0        # per-channel (stain cast) gain in [1-g, 1+g]
     grayscale_p: float = 0.0         # probability of a grey-level sample
+    hed_scale: float = 0.0           # stain augmentation in HED optical density: each stain × U(1-s, 1+s)
+    hed_shift: float = 0.0           # ... then + U(-b, b) (both per sample and stain; Tellez et al. 2019)
 
 
 @dataclass
