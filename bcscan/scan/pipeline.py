@@ -69,6 +69,10 @@ class TileCells:
     appearance: np.ndarray  # float32 (n, len(appearance.FEATURES)): how each crop looks
     quality: TileQuality    # the tile's quality; a tile unfit to count hands over no cell
 
+    def without_crops(self) -> TileCells:
+        """What a scan keeps of a tile once its crops went to the model (a slice would keep them alive)."""
+        return replace(self, crops=np.zeros((0, *self.crops.shape[1:]), np.uint8))
+
 
 def plan_scan(scan: Scan, seg_params: SegmentationParams, tiling: TilingParams, crop_um: float) -> TilePlan:
     """The tiles to read; refused when the read margin cannot hold a whole crop."""
@@ -168,7 +172,7 @@ def scan_cells(scan: Scan, seg_params: SegmentationParams, tiling: TilingParams,
         found = tile_cells(scan, plan, tile, seg_params, info.crop_um, info.input_size, quality)
         if len(found.crops):
             pending_crops.append(found.crops)
-        tiles.append(replace(found, crops=found.crops[:0]))  # crops go to the model only
+        tiles.append(found.without_crops())
         if sum(len(c) for c in pending_crops) >= flush_at:
             flush()
     flush()

@@ -235,7 +235,7 @@ class _Pipeline:
             found: TileCells = outcome[1]
             if len(found.crops):
                 buffer.add(state, found.crops)
-            state.tiles.append(replace(found, crops=found.crops[:0]))  # crops go to the model only
+            state.tiles.append(found.without_crops())
 
     def _classify(self, buffer: _CropBuffer, n: int) -> None:
         chunks = buffer.take(n)
