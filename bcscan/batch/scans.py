@@ -35,6 +35,12 @@ def loaded_classifier(params: ClassificationParams) -> CellClassifier | None:
     return _classifiers.get(params)
 
 
+def model_load_seconds(params: ClassificationParams, since: float) -> float:
+    """Seconds this process spent loading the model for `params` (0 when it was loaded before `since`)."""
+    classifier = _classifiers.get(params)
+    return 0.0 if classifier is None or classifier.loaded_at < since else round(classifier.load_seconds, 2)
+
+
 def settled_meta(job: ScanJob, run: BatchRun) -> dict[str, Any] | None:
     """The row of a scan that needs no work now: settled while planning, or done by an earlier run."""
     base = {"scan": job.relative, "patient_id": job.patient_id}

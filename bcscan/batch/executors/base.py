@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Any
 
 from bcscan.batch.plan import BatchRun, ScanJob
-from bcscan.batch.scans import loaded_classifier
+from bcscan.batch.scans import loaded_classifier, model_load_seconds
 from bcscan.model.network import ModelInfo
 
 
@@ -30,7 +30,4 @@ class Executor:
 
     def model_load_seconds(self, run: BatchRun, since: float) -> float:
         """Seconds spent loading the model for this run (0 when it was loaded before `since`)."""
-        classifier = loaded_classifier(run.settings.classification)
-        if classifier is None or classifier.loaded_at < since:
-            return 0.0
-        return round(classifier.load_seconds, 2)
+        return model_load_seconds(run.settings.classification, since)

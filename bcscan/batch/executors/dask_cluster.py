@@ -37,7 +37,7 @@ from typing import Any
 from bcscan import __version__
 from bcscan.batch.executors.base import Executor
 from bcscan.batch.plan import BatchRun, ScanJob
-from bcscan.batch.scans import loaded_classifier, one_line, process_scan
+from bcscan.batch.scans import failed_meta, loaded_classifier, model_load_seconds, one_line, process_scan
 from bcscan.batch.store import STATE_DIR, ResultStore
 from bcscan.errors import ConfigError
 from bcscan.model.network import ModelInfo, resolve_model_path
@@ -132,10 +132,9 @@ def scan_task(job: ScanJob, run: BatchRun, client_version: str) -> dict[str, Any
     captured for the client's log, and the worker's bcscan version checked against the client's
     (a result is keyed by the client's version, so a different one must not write it)."""
     if __version__ != client_version:
-        return {"meta": {"scan": job.relative, "patient_id": job.patient_id, "status": "failed", "stage": "worker",
-                         "sha256": job.sha256,
-                         "error": f"{job.relative}: bcscan {__version__} on worker {_worker_address()}, "
-                                  f"{client_version} on the client (install the same version on every node)"},
+        return {"meta": failed_meta(job, "worker", f"{job.relative}: bcscan {__version__} on worker "
+                                                   f"{_worker_address()}, {client_version} on the client (install "
+                                                   "the same version on every node)"),
                 "logs": [], "device": "", "worker": _worker_address()}
     os.umask(run.settings.batch.umask_value)  # outputs hold patient data, whichever process writes them
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -152,9 +151,8 @@ def scan_task(job: ScanJob, run: BatchRun, client_version: str) -> dict[str, Any
         bcscan_log.removeHandler(handler)
         bcscan_log.setLevel(saved_level)
     classifier = loaded_classifier(run.settings.classification)
-    loaded_now = classifier is not None and classifier.loaded_at >= started
     return {"meta": meta, "logs": records, "device": classifier.engine if classifier else "",
-            "worker": _worker_address(), "model_load_s": classifier.load_seconds if loaded_now else 0.0}
+            "worker": _worker_address(), "model_load_s": model_load_seconds(run.settings.classification, started)}
 
 
 def check_worker(scan_dir: str, out_dir: str, model_path: str, probe: str, probe_text: str,
@@ -253,19 +251,16 @@ def _outcome(distributed, future, job: ScanJob) -> tuple[dict[str, Any], dict[st
     """The scan's row for scans.csv and the worker's answer (worker, device, model load time); a
     task that could not finish (its worker died too often, or it raised after its retries) is a
     failed scan, stored nowhere, so the next run tries it again."""
-    base = {"scan": job.relative, "patient_id": job.patient_id, "sha256": job.sha256}
     try:
         answer = future.result()
     except distributed.KilledWorker as exc:
         log.error("scan %s failed at stage worker (details in failures.csv)", job.number)
-        return {**base, "status": "failed", "stage": "worker",
-                "error": f"{job.relative}: Dask workers died while processing it, the scan was given up "
-                         f"({one_line(str(exc))[:200]})"}, {}
+        return failed_meta(job, "worker", f"{job.relative}: Dask workers died while processing it, the scan was "
+                                          f"given up ({one_line(str(exc))[:200]})"), {}
     except Exception as exc:  # noqa: BLE001 - one scan must never stop the batch
         log.error("scan %s failed at stage worker (details in failures.csv)", job.number)
-        return {**base, "status": "failed", "stage": "worker",
-                "error": f"{job.relative}: task failed on its Dask worker: {type(exc).__name__}: "
-                         f"{one_line(str(exc))[:300]}"}, {}
+        return failed_meta(job, "worker", f"{job.relative}: task failed on its Dask worker: "
+                                          f"{type(exc).__name__}: {one_line(str(exc))[:300]}"), {}
     for level, message in answer["logs"]:
         log.log(level, "%s [%s]", message, answer["worker"])
     return answer["meta"], answer
