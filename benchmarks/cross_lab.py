@@ -38,7 +38,8 @@ M = "mll-bone-marrow"
 # The labs with both classes: their folders, classes and scale (µm/px).
 LABS = {
     "ghaderzadeh-all": {"mpp": 0.45, "leukemic": [f"{G}/Early", f"{G}/Pre", f"{G}/Pro"], "normal": [f"{G}/Benign"]},
-    "mll-bone-marrow": {"mpp": 0.075, "leukemic": [f"{M}/BLA"], "normal": [f"{M}/{c}" for c in ("LYT", "MON", "NGS", "EOS")]},
+    "mll-bone-marrow": {"mpp": 0.075, "single_cell": True, "leukemic": [f"{M}/BLA"],
+                        "normal": [f"{M}/{c}" for c in ("LYT", "MON", "NGS", "EOS")]},
 }
 
 
@@ -55,7 +56,8 @@ def fold_config(base: dict, left_out: str) -> dict:
         if lab == left_out:
             continue
         for label in ("leukemic", "normal"):
-            sources += [{"path": p, "label": label, "mpp": spec["mpp"]} for p in spec[label] if p not in have]
+            sources += [{"path": p, "label": label, "mpp": spec["mpp"], "single_cell": spec.get("single_cell", False)}
+                        for p in spec[label] if p not in have]
     cfg["sources"] = sources
     cfg["name"] = f"lolo-{left_out}"
     cfg["description"] = f"{base.get('description', '').strip()} | leave-one-lab-out: {left_out} left out".strip(" |")
@@ -96,10 +98,12 @@ def colour_baseline_left_out(data_dir: Path, cfg_path: Path, splits_csv: Path, w
         split = {row["file"]: row["split"] for row in csv.DictReader(fh)}
     split_smp = np.array([split[f] for f in tr.files], dtype=object)[tr.image]
     train_idx = np.nonzero(split_smp == "train")[0]
-    train_idx = train_idx[balance_indices(tr.label[train_idx], np.random.default_rng(cfg.seed), cfg.balance)]
+    train_idx = train_idx[balance_indices(tr.label[train_idx], np.random.default_rng(cfg.seed), cfg.balance,
+                                          tr.dataset[train_idx])]
     clf = LogisticRegression().fit(hsv_histograms(tr.x[train_idx]), (tr.label[train_idx] == 0).astype(float))
     spec = LABS[lab]
-    sources = [SourceSpec(path=p, label=c, mpp=spec["mpp"]) for c in ("leukemic", "normal") for p in spec[c]]
+    sources = [SourceSpec(path=p, label=c, mpp=spec["mpp"], single_cell=spec.get("single_cell", False))
+               for c in ("leukemic", "normal") for p in spec[c]]
     seg = SegmentationParams(working_mpp=cfg.segmentation.working_mpp)
     te = collect_samples(data_dir, sources, "cells", cfg.input_size, cfg.crop_um, 1.0, seg, cache_dir=work)
     p = clf.predict_proba(hsv_histograms(te.x))
@@ -148,7 +152,8 @@ def fold(args, base: dict, lab: str) -> dict:
         print(f"[cross-lab] {lab}: evaluating on all its images → {eval_dir}", flush=True)
         cmaps = [f"{c}={','.join(spec[c])}" for c in ("leukemic", "normal")]
         rc, wall = run(py + ["evaluate", str(model_dir), str(args.data_dir), "--class-map", cmaps[0],
-                             "--class-map", cmaps[1], "--mpp", str(spec["mpp"]), "--out", str(eval_dir)],
+                             "--class-map", cmaps[1], "--mpp", str(spec["mpp"]), "--out", str(eval_dir)]
+                       + (["--single-cell"] if spec.get("single_cell") else []),
                        d / "evaluate.log")
         res["evaluate_exit"], res["evaluate_wall_s"] = rc, wall
         if rc:

@@ -19,7 +19,7 @@ from bcscan.cli.train import train_command
 from bcscan.errors import ConfigError, ExitCode
 from bcscan.training.duplicates import average_hash, near_duplicate_groups
 from bcscan.training.recipe import AugmentParams, SourceSpec, SplitParams, load_train_config, shortcut_check
-from bcscan.training.samples import Samples
+from bcscan.training.samples import Samples, centre_cell
 from bcscan.training.splits import balance_indices, split_images
 
 ARTEFACTS = ("metrics.json", "classification_report.txt", "confusion_matrix.png", "learning_curves.png",
@@ -147,6 +147,25 @@ def test_balance_undersamples_to_equal_counts_reproducibly():
     assert np.array_equal(a, b)
     assert np.sum(labels[a] == 0) == np.sum(labels[a] == 1) == 30
     assert len(balance_indices(labels, np.random.default_rng(5), "none")) == 100
+
+
+def test_balance_source_class_gives_each_dataset_an_equal_share_of_its_class():
+    # lab A: 60 leukemic, 10 normal; lab B: 5 leukemic, 20 normal; lab C: 40 normal only
+    labels = np.array([0] * 60 + [1] * 10 + [0] * 5 + [1] * 20 + [1] * 40)
+    datasets = np.array(["A"] * 70 + ["B"] * 25 + ["C"] * 40, dtype=object)
+    chosen = balance_indices(labels, np.random.default_rng(1), "source_class", datasets)
+    counts = {(d, c): int(np.sum((datasets[chosen] == d) & (labels[chosen] == c))) for d in "ABC" for c in (0, 1)}
+    # 65 leukemic is the smaller class: 32 per leukemic pair, 21 per normal pair
+    assert counts == {("A", 0): 32, ("A", 1): 21, ("B", 0): 32, ("B", 1): 21, ("C", 0): 0, ("C", 1): 21}
+    assert len(np.unique(chosen[(datasets[chosen] == "B") & (labels[chosen] == 0)])) == 5  # drawn with repeats
+    assert np.array_equal(chosen, balance_indices(labels, np.random.default_rng(1), "source_class", datasets))
+
+
+def test_centre_cell_picks_the_labelled_cell_or_the_centre():
+    centres = np.array([[10.0, 10.0], [52.0, 47.0], [90.0, 50.0]])
+    assert np.array_equal(centre_cell(centres, (100, 100)), [[52.0, 47.0]])
+    assert np.array_equal(centre_cell(centres[[0, 2]], (100, 100)), [[50.0, 50.0]])  # nearest is 40 px off
+    assert np.array_equal(centre_cell(np.zeros((0, 2)), (80, 120)), [[60.0, 40.0]])
 
 
 def test_shortcut_check():

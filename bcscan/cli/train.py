@@ -85,8 +85,12 @@ def train_command(data_dir, config_path, out_dir, weights, init_model, epochs, s
 @click.option("--splits", "splits_csv", type=click.Path(path_type=Path), default=None,
               help="splits.csv written by `bcscan train`: evaluate only its images of --split.")
 @click.option("--split", type=click.Choice(["train", "val", "test"]), default="test")
+@click.option("--single-cell", is_flag=True,
+              help="Each image is one labelled cell at its centre (CellaVision-style crops): score only that cell, "
+                   "not its neighbours, and cut it at the centre when the segmentation misses it.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "gpu"]), default="auto")
-def evaluate_command(model_dir, data_dir, class_map, out_dir, mode, mpp, model_name, splits_csv, split, device):
+def evaluate_command(model_dir, data_dir, class_map, out_dir, mode, mpp, model_name, splits_csv, split, single_cell,
+                     device):
     """Score labelled image folders with a trained model (MODEL_DIR or a .keras file).
 
     In cells mode each image's score is the mean calibrated p(leukemic) of its cells.
@@ -104,7 +108,7 @@ def evaluate_command(model_dir, data_dir, class_map, out_dir, mode, mpp, model_n
         if mode is None:
             mode = "cells" if info.crop_um else "image"
         metrics = evaluate(model_path, data_dir, cmap, out_dir, mode=mode, mpp=mpp, splits_csv=splits_csv,
-                           split=split, device=device, echo=click.echo)
+                           split=split, single_cell=single_cell, device=device, echo=click.echo)
     click.echo(f"[evaluate] {metrics['images_total']} images ({metrics['images_without_cells']} without cells), "
                f"{metrics['samples']['n']} samples, mode {mode}")
     click.echo(f"[evaluate] accuracy {_f(metrics['accuracy'])}, balanced accuracy {_f(metrics['balanced_accuracy'])}, "

@@ -33,7 +33,8 @@ def parse_class_map(items: list[str]) -> dict[str, list[str]]:
 
 def evaluate(model_path: Path, data_dir: Path, class_map: dict[str, list[str]], out: Path, *,
              mode: str = "cells", mpp: float | None = None, splits_csv: Path | None = None,
-             split: str = "test", device: str = "auto", batch_size: int = 64, echo=print) -> dict[str, Any]:
+             split: str = "test", single_cell: bool = False, device: str = "auto", batch_size: int = 64,
+             echo=print) -> dict[str, Any]:
     """Score a labelled data folder with a saved model; writes metrics.json and reports into `out`."""
     from bcscan.model.classifier import calibrate, configure_tensorflow
     from bcscan.model.network import load_keras_model, load_model_info
@@ -51,7 +52,8 @@ def evaluate(model_path: Path, data_dir: Path, class_map: dict[str, list[str]], 
     if mode == "cells" and not info.crop_um:
         raise TrainingError(f"{model_path}: a whole-image model (crop_um 0) cannot be evaluated in cells mode")
     seg = SegmentationParams(working_mpp=info.working_mpp) if mode == "cells" else None
-    sources = [SourceSpec(path=f, label=c, mpp=mpp or 0.0) for c, folders in class_map.items() for f in folders]
+    sources = [SourceSpec(path=f, label=c, mpp=mpp or 0.0, single_cell=single_cell)
+               for c, folders in class_map.items() for f in folders]
     only = _split_filter(splits_csv, split) if splits_csv is not None else None
     samples = collect_samples(data_dir, sources, mode, info.input_size, info.crop_um, 1.0, seg, only=only)
     dev = configure_tensorflow(device)
@@ -74,7 +76,7 @@ def evaluate(model_path: Path, data_dir: Path, class_map: dict[str, list[str]], 
                "images": img, "samples": smp,
                "called_normal_rate_images": float(np.mean(ip < 0.5)) if len(ip) else None,
                "called_normal_rate_samples": float(np.mean(p < 0.5)) if len(p) else None,
-               "images_total": len(samples.files), "images_without_cells": no_cells,
+               "single_cell": single_cell, "images_total": len(samples.files), "images_without_cells": no_cells,
                "per_source": per_source(sources, samples.source[ids], iy, ip, samples.source[samples.image], y, p),
                "class_map": class_map, "data_dir": str(data_dir),
                "split_filter": {"csv": str(splits_csv), "split": split} if splits_csv else None,

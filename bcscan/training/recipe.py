@@ -21,6 +21,7 @@ class SourceSpec:
     label: str                 # model class: leukemic | normal
     mpp: float = 0.0           # µm per pixel of this source's images (cells mode)
     dataset: str = ""          # name used for per-dataset reports; default: first path component
+    single_cell: bool = False  # each image is one labelled cell at its centre: only that cell is a sample
 
     def __post_init__(self):
         if self.label not in CLASSES:
@@ -99,7 +100,7 @@ class TrainConfig:
     input_size: int = 64
     crop_um: float = 24.0            # cells mode: physical side of each crop
     crop_margin: float = 1.25        # cells mode: training crops cached this much larger (scale/shift room)
-    balance: str = "undersample"     # undersample | none
+    balance: str = "undersample"     # undersample | source_class | none (see splits.balance_indices)
     max_images_per_source: int = 0   # 0 = all (a seeded random subset otherwise)
     seed: int = 0
     sources: list[SourceSpec] = field(default_factory=list)
@@ -115,6 +116,7 @@ class TrainConfig:
         return self.crop_margin if self.mode == "cells" else 1.0
 
 
+BALANCE_MODES = ("undersample", "source_class", "none")
 TOP_KEYS = {"name", "mode", "input_size", "crop_um", "crop_margin", "balance", "max_images_per_source",
             "seed", "sources", "segmentation", "split", "model", "training", "augmentation", "description"}
 
@@ -166,8 +168,8 @@ def load_train_config(path: Path, overrides: dict[str, Any] | None = None) -> Tr
         raise ConfigError(f"{path}: {exc}") from exc
     if cfg.mode not in {"image", "cells"}:
         raise ConfigError(f"{path}: mode must be 'image' or 'cells', got {cfg.mode!r}")
-    if cfg.balance not in {"undersample", "none"}:
-        raise ConfigError(f"{path}: balance must be 'undersample' or 'none'")
+    if cfg.balance not in BALANCE_MODES:
+        raise ConfigError(f"{path}: balance must be one of {', '.join(BALANCE_MODES)}")
     if cfg.input_size < 32:
         raise ConfigError(f"{path}: input_size must be >= 32 (VGG-16 pools 5 times)")
     if cfg.mode == "cells":

@@ -1,7 +1,8 @@
 """The samples of a training or evaluation run: discover the images of each source folder, decode
 each once, hash it (near-duplicates) and cut its samples: the whole image (`image` mode, as in
 the paper) or one crop per white cell found by `pipeline.cells_in_field` (`cells` mode, exactly
-the crops `bcscan scan` classifies; each crop inherits its image's label).  Cached as an .npz
+the crops `bcscan scan` classifies; each crop inherits its image's label; in a single-cell source
+only the centre cell, since its neighbours are not what the label names).  Cached as an .npz
 in the work folder, so a re-run does not re-segment."""
 from __future__ import annotations
 
@@ -47,6 +48,11 @@ class Samples:
     def label(self) -> np.ndarray:
         return self.image_label[self.image]
 
+    @property
+    def dataset(self) -> np.ndarray:
+        """Dataset name of each sample (what `balance: source_class` balances over)."""
+        return np.array([s.dataset_name for s in self.sources], dtype=object)[self.source[self.image]]
+
 
 def list_images(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
@@ -82,9 +88,23 @@ def _read_rgb(path: Path) -> np.ndarray:
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
+def centre_cell(centres: np.ndarray, shape: tuple[int, ...], tolerance: float = 0.25) -> np.ndarray:
+    """The (x, y) of the labelled cell of a single-cell image: the detected cell nearest the image
+    centre when it lies within `tolerance` × the shorter side of it, else the centre itself (the
+    segmentation misses cells that fill the image, but the label says one is there)."""
+    h, w = shape[:2]
+    middle = np.array([[w / 2, h / 2]])
+    if len(centres):
+        dist = np.hypot(*(centres - middle).T)
+        k = int(np.argmin(dist))
+        if dist[k] <= tolerance * min(h, w):
+            return centres[k:k + 1]
+    return middle
+
+
 def _extract_one(args):
-    """Worker: (path, mpp, mode, input_size, crop_um, margin, seg_params, hash_size) → arrays."""
-    path, mpp, mode, input_size, crop_um, margin, seg_params, hash_size = args
+    """Worker: (path, mpp, mode, input_size, crop_um, margin, seg_params, hash_size, single_cell) → arrays."""
+    path, mpp, mode, input_size, crop_um, margin, seg_params, hash_size, single_cell = args
     import cv2
 
     cv2.setNumThreads(1)
@@ -98,11 +118,15 @@ def _extract_one(args):
     from bcscan.scan.pipeline import cells_in_field
 
     fc = cells_in_field(rgb, mpp, seg_params, crop_um)
+    centres, crops = fc.centres, fc.crops
+    if single_cell:
+        centres = centre_cell(fc.centres, fc.image.shape)
+        crops = crop_cells(fc.image, centres, crop_side_px(crop_um, seg_params.working_mpp))
     msize = int(round(input_size * margin))
-    x = np.stack([resize_square(c, input_size) for c in fc.crops]) if len(fc.crops) else \
+    x = np.stack([resize_square(c, input_size) for c in crops]) if len(crops) else \
         np.zeros((0, input_size, input_size, 3), np.uint8)
-    if len(fc.crops):
-        big = crop_cells(fc.image, fc.centres, crop_side_px(crop_um * margin, seg_params.working_mpp))
+    if len(crops):
+        big = crop_cells(fc.image, centres, crop_side_px(crop_um * margin, seg_params.working_mpp))
         xm = np.stack([resize_square(c, msize) for c in big])
     else:
         xm = np.zeros((0, msize, msize, 3), np.uint8)
@@ -113,7 +137,7 @@ def _cache_key(files, sources, mode, input_size, crop_um, margin, seg_params, ha
     digest = hashlib.sha256()
     meta = {"v": CACHE_VERSION, "mode": mode, "input": input_size, "crop_um": crop_um, "margin": margin,
             "seg": dataclasses.asdict(seg_params) if seg_params is not None else None, "hash": hash_size,
-            "mpp": [s.mpp for s in sources]}
+            "mpp": [s.mpp for s in sources], "single_cell": [s.single_cell for s in sources]}
     digest.update(json.dumps(meta, sort_keys=True).encode())
     for rel, si in files:
         st = (Path(data_dir) / rel).stat()
@@ -139,8 +163,8 @@ def collect_samples(data_dir: Path, sources: list[SourceSpec], mode: str, input_
             log.info("sample cache %s", cache)
             return Samples(z["x"], z["x_margin"], z["image"], [f for f, _ in files],
                            np.array([s for _, s in files]), z["ahash"], z["n_cells"], list(sources))
-    jobs = [(str(Path(data_dir) / rel), sources[si].mpp, mode, input_size, crop_um, margin, seg_params, hash_size)
-            for rel, si in files]
+    jobs = [(str(Path(data_dir) / rel), sources[si].mpp, mode, input_size, crop_um, margin, seg_params, hash_size,
+             sources[si].single_cell) for rel, si in files]
     workers = workers or min(4, os.cpu_count() or 1)
     results = []
     t0 = time.time()

@@ -44,8 +44,14 @@ def split_images(samples: Samples, params: SplitParams, seed: int) -> tuple[np.n
     return split, groups
 
 
-def balance_indices(labels: np.ndarray, rng: np.random.Generator, how: str) -> np.ndarray:
-    """Sample indices with equal counts per class (random undersampling)."""
+def balance_indices(labels: np.ndarray, rng: np.random.Generator, how: str,
+                    datasets: np.ndarray | None = None) -> np.ndarray:
+    """Positions (into `labels`) of the training samples: equal counts per class.
+
+    `undersample` draws each class down to the smallest.  `source_class` also gives every
+    (dataset, class) pair an equal share of its class, so a dataset that supplies both classes
+    supplies them 1:1 and cannot predict the class by its stain; a pair with fewer samples than
+    its share is drawn with replacement (augmentation makes the repeats differ)."""
     idx = np.arange(len(labels))
     if how == "none":
         return idx
@@ -53,7 +59,16 @@ def balance_indices(labels: np.ndarray, rng: np.random.Generator, how: str) -> n
     n = min(counts)
     if n == 0:
         raise TrainingError(f"training split has no samples of class {CLASSES[int(np.argmin(counts))]}")
-    chosen = [np.sort(rng.choice(idx[labels == c], n, replace=False)) for c in range(len(CLASSES))]
+    if how == "undersample":
+        chosen = [rng.choice(idx[labels == c], n, replace=False) for c in range(len(CLASSES))]
+        return np.sort(np.concatenate(chosen))
+    if datasets is None:
+        raise TrainingError("balance source_class needs the dataset of every sample")
+    chosen = []
+    for c in range(len(CLASSES)):
+        pairs = [idx[(labels == c) & (datasets == d)] for d in np.unique(datasets[labels == c])]
+        share = max(1, n // len(pairs))
+        chosen += [rng.choice(p, share, replace=len(p) < share) for p in pairs]
     return np.sort(np.concatenate(chosen))
 
 

@@ -120,7 +120,7 @@ def _prepare_data(cfg: TrainConfig, data_dir: Path, work_dir: Path, report_dir: 
 
     rng = np.random.default_rng(cfg.seed)
     train_idx = np.nonzero(split_smp == "train")[0]
-    train_idx = train_idx[balance_indices(labels[train_idx], rng, cfg.balance)]
+    train_idx = train_idx[balance_indices(labels[train_idx], rng, cfg.balance, samples.dataset[train_idx])]
     val_idx = np.nonzero(split_smp == "val")[0]
     test_idx = np.nonzero(split_smp == "test")[0]
     if len(train_idx) == 0 or len(val_idx) == 0:
