@@ -3,7 +3,6 @@ training dataset, callbacks (best checkpoint by validation loss, CSV history, ea
 time budget), and continuing a model trained earlier on the same split (`--init-model`)."""
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import time
@@ -179,8 +178,10 @@ def continue_from(model, init_model: Path, cfg: TrainConfig, split_sha256: str):
     if "split_sha256" in trained:
         same_split = trained["split_sha256"] == split_sha256
     else:
+        # the split depends on the images, their source folder and the seed, not on scale or cropping
         same_split = (trained.get("mode") == cfg.mode and trained.get("seed") == cfg.seed
-                      and trained.get("sources") == [dataclasses.asdict(s) for s in cfg.sources])
+                      and [(s["path"], s["label"]) for s in trained.get("sources") or []]
+                      == [(s.path, s.label) for s in cfg.sources])
     if not same_split or info.input_size != cfg.input_size:
         raise TrainingError(f"{init_model}: trained on another split of the images (data, seed, split or mode) or "
                             "another input size than this run; continuing it would leak its training images into "
