@@ -68,3 +68,19 @@ def test_a_model_onnx_cannot_express_stays_on_tensorflow(tmp_path):
     assert CellClassifier(ClassificationParams(model=str(path), device="cpu")).engine == "cpu/tensorflow-xla"
     with pytest.raises(ModelError, match="GlobalAveragePooling2D"):
         CellClassifier(ClassificationParams(model=str(path), device="cpu", cpu_backend="onnxruntime"))
+
+
+def test_a_grey_input_model_ignores_colour_saved_and_on_onnx(tmp_path):
+    from bcscan.model.network import ModelInfo, build_vgg16, save_model
+
+    model = build_vgg16(32, hidden_units=8, batch_norm=True, seed=1, grey_input=True)
+    assert "grey" not in {w.path.split("/")[0] for w in model.trainable_weights}  # fixed, never trained
+    path = tmp_path / "grey.keras"
+    save_model(model, path, ModelInfo(name="grey", classes=["leukemic", "normal"], input_size=32, crop_um=20.0,
+                                      working_mpp=0.4))
+    rgb = np.random.default_rng(0).integers(0, 256, (16, 32, 32, 3), dtype=np.uint8)
+    luminance = np.round(rgb @ np.array([0.299, 0.587, 0.114]))
+    grey = np.repeat(luminance[..., None], 3, axis=3).astype(np.uint8)
+    for backend in ("tensorflow", "onnxruntime"):
+        classifier = CellClassifier(ClassificationParams(model=str(path), device="cpu", cpu_backend=backend))
+        assert np.abs(classifier.predict(rgb) - classifier.predict(grey)).max() <= 2e-3  # colour changes nothing

@@ -15,6 +15,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from bcscan.config import packaged
 from bcscan.errors import ModelError
 
@@ -158,10 +160,12 @@ def save_model(model, model_path: Path, info: ModelInfo) -> ModelInfo:
 
 
 VGG16_BLOCKS = ((64, 2), (128, 2), (256, 3), (512, 3), (512, 3))
+# 1×1 convolution kernel (in RGB, out 3): every output channel is the ITU-R BT.601 luminance
+LUMINANCE_KERNEL = np.repeat(np.array([0.299, 0.587, 0.114], np.float32)[None, None, :, None], 3, axis=3)
 
 
 def build_vgg16(input_size: int, n_classes: int = 2, hidden_units: int = 256, dropout: float = 0.5,
-                batch_norm: bool = False, weights: Path | None = None, seed: int = 0):
+                batch_norm: bool = False, weights: Path | None = None, seed: int = 0, grey_input: bool = False):
     """VGG-16 (13 conv layers in 5 blocks, Keras `applications.VGG16` layer names) with the
     paper's head: flatten → dense → dropout → softmax.
 
@@ -169,6 +173,10 @@ def build_vgg16(input_size: int, n_classes: int = 2, hidden_units: int = 256, dr
     trained from scratch with Adam 1e-3 stays at chance.  `weights` is a local Keras VGG-16
     "notop" weights file (ImageNet weights cannot be downloaded at run time); its conv kernels
     are copied layer by layer, so it works with or without batch normalisation.
+
+    `grey_input=True` puts a fixed luminance layer in front (three equal channels): the model cannot
+    use colour, the cue that differs most between labs, and the scan, `evaluate` and training all
+    apply it alike because it is part of the saved model.
     """
     import keras
     from keras import layers
@@ -176,6 +184,9 @@ def build_vgg16(input_size: int, n_classes: int = 2, hidden_units: int = 256, dr
     keras.utils.set_random_seed(seed)
     inputs = keras.Input((input_size, input_size, 3), name="image")
     x = inputs
+    if grey_input:
+        x = layers.Conv2D(3, 1, padding="same", use_bias=False, trainable=False, name="grey",
+                          kernel_initializer=keras.initializers.Constant(LUMINANCE_KERNEL))(x)
     for block, (filters, convs) in enumerate(VGG16_BLOCKS, start=1):
         for conv in range(1, convs + 1):
             name = f"block{block}_conv{conv}"

@@ -50,7 +50,7 @@ def fit_model(cfg: TrainConfig, samples: Samples, labels: np.ndarray, train_idx:
     if cfg.training.deterministic:
         tf.config.experimental.enable_op_determinism()
     model = build_vgg16(cfg.input_size, len(CLASSES), cfg.model.hidden_units, cfg.model.dropout,
-                        cfg.model.batch_norm, weights, cfg.seed)
+                        cfg.model.batch_norm, weights, cfg.seed, cfg.model.grey_input)
     init_info = continue_from(model, Path(init_model), cfg, split_sha256) if init_model else None
     tp = cfg.training
     _compile(model, tp, len(train_idx), dev)

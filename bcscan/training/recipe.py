@@ -52,6 +52,7 @@ class ModelParams:
     batch_norm: bool = True
     hidden_units: int = 256
     dropout: float = 0.5
+    grey_input: bool = False       # a fixed luminance layer first: the model cannot use colour (lab cue)
 
 
 @dataclass(frozen=True)
