@@ -182,12 +182,12 @@ def test_augmenter_shapes_and_range():
 
     params = AugmentParams(horizontal_flip=True, vertical_flip=True, rotation_deg=90, scale=0.2, translate=0.05,
                            hue=0.1, saturation=0.3, brightness=0.2, contrast=0.2, channel_gain=0.1, grayscale_p=0.5)
-    aug = make_augmenter(params, 32, 1.25, seed=0)
+    aug = make_augmenter(params, 32, 1.25, 24.0, seed=0)
     x = np.random.default_rng(0).integers(0, 256, (6, 40, 40, 3)).astype(np.uint8)
     y = aug(x).numpy()
     assert y.shape == (6, 32, 32, 3) and y.dtype == np.float32
     assert 0.0 <= y.min() and y.max() <= 1.0
-    plain = make_augmenter(AugmentParams(horizontal_flip=False), 40, 1.0, seed=0)(x).numpy()
+    plain = make_augmenter(AugmentParams(horizontal_flip=False), 40, 1.0, 24.0, seed=0)(x).numpy()
     assert np.allclose(plain, x / 255.0, atol=1e-6)
 
 
@@ -201,9 +201,27 @@ def test_hed_stain_jitter():
     white = np.full((2, 8, 8, 3), 255, np.uint8)  # glass takes a tint, the same over the sample
     tinted = hed_jitter(white, np.random.default_rng(1), 0.0, 0.015)
     assert (tinted.reshape(2, -1, 3).std(axis=1) == 0).all() and (tinted < 255).any()
-    aug = make_augmenter(AugmentParams(horizontal_flip=False, hed_scale=0.25, hed_shift=0.015), 40, 1.0, seed=0)
+    aug = make_augmenter(AugmentParams(horizontal_flip=False, hed_scale=0.25, hed_shift=0.015), 40, 1.0, 24.0,
+                         seed=0)
     z = aug(x).numpy()
     assert z.shape == (6, 40, 40, 3) and 0.0 <= z.min() and z.max() <= 1.0 and not np.allclose(z, x / 255.0)
+
+
+def test_optics_jitter_blurs_in_micrometres_and_compresses():
+    from bcscan.training.augment import make_augmenter, optics_jitter
+
+    rng = np.random.default_rng(0)
+    x = np.full((4, 64, 64, 3), 235, np.uint8)
+    x[:, 16:48, 16:48] = (90, 40, 120)            # a sharp-edged violet square, 24 µm crop at 0.375 µm/px
+    assert np.array_equal(optics_jitter(x, rng, 0.0, 100), x)
+    blurred = optics_jitter(x, np.random.default_rng(1), 4.0, 100)
+    edge = np.abs(np.diff(blurred[:, 32, :, 0].astype(int), axis=1)).max(axis=1)
+    assert blurred.dtype == np.uint8 and (edge < 235 - 90).sum() >= 3   # softer edges (σ ~ U(0, 4) px)
+    jpeg = optics_jitter(x, np.random.default_rng(1), 0.0, 20)
+    assert 0 < np.abs(jpeg.astype(int) - x).mean() < 5
+    aug = make_augmenter(AugmentParams(horizontal_flip=False, blur_um=1.5, jpeg_quality_min=50), 64, 1.0, 24.0, 0)
+    z = aug(x).numpy()
+    assert z.shape == x.shape and 0.0 <= z.min() and z.max() <= 1.0 and not np.allclose(z, x / 255.0)
 
 
 # ----------------------------------------------------------------------------- end to end

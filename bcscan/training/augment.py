@@ -1,5 +1,5 @@
 """On-the-fly training augmentation (TensorFlow): flips, rotation, scale/translation inside the
-margin crop, colour / stain jitter, stain jitter in HED optical density; seeded."""
+margin crop, colour / stain jitter, stain jitter in HED optical density, blur and JPEG; seeded."""
 from __future__ import annotations
 
 import numpy as np
@@ -28,8 +28,27 @@ def hed_jitter(batch: np.ndarray, rng: np.random.Generator, scale: float, shift:
     return np.round(np.clip(rgb, 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
-def make_augmenter(params: AugmentParams, input_size: int, margin: float, seed: int):
-    """Batched augmentation: uint8 B×M×M×3 (margin crops) → float32 B×S×S×3 in [0, 1]."""
+def optics_jitter(batch: np.ndarray, rng: np.random.Generator, blur_px: float, jpeg_quality_min: int) -> np.ndarray:
+    """Scanner optics on uint8 B×H×W×3 samples: Gaussian blur of σ ~ U(0, blur_px) pixels, then JPEG at
+    a quality ~ U(jpeg_quality_min, 100), per sample.  Labs differ in focus, optics and compression;
+    a source scanned sharper than the others (CellaVision crops resampled from 0.09 µm/px) must not be
+    recognisable by its sharpness."""
+    import cv2
+
+    out = np.empty_like(batch)
+    for i, sample in enumerate(batch):
+        sigma = rng.uniform(0.0, blur_px) if blur_px > 0 else 0.0
+        x = cv2.GaussianBlur(sample, (0, 0), sigma) if sigma > 0.05 else sample
+        if jpeg_quality_min < 100:
+            quality = int(rng.integers(jpeg_quality_min, 101))
+            ok, buf = cv2.imencode(".jpg", x[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, quality])
+            x = cv2.imdecode(buf, cv2.IMREAD_COLOR)[..., ::-1]
+        out[i] = x
+    return out
+
+
+def make_augmenter(params: AugmentParams, input_size: int, margin: float, crop_um: float, seed: int):
+    """Batched augmentation: uint8 B×M×M×3 (margin crops of `crop_um` × margin µm) → float32 B×S×S×3 in [0, 1]."""
     import keras
     import tensorflow as tf
 
@@ -39,13 +58,21 @@ def make_augmenter(params: AugmentParams, input_size: int, margin: float, seed: 
     inner = 1.0 / margin  # the crop_um window inside the margin crop, as a fraction
     stain_rng = np.random.default_rng([seed, 1])
 
-    def stain(batch):
-        return hed_jitter(batch, stain_rng, params.hed_scale, params.hed_shift)
+    blur_px = params.blur_um * input_size / crop_um
+    stain_on = params.hed_scale > 0 or params.hed_shift > 0
+    optics_on = blur_px > 0 or params.jpeg_quality_min < 100
+
+    def numpy_stage(batch):
+        if stain_on:
+            batch = hed_jitter(batch, stain_rng, params.hed_scale, params.hed_shift)
+        if optics_on:
+            batch = optics_jitter(batch, stain_rng, blur_px, params.jpeg_quality_min)
+        return batch
 
     def augment(batch):
-        if params.hed_scale > 0 or params.hed_shift > 0:  # numpy, before the TF ops
+        if stain_on or optics_on:  # numpy, before the TF ops
             shape = batch.shape
-            batch = tf.numpy_function(stain, [batch], tf.uint8, stateful=True)
+            batch = tf.numpy_function(numpy_stage, [batch], tf.uint8, stateful=True)
             batch.set_shape(shape)
         x = tf.cast(batch, tf.float32) / 255.0
         b = tf.shape(x)[0]

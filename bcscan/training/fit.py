@@ -90,7 +90,7 @@ def _datasets(cfg: TrainConfig, samples: Samples, labels: np.ndarray, train_idx:
     import tensorflow as tf
 
     tp = cfg.training
-    augment = make_augmenter(cfg.augmentation, cfg.input_size, cfg.margin, cfg.seed)
+    augment = make_augmenter(cfg.augmentation, cfg.input_size, cfg.margin, cfg.crop_um, cfg.seed)
     xm_train, y_train = samples.x_margin[train_idx], labels[train_idx]
     train_ds = (tf.data.Dataset.from_tensor_slices((xm_train, y_train))
                 .shuffle(len(train_idx), seed=cfg.seed, reshuffle_each_iteration=True)
