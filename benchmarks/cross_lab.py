@@ -18,6 +18,7 @@ A fold whose model and evaluation already exist is not redone (delete its folder
     python benchmarks/cross_lab.py [DATA_DIR] [--config configs/train-default.yaml] [--out runs/cross-lab/NAME]
         [--work runs/cross-lab/work] [--max-minutes 20] [--labs ghaderzadeh-all,mll-bone-marrow] [--mll-mpp 0.075]
         [--init-model M.keras --learning-rate 0.0003]   (a further stage of a model trained on the fold's split)
+        [--set augmentation.blur_um=0.5 ...]           (change the recipe without a new config file)
 """
 from __future__ import annotations
 
@@ -61,6 +62,20 @@ def fold_config(base: dict, left_out: str) -> dict:
     cfg["sources"] = sources
     cfg["name"] = f"lolo-{left_out}"
     cfg["description"] = f"{base.get('description', '').strip()} | leave-one-lab-out: {left_out} left out".strip(" |")
+    return cfg
+
+
+def apply_settings(cfg: dict, settings: list[str]) -> dict:
+    """`section.key=value` (value read as YAML) into the recipe."""
+    for item in settings:
+        path, sep, value = item.partition("=")
+        if not sep or not path:
+            sys.exit(f"--set {item!r}: expected section.key=value")
+        *sections, key = path.split(".")
+        node = cfg
+        for name in sections:
+            node = node.setdefault(name, {})
+        node[key] = yaml.safe_load(value)
     return cfg
 
 
@@ -224,13 +239,15 @@ def main() -> None:
                     help="continue this model (bcscan train --init-model; refused unless trained on the fold's split, "
                          "e.g. models/bcscan-vgg16.keras for the mll-bone-marrow fold of train-default)")
     ap.add_argument("--learning-rate", type=float, default=None, help="bcscan train --learning-rate")
+    ap.add_argument("--set", dest="settings", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                    help="change the recipe, e.g. augmentation.blur_um=0.5 (repeatable; recorded in each fold's config)")
     ap.add_argument("--no-colour-baseline", dest="colour_baseline", action="store_false")
     args = ap.parse_args()
     LABS[M]["mpp"] = args.mll_mpp
     args.out = args.out or ROOT / "runs" / "cross-lab" / args.config.stem
     args.data_dir, args.out, args.work = args.data_dir.resolve(), args.out.resolve(), args.work.resolve()
     args.out.mkdir(parents=True, exist_ok=True)
-    base = yaml.safe_load(args.config.read_text(encoding="utf-8"))
+    base = apply_settings(yaml.safe_load(args.config.read_text(encoding="utf-8")), args.settings)
     results = []
     for lab in args.labs.split(","):
         if lab not in LABS:
@@ -238,7 +255,7 @@ def main() -> None:
         results.append(fold(args, base, lab))
         (args.out / "cross_lab.json").write_text(json.dumps({"recipe": str(args.config), "data_dir": str(args.data_dir),
                                                              "labs": LABS, "results": results}, indent=2) + "\n")
-    md = table(results, args.config.stem)
+    md = table(results, " ".join([args.config.stem, *args.settings]))
     (args.out / "cross_lab.md").write_text(md + "\n", encoding="utf-8")
     print(md)
 
