@@ -18,6 +18,7 @@ from bcscan.scan.quality import REASONS
 REASON_COLOURS = {"blur": (255, 140, 0), "faint_stain": (230, 200, 0), "dark_stain": (110, 40, 170),
                   "dark_background": (70, 70, 70), "thick": (130, 75, 20), "thin": (0, 185, 200),
                   "clipped": (20, 160, 60)}
+UNKNOWN_REASON_COLOUR = (128, 128, 128)  # a reason this version does not know (a table from a newer bcscan)
 HATCH_SPACING_PX = 8   # thumbnail pixels from one hatch line of a tile not counted to the next
 HATCH_LINE_PX = 2      # ...and their width: a quarter of the tile hatched, the smear visible between
 HATCH_OPACITY = 0.85
@@ -52,7 +53,8 @@ def hatch_excluded_tiles(img: np.ndarray, excluded: pd.DataFrame, scale: float) 
     h, w = img.shape[:2]
     layer, mask = img.copy(), np.zeros((h, w), np.uint8)
     for row in excluded.itertuples(index=False):
-        colours = [REASON_COLOURS.get(r, (128, 128, 128)) for r in tile_reasons(row.reasons)] or [(128, 128, 128)]
+        colours = [REASON_COLOURS.get(r, UNKNOWN_REASON_COLOUR) for r in tile_reasons(row.reasons)] \
+            or [UNKNOWN_REASON_COLOUR]
         x0, y0 = max(int(math.floor(row.x * scale)), 0), max(int(math.floor(row.y * scale)), 0)
         x1, y1 = min(int(math.ceil((row.x + row.width) * scale)), w), min(int(math.ceil((row.y + row.height) * scale)), h)
         if x1 <= x0 or y1 <= y0:
