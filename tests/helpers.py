@@ -11,7 +11,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 SHIPPED_MODEL = REPO / "models" / "bcscan-vgg16.keras"
-TABLES = ("cells.csv", "scans.csv", "patients.csv", "failures.csv")
+TABLES = ("cells.csv", "scans.csv", "patients.csv", "failures.csv", "excluded_tiles.csv")
 REQUIRE_SHARED_DATA = "BCSCAN_REQUIRE_SHARED_DATA"  # set by .ci/run: a missing real data set fails the test
 
 

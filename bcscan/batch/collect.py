@@ -22,6 +22,7 @@ from bcscan.results.reports import write_reports
 from bcscan.results.tables import (
     CELL_COLUMNS,
     COUNT_COLUMNS,
+    EXCLUDED_TILE_COLUMNS,
     FAILURE_COLUMNS,
     SCAN_COLUMNS,
     atomic_write_csv,
@@ -55,23 +56,26 @@ def collect_outputs(run: BatchRun, model_info: ModelInfo, jobs: list[ScanJob], m
     """Write every output of the run; `metas` are the scans.csv rows of `jobs`."""
     out_dir = run.out_dir
     store = ResultStore(out_dir)
-    cell_tables = []
+    cell_tables, excluded_tables = [], []
     for job, meta in zip(jobs, metas):
         if meta["status"] != "ok":
             continue
-        cells = store.load(job.key)[1].copy()
-        cells.insert(0, "scan", job.relative)
-        cells.insert(1, "patient_id", job.patient_id)
-        cell_tables.append(cells)
+        stored = store.load(job.key)
+        cell_tables.append(of_scan(stored.cells, job))
+        if stored.excluded_tiles is not None:  # None: stored by an older bcscan, reported without the overlay
+            excluded_tables.append(of_scan(stored.excluded_tiles, job))
 
     scans = pd.DataFrame(metas).reindex(columns=SCAN_COLUMNS + ["stage"])
     for column in COUNT_COLUMNS:
         scans[column] = scans[column].astype("Int64")  # failed scans leave these empty, not NaN floats
     cells = pd.concat(cell_tables, ignore_index=True) if cell_tables else pd.DataFrame(columns=CELL_COLUMNS)
+    excluded = (pd.concat(excluded_tables, ignore_index=True) if excluded_tables
+                else pd.DataFrame(columns=EXCLUDED_TILE_COLUMNS))
     patients = summarise_patients(scans, cells, run.settings.aggregation)
     failures = scans[scans["status"] == "failed"].reindex(columns=FAILURE_COLUMNS)
 
     atomic_write_csv(out_dir / "cells.csv", cells, CELL_COLUMNS)
+    atomic_write_csv(out_dir / "excluded_tiles.csv", excluded, EXCLUDED_TILE_COLUMNS)
     atomic_write_csv(out_dir / "scans.csv", scans, SCAN_COLUMNS)
     atomic_write_csv(out_dir / "patients.csv", patients, list(patients.columns))
     atomic_write_csv(out_dir / "failures.csv", failures, FAILURE_COLUMNS)
@@ -91,6 +95,14 @@ def collect_outputs(run: BatchRun, model_info: ModelInfo, jobs: list[ScanJob], m
         log.error("reports: %s", exc)
     exit_code = ExitCode.SOME_FAILED if n_failed else ExitCode.OK
     return BatchResult(int(exit_code), len(metas), n_failed, int(len(cells)), out_dir)
+
+
+def of_scan(table: pd.DataFrame, job: ScanJob) -> pd.DataFrame:
+    """A per-scan table as rows of the run's table: led by the scan and its patient."""
+    table = table.copy()
+    table.insert(0, "scan", job.relative)
+    table.insert(1, "patient_id", job.patient_id)
+    return table
 
 
 def provenance(run: BatchRun, model_info: ModelInfo, metas: list[dict[str, Any]], started: dt.datetime,

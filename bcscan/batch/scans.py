@@ -6,8 +6,6 @@ import logging
 import time
 from typing import Any
 
-import pandas as pd
-
 from bcscan.batch.plan import BatchRun, ScanJob
 from bcscan.batch.store import ResultStore
 from bcscan.errors import BcscanError, ConfigError, ModelError, describe_failure
@@ -52,9 +50,9 @@ def settled_meta(job: ScanJob, run: BatchRun) -> dict[str, Any] | None:
         return {**base, **job.outcome}
     if not run.force:
         stored = ResultStore(run.out_dir).load(job.key)
-        if stored is not None and stored[0].get("status") == "ok":
-            log.info("scan %s reused (%d cells)", job.number, len(stored[1]))
-            return {**stored[0], **base}
+        if stored is not None and stored.meta.get("status") == "ok":
+            log.info("scan %s reused (%d cells)", job.number, len(stored.cells))
+            return {**stored.meta, **base}
     return None
 
 
@@ -67,14 +65,14 @@ def process_scan(job: ScanJob, run: BatchRun) -> dict[str, Any]:
         classifier = classifier_for(settings.classification)
         with open_scan(job.path, settings.reading, mpp=run.mpp) as scan:
             result = scan_cells(scan, settings.segmentation, settings.tiling, classifier, settings.quality)
-        meta, cells = ok_meta(job, result, classifier.info, run), result.cells
+        meta = ok_meta(job, result, classifier.info, run)
     except (ConfigError, ModelError):
         raise  # the model cannot run here (e.g. --device gpu without a GPU): nothing can run
     except Exception as exc:  # noqa: BLE001 - one scan must never stop the batch
         if not isinstance(exc, BcscanError):
             log.debug("scan %s failed", job.number, exc_info=exc)
-        meta, cells = failed_meta(job, *describe_failure(exc, str(job.path))), None
-    return store_scan(job, run, meta, cells, t0)
+        meta, result = failed_meta(job, *describe_failure(exc, str(job.path))), None
+    return store_scan(job, run, meta, result, t0)
 
 
 def ok_meta(job: ScanJob, result: ScanCells, model_info: ModelInfo, run: BatchRun) -> dict[str, Any]:
@@ -97,12 +95,13 @@ def failed_meta(job: ScanJob, stage: str, message: str) -> dict[str, Any]:
             "sha256": job.sha256, "error": one_line(message.replace(str(job.path), job.relative))}
 
 
-def store_scan(job: ScanJob, run: BatchRun, meta: dict[str, Any], cells: pd.DataFrame | None,
+def store_scan(job: ScanJob, run: BatchRun, meta: dict[str, Any], result: ScanCells | None,
                t0: float) -> dict[str, Any]:
-    """Store a scan's result (complete once its json is written) and log the outcome; returns the row."""
+    """Store a scan's row and result (None for a failed scan; complete once its json is written) and
+    log the outcome; returns the row."""
     meta["seconds"] = round(time.perf_counter() - t0, 2)
     log.debug("scan %s is %s", job.number, job.relative)
-    ResultStore(run.out_dir).save(job.key, meta, cells)
+    ResultStore(run.out_dir).save(job.key, meta, result)
     if meta["status"] == "ok":
         log.info("scan %s done: %d cells in %.1f s", job.number, meta["n_cells"], meta["seconds"])
     else:

@@ -2,7 +2,9 @@
 
 Per-scan results are keyed by the scan's content hash, the model's hash and the
 effective configuration, so a rerun after a crash reuses every scan already done and
-never counts a cell twice.
+never counts a cell twice.  A result stored before the excluded tiles were kept (no
+`<key>.excluded.csv`) is still reused as it is: its counts are the same, only the
+report's overlay of the tiles not counted is missing.
 """
 from __future__ import annotations
 
@@ -10,13 +12,14 @@ import fcntl
 import hashlib
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from bcscan.results.tables import atomic_write_csv, atomic_write_json
-from bcscan.scan.pipeline import CELL_RESULT_COLUMNS
+from bcscan.scan.pipeline import CELL_RESULT_COLUMNS, EXCLUDED_TILE_RESULT_COLUMNS, ScanCells
 
 STATE_DIR = ".bcscan"
 
@@ -64,31 +67,42 @@ class RunLock:
             self.fh = None
 
 
+@dataclass
+class StoredScan:
+    meta: dict[str, Any]                  # the scan's scans.csv row
+    cells: pd.DataFrame                   # CELL_RESULT_COLUMNS (empty for a failed scan)
+    excluded_tiles: pd.DataFrame | None   # EXCLUDED_TILE_RESULT_COLUMNS; None: not kept (failed, or an older bcscan)
+
+
 class ResultStore:
-    """Per-scan results: `<key>.cells.csv` then `<key>.json` (written last: its presence marks the
-    result complete)."""
+    """Per-scan results: `<key>.cells.csv` and `<key>.excluded.csv`, then `<key>.json` (written
+    last: its presence marks the result complete)."""
 
     def __init__(self, out_dir: Path):
         self.dir = Path(out_dir) / STATE_DIR / "scans"
 
-    def _paths(self, key: str) -> tuple[Path, Path]:
-        return self.dir / f"{key}.cells.csv", self.dir / f"{key}.json"
+    def _paths(self, key: str) -> tuple[Path, Path, Path]:
+        return self.dir / f"{key}.cells.csv", self.dir / f"{key}.excluded.csv", self.dir / f"{key}.json"
 
-    def load(self, key: str) -> tuple[dict[str, Any], pd.DataFrame] | None:
-        cells_path, meta_path = self._paths(key)
+    def load(self, key: str) -> StoredScan | None:
+        cells_path, excluded_path, meta_path = self._paths(key)
         if not meta_path.is_file():
             return None
         try:
             meta = json.loads(meta_path.read_text(encoding="utf-8"))
-            cells = pd.read_csv(cells_path) if meta.get("status") == "ok" else pd.DataFrame()
+            ok = meta.get("status") == "ok"
+            cells = pd.read_csv(cells_path) if ok else pd.DataFrame()
+            excluded = pd.read_csv(excluded_path) if ok and excluded_path.is_file() else None
         except (OSError, ValueError):
             return None
-        return meta, cells
+        return StoredScan(meta, cells, excluded)
 
-    def save(self, key: str, meta: dict[str, Any], cells: pd.DataFrame | None) -> None:
-        cells_path, meta_path = self._paths(key)
-        if cells is not None:
-            atomic_write_csv(cells_path, cells, CELL_RESULT_COLUMNS)
+    def save(self, key: str, meta: dict[str, Any], result: ScanCells | None) -> None:
+        """A scan's row and, when it was read (`result`), its cells and excluded tiles."""
+        cells_path, excluded_path, meta_path = self._paths(key)
+        if result is not None:
+            atomic_write_csv(cells_path, result.cells, CELL_RESULT_COLUMNS)
+            atomic_write_csv(excluded_path, result.excluded_tiles, EXCLUDED_TILE_RESULT_COLUMNS)
         atomic_write_json(meta_path, meta)
 
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import pandas as pd
 
+from bcscan.scan.pipeline import EXCLUDED_TILE_RESULT_COLUMNS
 from bcscan.scan.quality import SUMMARY_COLUMNS as QUALITY_COLUMNS
 
 CELL_COLUMNS = ["scan", "patient_id", "cell_id", "x", "y", "x0", "y0", "x1", "y1", "area_um2", "label", "p_leukemic"]
@@ -26,6 +27,7 @@ SCAN_COLUMNS = SCAN_BASE_COLUMNS[:11] + SCAN_CHECK_COLUMNS + SCAN_BASE_COLUMNS[1
 COUNT_COLUMNS = ["n_cells", "n_leukemic", "n_normal", "level", "tiles_read", "tiles_skipped"] + \
     [c for c in QUALITY_COLUMNS if c.startswith("tiles_")]  # whole numbers, empty for a scan without a result
 FAILURE_COLUMNS = ["scan", "stage", "error"]
+EXCLUDED_TILE_COLUMNS = ["scan", "patient_id", *EXCLUDED_TILE_RESULT_COLUMNS]  # where a scan was not counted
 CLASS_COLOURS = {"leukemic": [220, 30, 30], "normal": [30, 120, 220]}
 
 

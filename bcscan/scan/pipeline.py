@@ -47,6 +47,10 @@ def cells_in_field(rgb: np.ndarray, mpp: float, params: SegmentationParams, crop
 
 
 CELL_RESULT_COLUMNS = ["cell_id", "x", "y", "x0", "y0", "x1", "y1", "area_um2", "label", "p_leukemic"]
+EXCLUDED_TILE_RESULT_COLUMNS = ["x", "y", "width", "height", "reasons"]
+"""One row per tile not counted for quality: its core in level-0 pixels and its failed checks
+(quality.REASONS, as `measure_tile` lists them) joined by REASON_SEPARATOR."""
+REASON_SEPARATOR = "+"
 
 
 @dataclass
@@ -59,6 +63,7 @@ class ScanCells:
     tiles_skipped: int
     quality: dict[str, float | int]   # scan.quality.summarise_quality: tiles excluded per reason, median figures
     appearance: np.ndarray | None     # scan.appearance: median over the counted cells (None without cells)
+    excluded_tiles: pd.DataFrame      # EXCLUDED_TILE_RESULT_COLUMNS: where the scan was not counted, and why
 
 
 @dataclass
@@ -124,7 +129,22 @@ def scan_result(plan: TilePlan, scan_mpp: float, tiles: list[TileCells], p_leuke
     appearance = np.concatenate([t.appearance for t in tiles]) if tiles else np.zeros((0, len(FEATURES)))
     return ScanCells(cells_table(geometry, p_leukemic, threshold), scan_mpp, plan.level, plan.working_mpp,
                      len(plan.tiles), plan.skipped, summarise_quality([t.quality for t in tiles]),
-                     scan_appearance(appearance))
+                     scan_appearance(appearance), excluded_tiles_table(plan, tiles))
+
+
+def excluded_tiles_table(plan: TilePlan, tiles: list[TileCells]) -> pd.DataFrame:
+    """The tiles unfit to count (`tiles` in the plan's tile order), so a report can show where the
+    scan was not counted: cores in level-0 pixels, rounded outwards."""
+    if len(tiles) != len(plan.tiles):
+        raise ValueError(f"{len(tiles)} tile results for a plan of {len(plan.tiles)} tiles")
+    rows = []
+    for tile, found in zip(plan.tiles, tiles):
+        if found.quality.ok:
+            continue
+        x0, y0, x1, y1 = (np.array(tile.core, dtype=np.float64) * plan.to_level0).tolist()
+        x, y = int(np.floor(x0)), int(np.floor(y0))
+        rows.append((x, y, int(np.ceil(x1)) - x, int(np.ceil(y1)) - y, REASON_SEPARATOR.join(found.quality.reasons)))
+    return pd.DataFrame(rows, columns=EXCLUDED_TILE_RESULT_COLUMNS)
 
 
 def cells_table(geometry: np.ndarray, p_leukemic: np.ndarray, threshold: float) -> pd.DataFrame:

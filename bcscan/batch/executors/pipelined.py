@@ -258,12 +258,12 @@ class _Pipeline:
     def _finish(self, state: _ScanState) -> None:
         job = state.job
         if state.error is not None:
-            meta, cells = failed_meta(job, *state.error), None
+            meta, result = failed_meta(job, *state.error), None
         else:
             p = np.concatenate(state.probabilities) if state.probabilities else np.zeros(0, np.float32)
             result = scan_result(state.plan, state.scan_mpp, state.tiles, p, self.settings.classification.threshold)
-            meta, cells = ok_meta(job, result, self.model_info, self.run_), result.cells
-        self.metas[state.index] = store_scan(job, self.run_, meta, cells, state.t0)
+            meta = ok_meta(job, result, self.model_info, self.run_)
+        self.metas[state.index] = store_scan(job, self.run_, meta, result, state.t0)
         self.run_.advance()
 
 

@@ -10,7 +10,7 @@ from bcscan.results.reports.formatting import as_int, fmt_num, fmt_um
 from bcscan.results.reports.layout import header_row, kv_table, listing_table
 from bcscan.results.reports.markup import markup
 from bcscan.results.reports.patient_view import PatientView
-from bcscan.results.reports.pictures import class_hex, rl_image
+from bcscan.results.reports.pictures import class_hex, reason_hex, rl_image
 from bcscan.results.reports.scan_pictures import ScanPicture
 from bcscan.scan.quality import REASONS
 
@@ -80,6 +80,9 @@ def _read_scan_facts(view: PatientView, row: pd.Series, index: int, pic: ScanPic
     if pic is not None and pic.thumb is not None:
         block += [Spacer(1, 3), rl_image(pic.thumb, view.width, 235),
                   Paragraph(_legend() + escape(f" Scale bar: {fmt_um(pic.bar_um)}."), view.st["small"])]
+        excluded = _excluded_legend(pic.excluded_shares, as_int(row.get("tiles_low_quality")))
+        if excluded:
+            block.append(Paragraph(excluded, view.st["small"]))
     return block
 
 
@@ -130,3 +133,18 @@ def _legend() -> str:
             f'<font color="{class_hex("normal")}">●</font> normal — every detected '
             "cell is marked in its class colour (normal cells as dots where rings would crowd); the black bar is "
             "the scale.")
+
+
+def _excluded_legend(shares: list[tuple[str, int, float]] | None, tiles_low_quality: int) -> str:
+    """Paragraph markup saying what the hatching on a thumbnail means and how much each reason excluded
+    ('' when no tile was excluded); or why tiles that were excluded are not drawn."""
+    if shares is None:
+        return (f"The {tiles_low_quality:,} tile(s) not counted for quality are not drawn: this scan's result was "
+                "stored by an earlier bcscan that did not record where they lie." if tiles_low_quality else "")
+    parts = [f'<font color="{reason_hex(reason)}">■</font> {reason.replace("_", " ")}: {n:,} tile(s), '
+             f"{_percent(share)} of the scan" for reason, n, share in shares]
+    return "Hatched, not counted for quality: " + "; ".join(parts) + "." if parts else ""
+
+
+def _percent(share: float) -> str:
+    return f"{100 * share:.1f} %" if share >= 0.001 else "< 0.1 %"

@@ -1,5 +1,6 @@
-"""The pictures of a report, drawn from arrays: a scan thumbnail with every cell marked and a
-scale bar, the p_leukemic histogram, and any RGB array as a reportlab Image."""
+"""The pictures of a report, drawn from arrays: a scan thumbnail with every cell marked, the tiles
+not counted for quality hatched and a scale bar, the p_leukemic histogram, and any RGB array as a
+reportlab Image."""
 from __future__ import annotations
 
 import io
@@ -10,6 +11,17 @@ import pandas as pd
 
 from bcscan.errors import ReportError
 from bcscan.results.tables import CLASS_COLOURS
+from bcscan.scan.pipeline import REASON_SEPARATOR
+from bcscan.scan.quality import REASONS
+
+# One colour per quality reason (RGB), apart from the class colours and from a smear's pinks and purples.
+REASON_COLOURS = {"blur": (255, 140, 0), "faint_stain": (230, 200, 0), "dark_stain": (110, 40, 170),
+                  "dark_background": (70, 70, 70), "thick": (130, 75, 20), "thin": (0, 185, 200),
+                  "clipped": (20, 160, 60)}
+UNKNOWN_REASON_COLOUR = (128, 128, 128)  # a reason this version does not know (a table from a newer bcscan)
+HATCH_SPACING_PX = 8   # thumbnail pixels from one hatch line of a tile not counted to the next
+HATCH_LINE_PX = 2      # ...and their width: a quarter of the tile hatched, the smear visible between
+HATCH_OPACITY = 0.85
 
 
 def class_rgb(label: str) -> tuple[int, int, int]:
@@ -20,6 +32,55 @@ def class_rgb(label: str) -> tuple[int, int, int]:
 def class_hex(label: str) -> str:
     """The same colour as '#rrggbb'."""
     return "#%02x%02x%02x" % class_rgb(label)
+
+
+def reason_hex(reason: str) -> str:
+    """The colour a tile excluded for this reason is hatched in, as '#rrggbb'."""
+    return "#%02x%02x%02x" % REASON_COLOURS[reason]
+
+
+def tile_reasons(reasons: str) -> list[str]:
+    """The reasons of an excluded_tiles row ("blur+faint_stain") as a list."""
+    return [r for r in str(reasons).split(REASON_SEPARATOR) if r]
+
+
+def hatch_excluded_tiles(img: np.ndarray, excluded: pd.DataFrame, scale: float) -> None:
+    """Hatch, in place, each tile of `excluded` (EXCLUDED_TILE_COLUMNS, level-0 px; `scale`: thumbnail px
+    per level-0 px) with diagonal lines in its reasons' colours, taken in turn: a tile failed for two
+    reasons shows both.  The lines run on across neighbouring tiles, so an excluded area reads as one."""
+    import cv2
+
+    h, w = img.shape[:2]
+    layer, mask = img.copy(), np.zeros((h, w), np.uint8)
+    for row in excluded.itertuples(index=False):
+        colours = [REASON_COLOURS.get(r, UNKNOWN_REASON_COLOUR) for r in tile_reasons(row.reasons)] \
+            or [UNKNOWN_REASON_COLOUR]
+        x0, y0 = max(int(math.floor(row.x * scale)), 0), max(int(math.floor(row.y * scale)), 0)
+        x1, y1 = min(int(math.ceil((row.x + row.width) * scale)), w), min(int(math.ceil((row.y + row.height) * scale)), h)
+        if x1 <= x0 or y1 <= y0:
+            continue
+        patch, patch_mask = layer[y0:y1, x0:x1].copy(), np.zeros((y1 - y0, x1 - x0), np.uint8)
+        first = -((x0 + y0) % HATCH_SPACING_PX)  # lines where x + y is a multiple of the spacing, image-wide
+        for c in range(first, (x1 - x0) + (y1 - y0), HATCH_SPACING_PX):
+            colour = colours[((x0 + y0 + c) // HATCH_SPACING_PX) % len(colours)]
+            for dx in range(HATCH_LINE_PX):  # 1-px diagonals side by side: a line HATCH_LINE_PX px wide
+                cv2.line(patch, (c + dx, 0), (c + dx - (y1 - y0), y1 - y0), colour, 1)
+                cv2.line(patch_mask, (c + dx, 0), (c + dx - (y1 - y0), y1 - y0), 255, 1)
+        layer[y0:y1, x0:x1][patch_mask > 0] = patch[patch_mask > 0]
+        mask[y0:y1, x0:x1] |= patch_mask
+    hatched = mask > 0
+    img[hatched] = np.round((1 - HATCH_OPACITY) * img[hatched] + HATCH_OPACITY * layer[hatched]).astype(np.uint8)
+
+
+def excluded_shares(excluded: pd.DataFrame, level0_area: float) -> list[tuple[str, int, float]]:
+    """(reason, tiles, share of the scan's level-0 area) for each reason that excluded a tile, in
+    REASONS order; a tile failed for two reasons counts for both, as in scans.csv."""
+    shares = []
+    for reason in REASONS:
+        mine = excluded[[reason in tile_reasons(r) for r in excluded["reasons"]]]
+        if len(mine):
+            shares.append((reason, len(mine), float((mine["width"] * mine["height"]).sum()) / level0_area))
+    return shares
 
 
 def _nice_length(target_um: float) -> float:
@@ -33,9 +94,11 @@ def _nice_length(target_um: float) -> float:
     return 10 ** exp
 
 
-def marked_thumbnail(thumb: np.ndarray, cells: pd.DataFrame, level0_width: int, mpp: float) -> tuple[np.ndarray, float]:
-    """The thumbnail with every cell marked in its class colour (leukemic drawn last, on top) and a
-    scale bar; returns (image, scale bar length in µm).
+def marked_thumbnail(thumb: np.ndarray, cells: pd.DataFrame, level0_width: int, mpp: float,
+                     excluded: pd.DataFrame | None = None) -> tuple[np.ndarray, float]:
+    """The thumbnail with the tiles not counted for quality hatched (`excluded`, EXCLUDED_TILE_COLUMNS),
+    every cell marked in its class colour (leukemic drawn last, on top) and a scale bar; returns
+    (image, scale bar length in µm).
 
     Sparse cells get rings with a white halo (visible on pink red cells).  Where rings would crowd
     each other, normal cells become small dots and only leukemic cells keep their ring."""
@@ -44,6 +107,8 @@ def marked_thumbnail(thumb: np.ndarray, cells: pd.DataFrame, level0_width: int, 
     img = np.ascontiguousarray(thumb.copy())
     h, w = img.shape[:2]
     scale = w / float(level0_width)
+    if excluded is not None:
+        hatch_excluded_tiles(img, excluded, scale)
     radii = ((cells["x1"] - cells["x0"]).to_numpy(float) * scale / 2 + 2.5) if len(cells) else np.zeros(0)
     typical = float(np.median(radii)) if len(radii) else 3.0
     dense = len(cells) > 0 and math.sqrt(w * h / len(cells)) < 5 * max(typical, 3.0)

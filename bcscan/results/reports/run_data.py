@@ -1,5 +1,5 @@
 """The tables a `bcscan scan` run leaves in OUT_DIR (run.json, cells.csv, scans.csv, patients.csv,
-failures.csv), read back for the reports."""
+failures.csv, excluded_tiles.csv), read back for the reports."""
 from __future__ import annotations
 
 import json
@@ -12,7 +12,13 @@ import pandas as pd
 
 from bcscan.errors import ReportError
 from bcscan.results.aggregation import PATIENT_COLUMNS
-from bcscan.results.tables import CELL_COLUMNS, FAILURE_COLUMNS, QUALITY_COLUMNS, SCAN_BASE_COLUMNS
+from bcscan.results.tables import (
+    CELL_COLUMNS,
+    EXCLUDED_TILE_COLUMNS,
+    FAILURE_COLUMNS,
+    QUALITY_COLUMNS,
+    SCAN_BASE_COLUMNS,
+)
 
 
 @dataclass
@@ -24,6 +30,7 @@ class RunData:
     scans: pd.DataFrame
     patients: pd.DataFrame
     failures: pd.DataFrame
+    excluded_tiles: pd.DataFrame   # EXCLUDED_TILE_COLUMNS; no rows from a run made before they were kept
 
     @property
     def run_id(self) -> str:
@@ -76,6 +83,10 @@ def load_run(out_dir: Path, scan_dir: Path | None = None) -> RunData:
         failures = _read_table(out_dir / "failures.csv", FAILURE_COLUMNS, [])
     else:
         failures = scans[scans["status"] != "ok"].assign(stage="").reindex(columns=FAILURE_COLUMNS)
+    if (out_dir / "excluded_tiles.csv").is_file():
+        excluded = _read_table(out_dir / "excluded_tiles.csv", EXCLUDED_TILE_COLUMNS, ["x", "y", "width", "height"])
+    else:
+        excluded = pd.DataFrame(columns=EXCLUDED_TILE_COLUMNS)
     if scan_dir is None and run.get("scan_dir"):
         scan_dir = Path(run["scan_dir"])
-    return RunData(out_dir, Path(scan_dir) if scan_dir else None, run, cells, scans, patients, failures)
+    return RunData(out_dir, Path(scan_dir) if scan_dir else None, run, cells, scans, patients, failures, excluded)

@@ -9,8 +9,9 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from bcscan.results.reports.formatting import as_int
 from bcscan.results.reports.params import ReportingParams
-from bcscan.results.reports.pictures import marked_thumbnail
+from bcscan.results.reports.pictures import excluded_shares, marked_thumbnail
 from bcscan.results.reports.run_data import RunData
 
 log = logging.getLogger("bcscan")
@@ -22,11 +23,14 @@ class ScanPicture:
     bar_um: float
     note: str
     crops: dict[tuple[str, int], np.ndarray]
+    excluded_shares: list[tuple[str, int, float]] | None = None
+    """pictures.excluded_shares of the tiles hatched on `thumb`; None where they are not drawn."""
 
 
 def scan_pictures(data: RunData, scan_row: pd.Series, cells: pd.DataFrame, gallery: pd.DataFrame,
                   params: ReportingParams, crop_um: float, want_thumbnail: bool) -> ScanPicture:
-    """Open one scan once: its marked thumbnail and the gallery crops that lie on it."""
+    """Open one scan once: its marked thumbnail, with the tiles not counted for quality hatched where
+    the run recorded them all, and the gallery crops that lie on it."""
     import cv2
 
     from bcscan.errors import ScanError
@@ -44,6 +48,9 @@ def scan_pictures(data: RunData, scan_row: pd.Series, cells: pd.DataFrame, galle
         reading = ReadingParams(**data.config("reading"))
     except (TypeError, ValueError):
         reading = ReadingParams()
+    excluded = data.excluded_tiles[data.excluded_tiles["scan"] == scan]
+    if len(excluded) != as_int(scan_row.get("tiles_low_quality")):
+        excluded = None  # a result stored before excluded tiles were kept: counted, but not drawn
     note = ""
     finished = str(data.run.get("finished", ""))
     try:
@@ -54,10 +61,12 @@ def scan_pictures(data: RunData, scan_row: pd.Series, cells: pd.DataFrame, galle
         pass
     try:
         with open_scan(path, reading, mpp=mpp) as handle:
-            thumb, bar_um = None, 0.0
+            thumb, bar_um, shares = None, 0.0, None
             if want_thumbnail:
                 raw = handle.thumbnail(params.thumbnail_px)
-                thumb, bar_um = marked_thumbnail(raw, cells, handle.dimensions[0], handle.mpp)
+                thumb, bar_um = marked_thumbnail(raw, cells, handle.dimensions[0], handle.mpp, excluded)
+                if excluded is not None:
+                    shares = excluded_shares(excluded, float(handle.dimensions[0]) * float(handle.dimensions[1]))
             crops = {}
             side = max(8, int(round(crop_um / handle.mpp)))
             for row in gallery.itertuples(index=False):
@@ -65,7 +74,7 @@ def scan_pictures(data: RunData, scan_row: pd.Series, cells: pd.DataFrame, galle
                 crop = cv2.resize(region, (params.crop_px, params.crop_px),
                                   interpolation=cv2.INTER_AREA if side > params.crop_px else cv2.INTER_LINEAR)
                 crops[(scan, int(row.cell_id))] = crop
-            return ScanPicture(thumb, bar_um, note, crops)
+            return ScanPicture(thumb, bar_um, note, crops, shares)
     except Exception as exc:  # pictures are optional: a scan that cannot give them gets a note
         log.warning("report pictures of %s: %s", scan, exc)
         reason = str(exc) if isinstance(exc, ScanError) else f"{type(exc).__name__}: {exc}"
