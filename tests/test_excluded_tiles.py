@@ -190,3 +190,40 @@ def test_every_quality_reason_has_its_own_colour():
     assert set(REASON_COLOURS) == set(REASONS)
     assert len(set(REASON_COLOURS.values())) == len(REASONS)
     assert QualityParams().max_edge_sigma_um < BLUR_SIGMA_UM
+
+
+# --------------------------------------------------------------------------- a smear's counting area
+ZONE_PX = 1024             # each zone 4 tile cores wide: its two middle cores are read from the zone alone
+
+
+def smear_with_thick_end_and_feathered_edge() -> np.ndarray:
+    """The real monolayer tiles laid out as a smear runs: the thick end (red cells stacked about 4.5
+    layers deep, as in test_quality), the monolayer itself, the feathered edge (15 % of it left)."""
+    a, b, c = (read_rgb(p) for p in sorted(shared("wsi", "smear").glob("I_*.png")))
+    mono = np.concatenate([b, c], axis=1)
+    return np.concatenate([D.stack(np.concatenate([a, b], axis=1), 8), mono,
+                           D.thin(np.concatenate([c, a], axis=1), MPP, keep=0.15)], axis=1)
+
+
+def test_a_smear_is_counted_in_its_monolayer_only(tmp_path, untrained_model):
+    """The counting area of a smear, as a haematologist reads it: the thick end and the feathered edge
+    are excluded tile by tile (reasons thick / thin), the monolayer is counted whole."""
+    field = smear_with_thick_end_and_feathered_edge()
+    write_field_png(tmp_path / "scans" / SCAN, field, MPP)
+    scan_into(tmp_path / "scans", tmp_path / "out", untrained_model, tile_workers=0)
+    excluded = pd.read_csv(tmp_path / "out" / "excluded_tiles.csv")
+    core = round(TILE_PX * SegmentationParams().working_mpp / MPP)
+    reasons = {(x // core, y // core): tile_reasons(r) for x, y, r in excluded[["x", "y", "reasons"]].itertuples(False)}
+    rows = field.shape[0] // core
+    for zone, expected in enumerate(("thick", None, "thin")):
+        for col in (zone * 4 + 1, zone * 4 + 2):   # the zone's middle cores
+            for row in range(rows):
+                got = reasons.get((col, row), ())
+                assert (expected in got) if expected else got == (), (zone, col, row, got)
+    scan = pd.read_csv(tmp_path / "out" / "scans.csv").set_index("scan").loc[SCAN]
+    assert scan["tiles_thick"] >= 2 * rows and scan["tiles_thin"] >= 2 * rows
+    assert scan["tiles_low_quality"] <= 8 * rows     # never the monolayer's own tiles
+    cells = pd.read_csv(tmp_path / "out" / "cells.csv")
+    outside = (cells["x"] < ZONE_PX - core) | (cells["x"] >= 2 * ZONE_PX + core)
+    assert not outside.any(), cells[outside]         # no cell counted in the thick end or the feathered edge
+    assert len(cells) >= 1                           # the monolayer's white cell is (the thick end holds 3)

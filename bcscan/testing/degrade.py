@@ -12,6 +12,8 @@ fault would happen on the microscope, before the pipeline resamples it:
   transmittances multiplied (Beer-Lambert), so the red cells overlap as in the
   thick end of a smear.  The field is first mirrored into a 2 × 2 periodic
   mosaic so shifted copies have no seams; the result has the field's size.
+- `thin`: the field kept in a random share of small blocks, glass elsewhere:
+  red cells sparse, as at the feathered edge where the smear runs out.
 """
 from __future__ import annotations
 
@@ -78,6 +80,19 @@ def stack(rgb: np.ndarray, layers: int) -> np.ndarray:
         dx = int(round((i * 0.618034 % 1.0) * 2 * w))
         out *= np.roll(mosaic, (dy, dx), axis=(0, 1))
     return _from_transmittance(out[:h, :w], glass)
+
+
+def thin(rgb: np.ndarray, mpp: float, keep: float, block_um: float = 8.0, seed: int = 0) -> np.ndarray:
+    """The field in a random `keep` share of `block_um` µm blocks (about one red cell), the glass colour
+    in the others."""
+    h, w = rgb.shape[:2]
+    block = max(1, int(round(block_um / mpp)))
+    kept = np.random.default_rng(seed).random((-(-h // block), -(-w // block))) < keep
+    mask = np.repeat(np.repeat(kept, block, axis=0), block, axis=1)[:h, :w]
+    out = np.empty_like(rgb)
+    out[:] = np.round(glass_colour(rgb)).astype(np.uint8)
+    out[mask] = rgb[mask]
+    return out
 
 
 # --------------------------------------------------------------------------- real fields of known scale
