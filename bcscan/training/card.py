@@ -61,6 +61,18 @@ def _use_and_data(cfg: TrainConfig, metrics: dict[str, Any], data_dir: Path) -> 
     return lines
 
 
+BALANCE_WORDS = {
+    "undersample": "classes balanced by random undersampling",
+    "source_class": "classes balanced, and within a class every dataset an equal share (a dataset with both classes "
+                    "gives them 1:1; small shares drawn with repeats)",
+    "none": "not balanced",
+}
+
+
+SINGLE_CELL_WORDS = (" Single-cell sources (one labelled cell per image) give only that cell, the one nearest the "
+                     "centre, or a crop at the centre when the segmentation misses it.")
+
+
 def _splits(cfg: TrainConfig, metrics: dict[str, Any], rel: str) -> list[str]:
     d = metrics["data"]
     lines = [
@@ -69,8 +81,9 @@ def _splits(cfg: TrainConfig, metrics: dict[str, Any], rel: str) -> list[str]:
         f"folder, seed {cfg.seed}. Near-duplicates (16×16 average hash, Hamming ≤ {cfg.split.max_hamming}, "
         f"transitively) are kept in one split ({d['near_duplicate_groups_gt1']} groups of ≥2 images); in cells "
         "mode all crops of an image stay in its split. Image split lists: "
-        f"`{rel}/splits.csv`. Training samples balanced by random undersampling ({d['balance']}): "
-        f"{d['train_samples_balanced']} samples. The held-back parts of the shared data (≈10 % of ghaderzadeh-all, "
+        f"`{rel}/splits.csv`. Training samples: {BALANCE_WORDS[d['balance']]}, "
+        f"{d['train_samples_balanced']} samples.{SINGLE_CELL_WORDS if any(s.single_cell for s in cfg.sources) else ''} "
+        "The held-back parts of the shared data (≈10 % of ghaderzadeh-all, "
         "test splits of bccd/txl-pbc) were never seen.",
         "",
     ]
