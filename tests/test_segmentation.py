@@ -185,9 +185,7 @@ def _data() -> Path:
 def _score(samples) -> V.DetectionScore:
     scores = []
     for s in samples:
-        seg = segment(V.read_rgb(s.image), s.mpp, PARAMS)
-        pred = np.array([[c.x0, c.y0, c.x1, c.y1] for c in seg.cells], float).reshape(-1, 4)
-        scores.append(V.score_boxes(pred, s.boxes))
+        scores.append(V.score_boxes(V.cell_boxes(segment(V.read_rgb(s.image), s.mpp, PARAMS)), s.boxes))
     return V.pooled(scores)
 
 

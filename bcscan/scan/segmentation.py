@@ -125,6 +125,16 @@ def optical_density(rgb: np.ndarray, background_percentile: float) -> np.ndarray
     return cv2.LUT(rgb, lut.reshape(256, 1, 3))
 
 
+def resample(rgb: np.ndarray, mpp: float, working_mpp: float) -> np.ndarray:
+    """`rgb` at `mpp` µm/px resampled to `working_mpp` (the same array when the scales agree)."""
+    scale = mpp / working_mpp
+    if abs(scale - 1.0) <= 1e-3:
+        return rgb
+    h, w = rgb.shape[:2]
+    size = (max(int(round(w * scale)), 1), max(int(round(h * scale)), 1))
+    return cv2.resize(rgb, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+
+
 def segment(rgb: np.ndarray, mpp: float, params: SegmentationParams) -> Segmentation:
     """Find white blood cells in an RGB image at `mpp` µm/px (see module docstring)."""
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
@@ -132,13 +142,7 @@ def segment(rgb: np.ndarray, mpp: float, params: SegmentationParams) -> Segmenta
     if not mpp > 0:
         raise ValueError(f"mpp must be > 0, got {mpp}")
     h, w = rgb.shape[:2]
-    wm = params.working_mpp
-    scale = mpp / wm
-    if abs(scale - 1.0) > 1e-3:
-        ws = (max(int(round(w * scale)), 1), max(int(round(h * scale)), 1))
-        work = cv2.resize(rgb, ws, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
-    else:
-        work = rgb
+    work = resample(rgb, mpp, params.working_mpp)
     labels_w, nucleus_w = _segment_working(work, params)
 
     if work is not rgb:
