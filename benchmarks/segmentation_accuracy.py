@@ -24,16 +24,12 @@ from bcscan.scan.segmentation import SegmentationParams, segment
 from bcscan.testing import groundtruth as V
 
 
-def boxes_of(seg) -> np.ndarray:
-    return np.array([[c.x0, c.y0, c.x1, c.y1] for c in seg.cells], float).reshape(-1, 4)
-
-
 def detection_rows(data: Path, params: SegmentationParams, step: int) -> list[tuple]:
     per_source: dict[str, list[V.DetectionScore]] = defaultdict(list)
     for sample in itertools.chain(itertools.islice(V.bccd_samples(data), 0, None, step),
                                   itertools.islice(V.txl_samples(data), 0, None, step)):
         seg = segment(V.read_rgb(sample.image), sample.mpp, params)
-        per_source[sample.source].append(V.score_boxes(boxes_of(seg), sample.boxes))
+        per_source[sample.source].append(V.score_boxes(V.cell_boxes(seg), sample.boxes))
     rows = [("bccd", V.pooled(per_source.pop("bccd", [])))]
     rows.append(("txl-pbc (all)", V.pooled(s for v in per_source.values() for s in v)))
     rows += [(f"  txl {k}", V.pooled(v)) for k, v in sorted(per_source.items())]

@@ -101,6 +101,20 @@ def test_lobed_nucleus_is_one_cell():
     assert len(segment(img, mpp, PARAMS).cells) == 1
 
 
+def test_lobes_further_apart_than_the_closing_are_one_cell():
+    """An eosinophil-like cell: two lobes 2.2 µm apart (more than 2 * nucleus_close_um) in one cytoplasm."""
+    mpp = PARAMS.working_mpp
+    assert 2 * PARAMS.nucleus_close_um < 2.2 < PARAMS.lobe_gap_um
+    img = smear(mpp, red_cells=RED_CELLS[:4])
+    px = lambda v: int(round(v / mpp))  # noqa: E731
+    cv2.circle(img, (px(40), px(40)), px(6.5), CYTOPLASM, -1)
+    for dx in (-2.6, 2.6):  # elliptic lobes 3 x 6 µm (14 µm² each), spanning 8.2 µm together
+        cv2.ellipse(img, (px(40 + dx), px(40)), (px(1.5), px(3.0)), 0, 0, 360, NUCLEUS, -1)
+    seg = segment(img, mpp, PARAMS)
+    assert len(seg.cells) == 1
+    assert seg.cells[0].nucleus_area_um2 > 20  # both lobes
+
+
 def test_blank_tile_gives_nothing():
     for mpp in (0.25, 0.4, 0.45):
         assert segment(smear(mpp), mpp, PARAMS).cells == []
@@ -160,7 +174,8 @@ def test_matching_is_one_to_one():
     gt = np.array([[0, 0, 10, 10], [20, 0, 30, 10]], float)
     pred = np.array([[0, 0, 10, 10], [1, 0, 11, 10], [50, 50, 60, 60]], float)
     s = V.score_boxes(pred, gt)
-    assert (s.gt, s.detections, s.tp) == (2, 3, 1)
+    assert (s.gt, s.detections, s.tp, s.exact_counts) == (2, 3, 1, 0)
+    assert V.pooled([s, V.score_boxes(gt, gt)]).count_exact == 0.5
     assert s.precision == pytest.approx(1 / 3) and s.recall == pytest.approx(0.5)
     assert V.dice(np.ones((4, 4), bool), np.ones((4, 4), bool)) == 1.0
 
@@ -185,9 +200,7 @@ def _data() -> Path:
 def _score(samples) -> V.DetectionScore:
     scores = []
     for s in samples:
-        seg = segment(V.read_rgb(s.image), s.mpp, PARAMS)
-        pred = np.array([[c.x0, c.y0, c.x1, c.y1] for c in seg.cells], float).reshape(-1, 4)
-        scores.append(V.score_boxes(pred, s.boxes))
+        scores.append(V.score_boxes(V.cell_boxes(segment(V.read_rgb(s.image), s.mpp, PARAMS)), s.boxes))
     return V.pooled(scores)
 
 

@@ -11,10 +11,14 @@ parameter set serves any scan resolution):
    (so a tile of red cells or glass yields nothing, no per-image Otsu), above
    a multiple of this image's red-cell level (stains where red cells look
    purple) and dominating the green absorption (dark red cells are not violet).
-   Lobes closer than 2 * nucleus_close_um are one nucleus; a nucleus group
-   with several thick round cores and more than one nucleus' area (touching
-   blasts) is split by distance transform + watershed.  Groups smaller than
-   min_nucleus_area_um2 (platelets, debris) are dropped.
+   Violet pieces smaller than min_fragment_area_um2 (platelets, granules) are
+   dropped first: one beside a WBC would widen its box.  Lobes closer than
+   2 * nucleus_close_um are one nucleus; groups smaller than
+   min_nucleus_area_um2 (platelets, debris) are dropped; groups closer than
+   lobe_gap_um that together span at most lobe_span_um are the lobes of one
+   cell (eosinophils, band cells: issue 13's leave-one-source-out search); a
+   nucleus group with several thick round cores and more than one nucleus'
+   area (touching blasts) is split by distance transform + watershed.
 4. Cells = everything absorbing more than the glass.  A watershed on its
    distance transform, seeded by this nucleus, the other nuclei and the red
    cells' distance peaks, gives each WBC its own basin (touching cells split).
@@ -43,7 +47,7 @@ class SegmentationParams:
     """Gaussian sigma applied before thresholding (removes JPEG noise and granules)."""
     background_percentile: float = 90.0
     """Pixels brighter than this percentile define the glass colour."""
-    nucleus_od: float = 0.30
+    nucleus_od: float = 0.35
     """Minimum OD(green) - OD(blue) of nucleus pixels (absolute, so empty tiles stay empty)."""
     nucleus_contrast: float = 3.5
     """...and at least this multiple of the red-cell level (stains where red cells look violet)."""
@@ -58,9 +62,13 @@ class SegmentationParams:
     """Minimum mean OD of any cell pixel (cytoplasm included) over the glass."""
     nucleus_close_um: float = 1.0
     """Closing radius that joins the lobes/fragments of one nucleus."""
-    peak_min_distance_um: float = 3.0
+    lobe_gap_um: float = 3.0
+    """Nucleus groups closer than this are one nucleus (lobes) when together they span at most..."""
+    lobe_span_um: float = 14.0
+    """...this long side (touching WBCs span two nuclei)."""
+    peak_min_distance_um: float = 4.0
     """Two distance-transform peaks closer than this are one cell."""
-    split_min_radius_um: float = 2.5
+    split_min_radius_um: float = 3.0
     """A nucleus group with two cores at least this thick (and peak_min_distance_um apart) is two cells."""
     split_min_area_um2: float = 120.0
     """...and only a group larger than one nucleus can be (normal nuclei are < ~80 µm²)."""
@@ -68,7 +76,9 @@ class SegmentationParams:
     """Cytoplasm extends at most this far beyond the nucleus."""
     min_nucleus_area_um2: float = 12.0
     """Smaller stained blobs are platelets or debris."""
-    min_cell_area_um2: float = 30.0
+    min_fragment_area_um2: float = 2.0
+    """Violet pieces smaller than this are dropped before lobes are grouped (platelets beside a WBC)."""
+    min_cell_area_um2: float = 10.0
     max_cell_area_um2: float = 600.0
 
     def __post_init__(self) -> None:
@@ -81,7 +91,7 @@ class SegmentationParams:
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
-        for name in ("smooth_um", "nucleus_close_um", "min_nucleus_area_um2"):
+        for name in ("smooth_um", "nucleus_close_um", "lobe_gap_um", "min_nucleus_area_um2", "min_fragment_area_um2"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if not 50.0 <= self.background_percentile < 100.0:
@@ -125,6 +135,16 @@ def optical_density(rgb: np.ndarray, background_percentile: float) -> np.ndarray
     return cv2.LUT(rgb, lut.reshape(256, 1, 3))
 
 
+def resample(rgb: np.ndarray, mpp: float, working_mpp: float) -> np.ndarray:
+    """`rgb` at `mpp` µm/px resampled to `working_mpp` (the same array when the scales agree)."""
+    scale = mpp / working_mpp
+    if abs(scale - 1.0) <= 1e-3:
+        return rgb
+    h, w = rgb.shape[:2]
+    size = (max(int(round(w * scale)), 1), max(int(round(h * scale)), 1))
+    return cv2.resize(rgb, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+
+
 def segment(rgb: np.ndarray, mpp: float, params: SegmentationParams) -> Segmentation:
     """Find white blood cells in an RGB image at `mpp` µm/px (see module docstring)."""
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
@@ -132,13 +152,7 @@ def segment(rgb: np.ndarray, mpp: float, params: SegmentationParams) -> Segmenta
     if not mpp > 0:
         raise ValueError(f"mpp must be > 0, got {mpp}")
     h, w = rgb.shape[:2]
-    wm = params.working_mpp
-    scale = mpp / wm
-    if abs(scale - 1.0) > 1e-3:
-        ws = (max(int(round(w * scale)), 1), max(int(round(h * scale)), 1))
-        work = cv2.resize(rgb, ws, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
-    else:
-        work = rgb
+    work = resample(rgb, mpp, params.working_mpp)
     labels_w, nucleus_w = _segment_working(work, params)
 
     if work is not rgb:
@@ -166,6 +180,9 @@ def _segment_working(rgb: np.ndarray, p: SegmentationParams) -> tuple[np.ndarray
     rbc_level = np.percentile(score[fg], p.red_cell_percentile)
     nucleus = ((score > max(p.nucleus_od, p.nucleus_contrast * rbc_level))
                & (score > p.nucleus_chroma * od[..., 1])).astype(np.uint8)
+    if p.min_fragment_area_um2 > 0:  # platelets and granules beside a nucleus would join its group
+        _, pieces, stats, _ = cv2.connectedComponentsWithStats(nucleus, connectivity=8)
+        nucleus &= (stats[:, cv2.CC_STAT_AREA] * px2 >= p.min_fragment_area_um2).astype(np.uint8)[pieces]
     # Lobes / fragments closer than 2 * nucleus_close_um belong to one nucleus.
     groups = cv2.dilate(nucleus, _disk(p.nucleus_close_um * um)) if p.nucleus_close_um > 0 else nucleus
     n_grp, grp = cv2.connectedComponents(groups, connectivity=8)
@@ -177,7 +194,7 @@ def _segment_working(rgb: np.ndarray, p: SegmentationParams) -> tuple[np.ndarray
         return empty
     relabel = np.zeros(n_grp, np.int32)
     relabel[keep] = np.arange(1, keep.sum() + 1)
-    nuc_lab = _split_touching_nuclei(relabel[nuc_lab], p)
+    nuc_lab = _split_touching_nuclei(_merge_lobes(relabel[nuc_lab], p), p)
     nucleus = nuc_lab > 0
 
     # Cells (any stain) vs glass; nuclei always count as cell.
@@ -218,6 +235,31 @@ def _segment_working(rgb: np.ndarray, p: SegmentationParams) -> tuple[np.ndarray
         labels[roi][cell & (labels[roi] == 0)] = k
         kept_nucleus[roi] |= own
     return labels, kept_nucleus
+
+
+def _merge_lobes(nuc_lab: np.ndarray, p: SegmentationParams) -> np.ndarray:
+    """Join nucleus groups less than ``lobe_gap_um`` apart that together span at most ``lobe_span_um``.
+
+    The lobes of an eosinophil or band cell can lie further apart than the closing joins
+    them; two touching WBCs are each about a nucleus long, so together they span more."""
+    if p.lobe_gap_um <= 0:
+        return nuc_lab
+    near = cv2.dilate((nuc_lab > 0).astype(np.uint8), _disk(0.5 * p.lobe_gap_um / p.working_mpp))
+    n_near, near_lab = cv2.connectedComponents(near, connectivity=8)
+    # Local operations per nucleus group: a tile holds few, and whole-image passes cost more.
+    boxes = find_objects(nuc_lab)
+    pixels = [np.nonzero(nuc_lab[box] == g) if box is not None else None for g, box in enumerate(boxes, start=1)]
+    near_of_group = np.array([near_lab[box][yx[0][0], yx[1][0]] if box is not None else 0
+                              for box, yx in zip(boxes, pixels)], np.int32)
+    for n in np.nonzero(np.bincount(near_of_group, minlength=n_near)[1:] > 1)[0] + 1:
+        members = np.nonzero(near_of_group == n)[0]
+        points = np.concatenate([np.stack([pixels[g][1] + boxes[g][1].start, pixels[g][0] + boxes[g][0].start], axis=1)
+                                 for g in members]).astype(np.float32)
+        (_, _), (a, b), _ = cv2.minAreaRect(points)
+        if max(a, b) * p.working_mpp <= p.lobe_span_um:
+            for g in members[1:]:
+                nuc_lab[boxes[g]][pixels[g]] = members[0] + 1
+    return nuc_lab
 
 
 def _split_touching_nuclei(nuc_lab: np.ndarray, p: SegmentationParams) -> np.ndarray:

@@ -15,6 +15,8 @@ from typing import Iterable, Iterator, Sequence
 import cv2
 import numpy as np
 
+from bcscan.scan.segmentation import Segmentation, SegmentationParams, resample, segment
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 
@@ -74,6 +76,12 @@ class DetectionScore:
     gt: int
     detections: int
     tp: int
+    exact_counts: int = 0
+    """Images whose number of detections equals their number of ground-truth boxes."""
+
+    @property
+    def count_exact(self) -> float:
+        return self.exact_counts / self.images if self.images else 1.0
 
     @property
     def precision(self) -> float:
@@ -89,8 +97,8 @@ class DetectionScore:
         return 2 * p * r / (p + r) if p + r else 0.0
 
     def __add__(self, other: "DetectionScore") -> "DetectionScore":
-        return DetectionScore(self.images + other.images, self.gt + other.gt,
-                              self.detections + other.detections, self.tp + other.tp)
+        return DetectionScore(self.images + other.images, self.gt + other.gt, self.detections + other.detections,
+                              self.tp + other.tp, self.exact_counts + other.exact_counts)
 
 
 def read_rgb(path: Path) -> np.ndarray:
@@ -223,7 +231,36 @@ def score_boxes(pred: np.ndarray, gt: np.ndarray, iou_min: float = 0.5) -> Detec
     """Detection counts of one image; add scores together to pool a data set."""
     pred = np.asarray(pred, float).reshape(-1, 4)
     gt = np.asarray(gt, float).reshape(-1, 4)
-    return DetectionScore(1, len(gt), len(pred), len(match_boxes(pred, gt, iou_min)))
+    return DetectionScore(1, len(gt), len(pred), len(match_boxes(pred, gt, iou_min)), int(len(pred) == len(gt)))
+
+
+def cell_boxes(segmentation: Segmentation) -> np.ndarray:
+    """The detections of a segmentation as (N, 4) float boxes (x0, y0, x1, y1)."""
+    return np.array([[c.x0, c.y0, c.x1, c.y1] for c in segmentation.cells], float).reshape(-1, 4)
+
+
+@dataclass(frozen=True)
+class WorkingField:
+    """A BoxSample decoded once and resampled to the working resolution, so that a parameter
+    search can segment it many times; scores equal those of segment() on the original image."""
+
+    sample: BoxSample
+    rgb: np.ndarray
+    working_mpp: float
+    to_original: np.ndarray  # (x, y, x, y) factors from working to original pixels
+
+    @classmethod
+    def of(cls, sample: BoxSample, working_mpp: float) -> "WorkingField":
+        rgb = read_rgb(sample.image)
+        work = resample(rgb, sample.mpp, working_mpp)
+        fx, fy = rgb.shape[1] / work.shape[1], rgb.shape[0] / work.shape[0]
+        return cls(sample, work, working_mpp, np.array([fx, fy, fx, fy]))
+
+    def score(self, params: SegmentationParams) -> DetectionScore:
+        if params.working_mpp != self.working_mpp:
+            raise ValueError(f"field resampled to {self.working_mpp} µm/px, params work at {params.working_mpp}")
+        boxes = cell_boxes(segment(self.rgb, self.working_mpp, params)) * self.to_original
+        return score_boxes(boxes, self.sample.boxes)
 
 
 def pooled(scores: Iterable[DetectionScore]) -> DetectionScore:
