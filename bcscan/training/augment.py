@@ -41,7 +41,7 @@ def optics_jitter(batch: np.ndarray, rng: np.random.Generator, blur_px: float, j
         x = cv2.GaussianBlur(sample, (0, 0), sigma) if sigma > 0.05 else sample
         if jpeg_quality_min < 100:
             quality = int(rng.integers(jpeg_quality_min, 101))
-            ok, buf = cv2.imencode(".jpg", x[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, quality])
+            _, buf = cv2.imencode(".jpg", x[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, quality])
             x = cv2.imdecode(buf, cv2.IMREAD_COLOR)[..., ::-1]
         out[i] = x
     return out
