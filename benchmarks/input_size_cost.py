@@ -26,11 +26,11 @@ def main() -> None:
     args = ap.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
 
-    from bcscan.model.classifier import configure_tensorflow
+    from bcscan.model.classifier import configure_backend
     from bcscan.model.network import build_vgg16
     from bcscan.training.predict import predict_probs
 
-    configure_tensorflow("cpu")
+    configure_backend("cpu")
     rng = np.random.default_rng(0)
     models = {s: build_vgg16(s, batch_norm=True) for s in sizes}
     crops = {s: rng.integers(0, 256, (args.batch * 4, s, s, 3), dtype=np.uint8) for s in sizes}

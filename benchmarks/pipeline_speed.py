@@ -135,10 +135,10 @@ def time_classify(crops: np.ndarray, model_path: Path) -> dict:
     """Each bare engine (TensorFlow/XLA; ONNX Runtime when installed) at its best batch size (chosen on
     the first SWEEP_CROPS crops), then bcscan's CellClassifier (its default engine) at that batch size;
     each timed over all crops after running every batch shape once."""
-    from bcscan.model.classifier import CellClassifier, configure_tensorflow
+    from bcscan.model.classifier import CellClassifier, configure_backend
     from bcscan.model.network import load_keras_model
 
-    device = configure_tensorflow()  # the process-wide settings CellClassifier uses, set before both
+    device = configure_backend()  # the process-wide settings CellClassifier uses, set before both
     import tensorflow as tf
 
     model, info = load_keras_model(model_path)

@@ -84,3 +84,44 @@ def test_a_grey_input_model_ignores_colour_saved_and_on_onnx(tmp_path):
     for backend in ("tensorflow", "onnxruntime"):
         classifier = CellClassifier(ClassificationParams(model=str(path), device="cpu", cpu_backend=backend))
         assert np.abs(classifier.predict(rgb) - classifier.predict(grey)).max() <= 2e-3  # colour changes nothing
+
+
+def test_an_unknown_keras_backend_is_refused_in_one_line(monkeypatch):
+    from bcscan.errors import ConfigError
+    from bcscan.model.classifier import configure_backend
+
+    monkeypatch.setenv("KERAS_BACKEND", "torch")
+    with pytest.raises(ConfigError, match="KERAS_BACKEND=torch: bcscan runs on 'tensorflow'"):
+        configure_backend("cpu")
+
+
+JAX_PROBE = """
+import sys, numpy as np
+from bcscan.model.classifier import CellClassifier, ClassificationParams
+crops = np.load(sys.argv[1])
+clf = CellClassifier(ClassificationParams(model=sys.argv[2], device="cpu", cpu_backend="tensorflow"))
+np.save(sys.argv[3], clf.predict(crops))
+print(clf.engine)
+"""
+
+
+def test_the_shipped_model_gives_the_same_p_on_jax(tmp_path):
+    """KERAS_BACKEND=jax (a GPU machine with JAX and no TensorFlow) must classify as TensorFlow does."""
+    import importlib.util
+    import os
+    import subprocess
+    import sys
+
+    if importlib.util.find_spec("jax") is None:
+        pytest.skip("JAX is not installed (optional backend: pip install jax)")
+    crops = held_out_crops(limit=24)
+    np.save(tmp_path / "crops.npy", crops)
+    env = {**os.environ, "KERAS_BACKEND": "jax",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    done = subprocess.run([sys.executable, "-c", JAX_PROBE, str(tmp_path / "crops.npy"), str(SHIPPED),
+                           str(tmp_path / "p.npy")], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "cpu/jax"
+    p_tf = CellClassifier(ClassificationParams(model=str(SHIPPED), device="cpu", cpu_backend="tensorflow")).predict(crops)
+    p_jax = np.load(tmp_path / "p.npy")
+    assert np.abs(p_tf - p_jax).max() <= 1e-4 and 0.05 < np.mean(p_tf >= 0.5) < 0.95

@@ -161,6 +161,29 @@ def test_balance_source_class_gives_each_dataset_an_equal_share_of_its_class():
     assert np.array_equal(chosen, balance_indices(labels, np.random.default_rng(1), "source_class", datasets))
 
 
+def test_rebalancing_each_epoch_keeps_the_balance_and_uses_every_training_cell():
+    from bcscan.training.splits import epoch_draws
+
+    labels = np.array([0] * 60 + [1] * 10 + [0] * 5 + [1] * 20 + [1] * 40)
+    datasets = np.array(["A"] * 70 + ["B"] * 25 + ["C"] * 40, dtype=object)
+    pool = np.arange(len(labels)) + 1000                  # positions into a larger sample array
+    all_labels = np.concatenate([np.zeros(1000, int), labels])
+    all_datasets = np.concatenate([np.full(1000, "Z", dtype=object), datasets])
+    first = pool[balance_indices(labels, np.random.default_rng(1), "source_class", datasets)]
+    draw = epoch_draws(pool, all_labels, all_datasets, "source_class", seed=1, first=first)
+    assert np.array_equal(draw(0), first)
+    seen = set()
+    for epoch in range(12):
+        chosen = draw(epoch)
+        assert len(chosen) == len(first) and set(chosen) <= set(pool.tolist())
+        counts = {(d, c): int(np.sum((all_datasets[chosen] == d) & (all_labels[chosen] == c)))
+                  for d in "ABC" for c in (0, 1)}
+        assert counts == {("A", 0): 32, ("A", 1): 21, ("B", 0): 32, ("B", 1): 21, ("C", 0): 0, ("C", 1): 21}
+        seen |= set(chosen.tolist())
+    assert len(seen) == len(pool)                          # the first draw alone leaves 55 of the 135 unused
+    assert np.array_equal(draw(5), epoch_draws(pool, all_labels, all_datasets, "source_class", 1, first)(5))
+
+
 def test_centre_cell_picks_the_labelled_cell_or_the_centre():
     centres = np.array([[10.0, 10.0], [52.0, 47.0], [90.0, 50.0]])
     assert np.array_equal(centre_cell(centres, (100, 100)), [[52.0, 47.0]])
@@ -182,13 +205,36 @@ def test_augmenter_shapes_and_range():
 
     params = AugmentParams(horizontal_flip=True, vertical_flip=True, rotation_deg=90, scale=0.2, translate=0.05,
                            hue=0.1, saturation=0.3, brightness=0.2, contrast=0.2, channel_gain=0.1, grayscale_p=0.5)
-    aug = make_augmenter(params, 32, 1.25, 24.0, seed=0)
+    aug = make_augmenter(params, 32, 1.25, 24.0)
     x = np.random.default_rng(0).integers(0, 256, (6, 40, 40, 3)).astype(np.uint8)
-    y = aug(x).numpy()
+    y = aug(x, np.random.default_rng(0))
     assert y.shape == (6, 32, 32, 3) and y.dtype == np.float32
     assert 0.0 <= y.min() and y.max() <= 1.0
-    plain = make_augmenter(AugmentParams(horizontal_flip=False), 40, 1.0, 24.0, seed=0)(x).numpy()
+    assert np.array_equal(y, aug(x, np.random.default_rng(0)))      # seeded by the caller's generator
+    assert not np.array_equal(y, aug(x, np.random.default_rng(1)))
+    plain = make_augmenter(AugmentParams(horizontal_flip=False), 40, 1.0, 24.0)(x, np.random.default_rng(0))
     assert np.allclose(plain, x / 255.0, atol=1e-6)
+
+
+def test_augmenter_geometry_keeps_the_crop_window_and_flips_it():
+    """The crop_um window of a margin crop is what the model sees, as at scan time; flips mirror it."""
+    from bcscan.training.augment import make_augmenter
+
+    x = np.zeros((1, 80, 80, 3), np.uint8)
+    x[0, 8:72, 8:40] = 200                          # left half of the 64-px window inside an 80-px margin crop
+    centre = make_augmenter(AugmentParams(horizontal_flip=False), 64, 1.25, 24.0)(x, np.random.default_rng(0))
+    assert np.allclose(centre[0], x[0, 8:72, 8:72] / 255.0, atol=1e-6)
+    mirror = make_augmenter(AugmentParams(horizontal_flip=True), 64, 1.25, 24.0)
+    flipped = [mirror(x, np.random.default_rng(seed))[0] for seed in range(8)]
+    assert any(np.allclose(f, centre[0][:, ::-1], atol=1e-6) for f in flipped)
+    assert any(np.allclose(f, centre[0], atol=1e-6) for f in flipped)
+    yy, xx = np.mgrid[:80, :80]
+    disc = np.where(((yy - 39.5) ** 2 + (xx - 39.5) ** 2 < 20 ** 2)[None, ..., None], 200, 0).astype(np.uint8)
+    disc = np.repeat(disc, 3, axis=3)            # a centred cell: any rotation leaves it in place
+    upright = make_augmenter(AugmentParams(horizontal_flip=False), 64, 1.25, 24.0)(disc, np.random.default_rng(0))
+    turned = make_augmenter(AugmentParams(horizontal_flip=False, rotation_deg=180), 64, 1.25, 24.0)
+    for seed in range(4):
+        assert np.abs(turned(disc, np.random.default_rng(seed)) - upright).mean() < 0.01
 
 
 def test_hed_stain_jitter():
@@ -201,9 +247,8 @@ def test_hed_stain_jitter():
     white = np.full((2, 8, 8, 3), 255, np.uint8)  # glass takes a tint, the same over the sample
     tinted = hed_jitter(white, np.random.default_rng(1), 0.0, 0.015)
     assert (tinted.reshape(2, -1, 3).std(axis=1) == 0).all() and (tinted < 255).any()
-    aug = make_augmenter(AugmentParams(horizontal_flip=False, hed_scale=0.25, hed_shift=0.015), 40, 1.0, 24.0,
-                         seed=0)
-    z = aug(x).numpy()
+    aug = make_augmenter(AugmentParams(horizontal_flip=False, hed_scale=0.25, hed_shift=0.015), 40, 1.0, 24.0)
+    z = aug(x, np.random.default_rng(0))
     assert z.shape == (6, 40, 40, 3) and 0.0 <= z.min() and z.max() <= 1.0 and not np.allclose(z, x / 255.0)
 
 
@@ -219,8 +264,8 @@ def test_optics_jitter_blurs_in_micrometres_and_compresses():
     assert blurred.dtype == np.uint8 and (edge < 235 - 90).sum() >= 3   # softer edges (σ ~ U(0, 4) px)
     jpeg = optics_jitter(x, np.random.default_rng(1), 0.0, 20)
     assert 0 < np.abs(jpeg.astype(int) - x).mean() < 5
-    aug = make_augmenter(AugmentParams(horizontal_flip=False, blur_um=1.5, jpeg_quality_min=50), 64, 1.0, 24.0, 0)
-    z = aug(x).numpy()
+    aug = make_augmenter(AugmentParams(horizontal_flip=False, blur_um=1.5, jpeg_quality_min=50), 64, 1.0, 24.0)
+    z = aug(x, np.random.default_rng(0))
     assert z.shape == x.shape and 0.0 <= z.min() and z.max() <= 1.0 and not np.allclose(z, x / 255.0)
 
 
@@ -261,11 +306,15 @@ def test_train_cells_mode_end_to_end_on_synthetic_fields(tmp_path):
     if metrics["did_not_learn"]:
         assert "DID NOT LEARN" in result.output
 
-    # a second stage continues the first with the same data and seed; another seed is refused
-    again = CliRunner().invoke(train_command, [str(data), "--config", str(cfg), "--out", str(tmp_path / "stage2"),
+    # a second stage continues the first with the same data and seed (here drawing its balanced cells afresh
+    # every epoch); another seed is refused
+    stage2 = write_config(tmp_path / "stage2.yaml", training={"epochs": 2, "batch_size": 8, "jit_compile": False,
+                                                              "rebalance_each_epoch": True})
+    again = CliRunner().invoke(train_command, [str(data), "--config", str(stage2), "--out", str(tmp_path / "stage2"),
                                                "--init-model", str(out / "tiny.keras"), "--learning-rate", "1e-4"])
     assert again.exit_code in (0, ExitCode.DID_NOT_LEARN), again.output
     continued = json.loads((tmp_path / "stage2" / "tiny" / "metrics.json").read_text())
+    assert continued["data"]["rebalance_each_epoch"] and continued["epochs_run"] == 2
     assert continued["init_model"]["sha256"] == info["sha256"]
     assert continued["init_model"]["epochs_before"] == metrics["epochs_run"]
     assert continued["config"]["training"]["learning_rate"] == 1e-4

@@ -79,12 +79,24 @@ def import_tensorflow():
     return tensorflow
 
 
-def configure_tensorflow(device: str = "auto", cpu_threads: int = 0) -> str:
+def keras_backend() -> str:
+    """The Keras backend of this process: TensorFlow (bcscan's default) unless KERAS_BACKEND=jax, e.g. to
+    train on a GPU machine that has JAX but no TensorFlow build for its CUDA."""
+    backend = os.environ.get("KERAS_BACKEND", "tensorflow")
+    if backend not in {"tensorflow", "jax"}:
+        raise ConfigError(f"KERAS_BACKEND={backend}: bcscan runs on 'tensorflow' (the default) or 'jax'")
+    return backend
+
+
+def configure_backend(device: str = "auto", cpu_threads: int = 0) -> str:
     """Pick the device once per process; returns 'gpu' or 'cpu'.
 
-    On a GPU: memory growth (so a second process can share the card) and mixed precision.
-    On the CPU: inter-op parallelism 1, which measured faster for VGG-16 on few cores.
+    On a GPU: mixed precision (float16 on TensorFlow, bfloat16 on JAX), and on TensorFlow memory growth
+    (so a second process can share the card).  On the CPU: inter-op parallelism 1, which measured faster
+    for VGG-16 on few cores.
     """
+    if keras_backend() == "jax":
+        return _configure_jax(device)
     tf = import_tensorflow()
 
     gpus = tf.config.list_physical_devices("GPU") if device != "cpu" else []
@@ -107,6 +119,39 @@ def configure_tensorflow(device: str = "auto", cpu_threads: int = 0) -> str:
     return "gpu" if gpus else "cpu"
 
 
+def _configure_jax(device: str) -> str:
+    import jax
+
+    gpus = [d for d in jax.devices() if d.platform == "gpu"] if device != "cpu" else []
+    if device == "gpu" and not gpus:
+        raise ConfigError("device 'gpu' requested but JAX sees no GPU")
+    if gpus:
+        import keras
+        keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    else:
+        jax.config.update("jax_default_device", jax.devices("cpu")[0])
+    return "gpu" if gpus else "cpu"
+
+
+def compiled_forward(model, xla_on_cpu: bool = False):
+    """`forward(float32 batch) -> float32 softmax (NumPy)`, compiled once per model: a tf.function on
+    TensorFlow (XLA when asked: it measured fastest on few CPU cores), Keras' jitted predict step on JAX."""
+    if keras_backend() == "jax":
+        return lambda batch: np.asarray(model.predict_on_batch(batch), np.float32)
+    import tensorflow as tf
+
+    @tf.function(jit_compile=xla_on_cpu, reduce_retracing=True)
+    def forward(batch):
+        return tf.cast(model(batch, training=False), tf.float32)
+
+    return lambda batch: forward(batch).numpy()
+
+
+def out_of_memory(exc: BaseException) -> bool:
+    """An accelerator out-of-memory error of either backend (their types are imported lazily)."""
+    return type(exc).__name__ == "ResourceExhaustedError" or "RESOURCE_EXHAUSTED" in str(exc)[:200]
+
+
 class CellClassifier:
     """A loaded, verified model that turns uint8 crops into calibrated p_leukemic."""
 
@@ -114,7 +159,7 @@ class CellClassifier:
         started = time.perf_counter()
         self.params = params
         self.model_path = resolve_model_path(params.model)
-        self.device = configure_tensorflow(params.device, params.cpu_threads)
+        self.device = configure_backend(params.device, params.cpu_threads)
         self._on_gpu_originally = self.device == "gpu"
         self.batch_size = params.batch_size
         self.model, self.info = load_keras_model(self.model_path)
@@ -128,7 +173,8 @@ class CellClassifier:
         """Where and how the model runs, for provenance: e.g. 'cpu/onnxruntime', 'gpu/tensorflow'."""
         if self._onnx is not None:
             return "cpu/onnxruntime"
-        return f"{self.device}/tensorflow" + ("-xla" if self.device == "cpu" else "")
+        backend = keras_backend()
+        return f"{self.device}/{backend}" + ("-xla" if self.device == "cpu" and backend == "tensorflow" else "")
 
     def _onnx_runner(self):
         """ONNX Runtime when wanted, installed, able to express the model and equal to TensorFlow on a
@@ -151,22 +197,14 @@ class CellClassifier:
             return None
         probe = np.random.default_rng(0).uniform(0, 1, (8, self.info.input_size, self.info.input_size, 3))
         probe = probe.astype(np.float32)
-        difference = float(np.abs(runner(probe) - self._predict(probe).numpy()).max())
+        difference = float(np.abs(runner(probe) - self._predict(probe)).max())
         if difference > ONNX_TOLERANCE:
             log.warning("ONNX Runtime differs from TensorFlow by %.2g on the probe batch: using TensorFlow", difference)
             return None
         return runner
 
     def _compile(self):
-        import tensorflow as tf
-
-        model = self.model
-
-        @tf.function(jit_compile=self.device == "cpu", reduce_retracing=True)
-        def predict(batch):
-            return tf.cast(model(batch, training=False), tf.float32)
-
-        return predict
+        return compiled_forward(self.model, xla_on_cpu=self.device == "cpu")
 
     def predict(self, crops: np.ndarray) -> np.ndarray:
         """p_leukemic (calibrated) for each crop, computed in fixed-size batches.
@@ -186,8 +224,8 @@ class CellClassifier:
                 batch = np.concatenate([batch, np.zeros((padded - n,) + batch.shape[1:], np.float32)])
             try:
                 probs = self._run(batch)[:n]
-            except Exception as exc:  # tf.errors.ResourceExhaustedError, imported lazily
-                if type(exc).__name__ != "ResourceExhaustedError":
+            except Exception as exc:
+                if not out_of_memory(exc):
                     raise
                 self._shrink_after_oom()
                 continue
@@ -202,16 +240,16 @@ class CellClassifier:
             import tensorflow as tf
 
             with tf.device("/CPU:0"):
-                return self._predict(batch).numpy()
-        return self._predict(batch).numpy()
+                return self._predict(batch)
+        return self._predict(batch)
 
     def _shrink_after_oom(self) -> None:
         if self.batch_size > 1:
             self.batch_size //= 2
             log.warning("out of accelerator memory: batch size reduced to %d", self.batch_size)
-        elif self.device == "gpu":
+        elif self.device == "gpu" and keras_backend() == "tensorflow":
             self.device = "cpu"
             self.batch_size = self.params.batch_size
             log.warning("out of accelerator memory at batch size 1: classifying on the CPU")
         else:
-            raise MemoryError("out of memory classifying a single crop on the CPU")
+            raise MemoryError(f"out of memory classifying a single crop on the {self.device.upper()}")

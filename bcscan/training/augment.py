@@ -1,4 +1,4 @@
-"""On-the-fly training augmentation (TensorFlow): flips, rotation, scale/translation inside the
+"""On-the-fly training augmentation (NumPy/OpenCV, any Keras backend): flips, rotation, scale/translation inside the
 margin crop, colour / stain jitter, stain jitter in HED optical density, blur and JPEG; seeded."""
 from __future__ import annotations
 
@@ -47,70 +47,65 @@ def optics_jitter(batch: np.ndarray, rng: np.random.Generator, blur_px: float, j
     return out
 
 
-def make_augmenter(params: AugmentParams, input_size: int, margin: float, crop_um: float, seed: int):
-    """Batched augmentation: uint8 B×M×M×3 (margin crops of `crop_um` × margin µm) → float32 B×S×S×3 in [0, 1]."""
-    import keras
-    import tensorflow as tf
-
-    rot = keras.layers.RandomRotation(params.rotation_deg / 360.0, fill_mode="reflect", seed=seed) \
-        if params.rotation_deg > 0 else None
-    gen = tf.random.Generator.from_seed(seed)
-    inner = 1.0 / margin  # the crop_um window inside the margin crop, as a fraction
-    stain_rng = np.random.default_rng([seed, 1])
+def make_augmenter(params: AugmentParams, input_size: int, margin: float, crop_um: float):
+    """Batched augmentation in NumPy/OpenCV, so that training runs on any Keras backend and in worker
+    threads: `augment(uint8 B×M×M×3 margin crops of crop_um × margin µm, rng) → float32 B×S×S×3 in [0, 1]`.
+    The caller passes the generator (one per epoch and batch), so a run is reproducible whatever the
+    number of workers."""
+    import cv2
 
     blur_px = params.blur_um * input_size / crop_um
     stain_on = params.hed_scale > 0 or params.hed_shift > 0
     optics_on = blur_px > 0 or params.jpeg_quality_min < 100
+    hsv_on = bool(params.hue or params.saturation or params.brightness)
 
-    def numpy_stage(batch):
+    def factors(rng, spread, shape=None):
+        return np.asarray(rng.uniform(1 - spread, 1 + spread, shape), np.float32)
+
+    def warp(sample: np.ndarray, rng) -> np.ndarray:
+        """Zoom, shift, flips and rotation about the centre in one bilinear warp from the margin crop to
+        the output size (mirrored border); the crop_um window when all are off."""
+        side = sample.shape[0]
+        step = side / margin / input_size * (factors(rng, params.scale) if params.scale > 0 else 1.0)
+        shift = params.translate * side / margin
+        centre = (side - 1) / 2 + (rng.uniform(-shift, shift, 2) if shift > 0 else np.zeros(2))
+        angle = np.deg2rad(rng.uniform(-params.rotation_deg, params.rotation_deg)) if params.rotation_deg else 0.0
+        flip_x = -1.0 if params.horizontal_flip and rng.uniform() < 0.5 else 1.0
+        flip_y = -1.0 if params.vertical_flip and rng.uniform() < 0.5 else 1.0
+        cos, sin = np.cos(angle) * step, np.sin(angle) * step
+        linear = np.array([[cos * flip_x, -sin * flip_y], [sin * flip_x, cos * flip_y]])
+        out_centre = (input_size - 1) / 2
+        matrix = np.hstack([linear, (centre - linear @ [out_centre, out_centre])[:, None]])
+        return cv2.warpAffine(sample, matrix, (input_size, input_size),
+                              flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REFLECT_101)
+
+    def hsv_jitter(x: np.ndarray, rng) -> np.ndarray:
+        hsv = cv2.cvtColor(x, cv2.COLOR_RGB2HSV)  # float32: hue in degrees, saturation and value in [0, 1]
+        if params.hue:
+            hsv[..., 0] = np.mod(hsv[..., 0] + 360.0 * rng.uniform(-params.hue, params.hue), 360.0)
+        if params.saturation:
+            hsv[..., 1] = np.clip(hsv[..., 1] * factors(rng, params.saturation), 0.0, 1.0)
+        if params.brightness:
+            hsv[..., 2] = np.clip(hsv[..., 2] * factors(rng, params.brightness), 0.0, 1.0)
+        return cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
+
+    def augment(batch: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         if stain_on:
-            batch = hed_jitter(batch, stain_rng, params.hed_scale, params.hed_shift)
+            batch = hed_jitter(batch, rng, params.hed_scale, params.hed_shift)
         if optics_on:
-            batch = optics_jitter(batch, stain_rng, blur_px, params.jpeg_quality_min)
-        return batch
-
-    def augment(batch):
-        if stain_on or optics_on:  # numpy, before the TF ops
-            shape = batch.shape
-            batch = tf.numpy_function(numpy_stage, [batch], tf.uint8, stateful=True)
-            batch.set_shape(shape)
-        x = tf.cast(batch, tf.float32) / 255.0
-        b = tf.shape(x)[0]
-        if params.scale > 0 or params.translate > 0 or margin != 1.0:
-            s = gen.uniform([b], 1 - params.scale, 1 + params.scale) if params.scale > 0 else tf.ones([b])
-            half = 0.5 * inner * s
-            t = params.translate * inner
-            cy = 0.5 + (gen.uniform([b], -t, t) if t > 0 else tf.zeros([b]))
-            cx = 0.5 + (gen.uniform([b], -t, t) if t > 0 else tf.zeros([b]))
-            boxes = tf.stack([cy - half, cx - half, cy + half, cx + half], axis=1)
-            x = tf.image.crop_and_resize(x, boxes, tf.range(b), (input_size, input_size),
-                                         extrapolation_value=1.0)
-        if params.horizontal_flip:
-            flip = gen.uniform([b, 1, 1, 1]) < 0.5
-            x = tf.where(flip, tf.reverse(x, axis=[2]), x)
-        if params.vertical_flip:
-            flip = gen.uniform([b, 1, 1, 1]) < 0.5
-            x = tf.where(flip, tf.reverse(x, axis=[1]), x)
-        if rot is not None:
-            x = rot(x, training=True)
-        if params.hue or params.saturation or params.brightness:
-            hsv = tf.image.rgb_to_hsv(tf.clip_by_value(x, 0.0, 1.0))
-            h, sat, v = hsv[..., 0], hsv[..., 1], hsv[..., 2]
-            if params.hue:
-                h = tf.math.floormod(h + gen.uniform([b, 1, 1], -params.hue, params.hue), 1.0)
-            if params.saturation:
-                sat = tf.clip_by_value(sat * gen.uniform([b, 1, 1], 1 - params.saturation, 1 + params.saturation), 0, 1)
-            if params.brightness:
-                v = tf.clip_by_value(v * gen.uniform([b, 1, 1], 1 - params.brightness, 1 + params.brightness), 0, 1)
-            x = tf.image.hsv_to_rgb(tf.stack([h, sat, v], axis=-1))
+            batch = optics_jitter(batch, rng, blur_px, params.jpeg_quality_min)
+        x = np.stack([warp(sample, rng) for sample in batch]).astype(np.float32) * np.float32(1 / 255)
+        if hsv_on:
+            x = np.stack([hsv_jitter(sample, rng) for sample in x])
+        b = len(x)
         if params.channel_gain:
-            x = x * gen.uniform([b, 1, 1, 3], 1 - params.channel_gain, 1 + params.channel_gain)
+            x = x * factors(rng, params.channel_gain, (b, 1, 1, 3))
         if params.contrast:
-            mean = tf.reduce_mean(x, axis=[1, 2, 3], keepdims=True)
-            x = (x - mean) * gen.uniform([b, 1, 1, 1], 1 - params.contrast, 1 + params.contrast) + mean
+            mean = x.mean(axis=(1, 2, 3), keepdims=True)
+            x = (x - mean) * factors(rng, params.contrast, (b, 1, 1, 1)) + mean
         if params.grayscale_p > 0:
-            grey = tf.image.grayscale_to_rgb(tf.image.rgb_to_grayscale(x))
-            x = tf.where(gen.uniform([b, 1, 1, 1]) < params.grayscale_p, grey, x)
-        return tf.clip_by_value(x, 0.0, 1.0)
+            grey = np.repeat(x @ np.array([0.2989, 0.587, 0.114], np.float32), 3).reshape(x.shape)
+            x = np.where(rng.uniform(size=(b, 1, 1, 1)) < params.grayscale_p, grey, x)
+        return np.clip(x, 0.0, 1.0, dtype=np.float32)
 
     return augment

@@ -36,7 +36,7 @@ def evaluate(model_path: Path, data_dir: Path, class_map: dict[str, list[str]], 
              split: str = "test", single_cell: bool = False, device: str = "auto", batch_size: int = 64,
              echo=print) -> dict[str, Any]:
     """Score a labelled data folder with a saved model; writes metrics.json and reports into `out`."""
-    from bcscan.model.classifier import calibrate, configure_tensorflow
+    from bcscan.model.classifier import calibrate, configure_backend
     from bcscan.model.network import load_keras_model, load_model_info
     from bcscan.scan.segmentation import SegmentationParams
 
@@ -56,7 +56,7 @@ def evaluate(model_path: Path, data_dir: Path, class_map: dict[str, list[str]], 
                for c, folders in class_map.items() for f in folders]
     only = _split_filter(splits_csv, split) if splits_csv is not None else None
     samples = collect_samples(data_dir, sources, mode, info.input_size, info.crop_um, 1.0, seg, only=only)
-    dev = configure_tensorflow(device)
+    dev = configure_backend(device)
     model, info = load_keras_model(model_path)
     probs = predict_probs(model, samples.x, batch_size)
     li = info.classes.index(LEUKEMIC)

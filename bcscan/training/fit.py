@@ -1,18 +1,19 @@
 """Build and fit the VGG-16: seeded model, optimiser and learning-rate schedule, augmented
-training dataset, callbacks (best checkpoint by validation loss, CSV history, early stopping,
+training batches, callbacks (best checkpoint by validation loss, CSV history, early stopping,
 time budget), and continuing a model trained earlier on the same split (`--init-model`)."""
 from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
-from bcscan.errors import ModelError, TrainingError
+from bcscan.errors import ConfigError, ModelError, TrainingError
 from bcscan.model.network import CLASSES
 from bcscan.training.augment import make_augmenter
 from bcscan.training.recipe import TrainConfig, TrainParams
@@ -33,28 +34,31 @@ class Fitted:
     device: str
 
 
-def fit_model(cfg: TrainConfig, samples: Samples, labels: np.ndarray, train_idx: np.ndarray, val_idx: np.ndarray,
+def fit_model(cfg: TrainConfig, samples: Samples, labels: np.ndarray, draw: Callable[[int], np.ndarray],
+              val_idx: np.ndarray,
               *, split_sha256: str, weights: Path | None, init_model: Path | None, device: str, work_dir: Path,
               report_dir: Path, echo=print) -> Fitted:
-    """Build (or continue) the configured VGG-16 and fit it on the balanced training samples;
-    returns the checkpoint of the best epoch by validation loss."""
-    from bcscan.model.classifier import configure_tensorflow
+    """Build (or continue) the configured VGG-16 and fit it on the balanced training samples, `draw(epoch)`
+    (one size every epoch); returns the checkpoint of the best epoch by validation loss."""
+    from bcscan.model.classifier import configure_backend, keras_backend
 
-    dev = configure_tensorflow(device)
+    dev = configure_backend(device)
     import keras
-    import tensorflow as tf
 
     from bcscan.model.network import build_vgg16
 
     keras.utils.set_random_seed(cfg.seed)
-    if cfg.training.deterministic:
+    if cfg.training.deterministic and keras_backend() == "tensorflow":
+        import tensorflow as tf
+
         tf.config.experimental.enable_op_determinism()
     model = build_vgg16(cfg.input_size, len(CLASSES), cfg.model.hidden_units, cfg.model.dropout,
                         cfg.model.batch_norm, weights, cfg.seed, cfg.model.grey_input)
     init_info = continue_from(model, Path(init_model), cfg, split_sha256) if init_model else None
     tp = cfg.training
-    _compile(model, tp, len(train_idx), dev)
-    train_ds, val_ds = _datasets(cfg, samples, labels, train_idx, val_idx)
+    _compile(model, tp, len(draw(0)), dev)
+    train_batches = _training_batches(cfg, samples.x_margin, labels, draw, dev)
+    validation = (samples.x[val_idx].astype(np.float32) * np.float32(1 / 255), labels[val_idx])
     ckpt = work_dir / "checkpoint-best.keras"
     callbacks, budget = _callbacks(tp, ckpt, report_dir / "history.csv")
     start = (f"continuing {init_model} ({init_info.training.get('epochs_run')} epochs)" if init_info
@@ -62,7 +66,8 @@ def fit_model(cfg: TrainConfig, samples: Samples, labels: np.ndarray, train_idx:
     echo(f"[train] VGG-16{' + batch norm' if cfg.model.batch_norm else ''} {cfg.input_size}×{cfg.input_size}, "
          f"{start}, {tp.epochs} epochs max, device {dev}")
     t_fit = time.time()
-    hist = model.fit(train_ds, validation_data=val_ds, epochs=tp.epochs, callbacks=callbacks, verbose=2)
+    hist = model.fit(train_batches, validation_data=validation, validation_batch_size=64, epochs=tp.epochs,
+                     callbacks=callbacks, verbose=2)
     fit_s = time.time() - t_fit
     history = {k: [float(v) for v in vals] for k, vals in hist.history.items()}
     if ckpt.is_file():
@@ -73,8 +78,11 @@ def fit_model(cfg: TrainConfig, samples: Samples, labels: np.ndarray, train_idx:
 
 
 def _compile(model, tp: TrainParams, n_train: int, device: str) -> None:
-    """Adam with the configured learning rate (per-step cosine decay for `cosine`), softmax cross-entropy."""
+    """Adam with the configured learning rate (per-step cosine decay for `cosine`), softmax cross-entropy;
+    XLA on TensorFlow's CPU path when configured, always on JAX."""
     import keras
+
+    from bcscan.model.classifier import keras_backend
 
     steps = math.ceil(n_train / tp.batch_size)
     if tp.lr_schedule == "cosine":
@@ -82,24 +90,41 @@ def _compile(model, tp: TrainParams, n_train: int, device: str) -> None:
     else:
         lr = tp.learning_rate
     model.compile(optimizer=keras.optimizers.Adam(lr), loss="sparse_categorical_crossentropy",
-                  metrics=["accuracy"], jit_compile=tp.jit_compile and device == "cpu")
+                  metrics=["accuracy"],
+                  jit_compile=tp.jit_compile and device == "cpu" if keras_backend() == "tensorflow" else True)
 
 
-def _datasets(cfg: TrainConfig, samples: Samples, labels: np.ndarray, train_idx: np.ndarray, val_idx: np.ndarray):
-    """(training dataset: shuffled each epoch, augmented margin crops; validation dataset: plain crops)."""
-    import tensorflow as tf
+def _training_batches(cfg: TrainConfig, x_margin: np.ndarray, labels: np.ndarray, draw, device: str):
+    """Shuffled, augmented training batches of `draw(epoch)` (a Keras PyDataset: any backend).  Order and
+    augmentation are seeded by (seed, epoch, batch), so worker threads do not change the run; a GPU gets
+    several workers (OpenCV releases the GIL), a CPU one, which keeps its cores for the model."""
+    import keras
 
-    tp = cfg.training
-    augment = make_augmenter(cfg.augmentation, cfg.input_size, cfg.margin, cfg.crop_um, cfg.seed)
-    xm_train, y_train = samples.x_margin[train_idx], labels[train_idx]
-    train_ds = (tf.data.Dataset.from_tensor_slices((xm_train, y_train))
-                .shuffle(len(train_idx), seed=cfg.seed, reshuffle_each_iteration=True)
-                .batch(tp.batch_size)
-                .map(lambda x, y: (augment(x), y), num_parallel_calls=1, deterministic=True)
-                .prefetch(2))
-    val_ds = (tf.data.Dataset.from_tensor_slices((samples.x[val_idx], labels[val_idx]))
-              .batch(64).map(lambda x, y: (tf.cast(x, tf.float32) / 255.0, y)).prefetch(2))
-    return train_ds, val_ds
+    augment = make_augmenter(cfg.augmentation, cfg.input_size, cfg.margin, cfg.crop_um)
+    batch_size, seed = cfg.training.batch_size, cfg.seed
+    workers = 1 if device == "cpu" else max(1, min(8, (os.cpu_count() or 2) - 2))
+
+    class AugmentedBatches(keras.utils.PyDataset):
+        def __init__(self):
+            super().__init__(workers=workers, use_multiprocessing=False, max_queue_size=4 * workers)
+            self.epoch = 0
+            self.order = self._shuffled()
+
+        def _shuffled(self):
+            return np.random.default_rng([seed, self.epoch]).permutation(draw(self.epoch))
+
+        def __len__(self):
+            return math.ceil(len(self.order) / batch_size)
+
+        def __getitem__(self, index):
+            take = self.order[index * batch_size:(index + 1) * batch_size]
+            return augment(x_margin[take], np.random.default_rng([seed, self.epoch, index])), labels[take]
+
+        def on_epoch_end(self):
+            self.epoch += 1
+            self.order = self._shuffled()
+
+    return AugmentedBatches()
 
 
 def _callbacks(tp: TrainParams, ckpt: Path, history_csv: Path):
@@ -109,6 +134,10 @@ def _callbacks(tp: TrainParams, ckpt: Path, history_csv: Path):
     callbacks = [keras.callbacks.ModelCheckpoint(str(ckpt), monitor="val_loss", save_best_only=True),
                  keras.callbacks.CSVLogger(str(history_csv))]
     if tp.lr_schedule == "cosine_time":
+        from bcscan.model.classifier import keras_backend
+
+        if keras_backend() != "tensorflow":  # JAX keeps the optimiser's state on the device during an epoch
+            raise ConfigError("lr_schedule cosine_time needs the TensorFlow backend; use cosine (per step)")
         callbacks.insert(0, _cosine_time_callback(tp.learning_rate, tp.max_minutes))
     if tp.lr_schedule == "plateau":
         callbacks.append(keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.3, patience=1,

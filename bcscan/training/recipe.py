@@ -67,6 +67,7 @@ class TrainParams:
     deterministic: bool = False          # tf op determinism (slower)
     did_not_learn_margin: float = 0.10   # val balanced accuracy below 0.5 + margin = did not learn
     store_float16: bool = False          # store weights as float16 (half the file)
+    rebalance_each_epoch: bool = False   # a fresh balanced draw of the training cells every epoch (all are seen)
 
     def __post_init__(self):
         if self.lr_schedule not in {"constant", "plateau", "cosine", "cosine_time"}:

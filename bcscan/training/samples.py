@@ -170,8 +170,9 @@ def collect_samples(data_dir: Path, sources: list[SourceSpec], mode: str, input_
     t0 = time.time()
     import sys
 
-    # fork is safe only before TensorFlow starts its threads; otherwise decode in this process
-    if workers > 1 and len(jobs) > 50 and "tensorflow" not in sys.modules and hasattr(os, "fork"):
+    # fork is safe only before TensorFlow or JAX starts its threads; otherwise decode in this process
+    threaded = "tensorflow" in sys.modules or "jax" in sys.modules
+    if workers > 1 and len(jobs) > 50 and not threaded and hasattr(os, "fork"):
         import multiprocessing as mp
 
         with mp.get_context("fork").Pool(workers) as pool:

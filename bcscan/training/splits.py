@@ -72,6 +72,20 @@ def balance_indices(labels: np.ndarray, rng: np.random.Generator, how: str,
     return np.sort(np.concatenate(chosen))
 
 
+def epoch_draws(pool: np.ndarray, labels: np.ndarray, datasets: np.ndarray, how: str, seed: int,
+                first: np.ndarray):
+    """`draw(epoch)`: the training positions of each epoch, `first` at epoch 0 and then a fresh balanced
+    draw from the whole training `pool` (positions into `labels`).  A single draw leaves most of a large
+    (dataset, class) pair unused for the whole run: in the ghaderzadeh-left-out fold of the cross-lab
+    recipe, 1,280 of about 4,000 training cells."""
+    def draw(epoch: int) -> np.ndarray:
+        if epoch == 0:
+            return first
+        return pool[balance_indices(labels[pool], np.random.default_rng([seed, epoch]), how, datasets[pool])]
+
+    return draw
+
+
 def split_digest(files: list[str], split_img: np.ndarray) -> str:
     """SHA-256 of the split itself (file and split name per image): a model continued with
     `--init-model` must have been trained on exactly this split."""

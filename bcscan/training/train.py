@@ -37,7 +37,7 @@ from bcscan.training.predict import predict_probs
 from bcscan.training.recipe import TrainConfig, load_train_config, shortcut_check
 from bcscan.training.reports import write_metrics_json, write_reports
 from bcscan.training.samples import Samples, collect_samples
-from bcscan.training.splits import balance_indices, split_digest, split_images, write_splits_csv
+from bcscan.training.splits import balance_indices, epoch_draws, split_digest, split_images, write_splits_csv
 
 
 def train(data_dir: Path, config_path: Path, out_dir: Path, *, weights: Path | None = None,
@@ -58,7 +58,9 @@ def train(data_dir: Path, config_path: Path, out_dir: Path, *, weights: Path | N
     t_start = time.time()
 
     data = _prepare_data(cfg, data_dir, work_dir, report_dir, echo)
-    fitted = fit_model(cfg, data.samples, data.labels, data.train_idx, data.val_idx, split_sha256=data.split_sha256,
+    draw = (epoch_draws(data.train_pool, data.labels, data.samples.dataset, cfg.balance, cfg.seed, data.train_idx)
+            if cfg.training.rebalance_each_epoch else lambda epoch: data.train_idx)
+    fitted = fit_model(cfg, data.samples, data.labels, draw, data.val_idx, split_sha256=data.split_sha256,
                        weights=weights, init_model=init_model, device=device, work_dir=work_dir,
                        report_dir=report_dir, echo=echo)
     history, n_train = fitted.history, len(data.train_idx)
@@ -95,7 +97,8 @@ class PreparedData:
     split_img: np.ndarray       # 'train' | 'val' | 'test' per image
     split_sha256: str           # digest of the split (see splits.split_digest)
     labels: np.ndarray          # class index per sample
-    train_idx: np.ndarray       # balanced training samples
+    train_idx: np.ndarray       # balanced training samples (the first epoch's, see training.rebalance_each_epoch)
+    train_pool: np.ndarray      # every training sample
     val_idx: np.ndarray
     test_idx: np.ndarray
     summary: dict[str, Any]     # metrics' `data`
@@ -119,21 +122,22 @@ def _prepare_data(cfg: TrainConfig, data_dir: Path, work_dir: Path, report_dir: 
     write_splits_csv(report_dir / "splits.csv", samples, split_img, groups)
 
     rng = np.random.default_rng(cfg.seed)
-    train_idx = np.nonzero(split_smp == "train")[0]
-    train_idx = train_idx[balance_indices(labels[train_idx], rng, cfg.balance, samples.dataset[train_idx])]
+    train_pool = np.nonzero(split_smp == "train")[0]
+    train_idx = train_pool[balance_indices(labels[train_pool], rng, cfg.balance, samples.dataset[train_pool])]
     val_idx = np.nonzero(split_smp == "val")[0]
     test_idx = np.nonzero(split_smp == "test")[0]
     if len(train_idx) == 0 or len(val_idx) == 0:
         raise TrainingError(f"{data_dir}: too few samples for a train/validation split "
                             f"(train {len(train_idx)}, val {len(val_idx)}); add images or lower max_images_per_source")
     summary = _data_summary(cfg, samples, split_img, split_smp, train_idx, n_groups_multi)
+    summary["rebalance_each_epoch"] = cfg.training.rebalance_each_epoch
     echo(f"[train] {len(samples.files)} images, {len(samples.x)} samples; near-duplicate groups with >1 image: "
          f"{n_groups_multi}; train {len(train_idx)} (balanced) / val {len(val_idx)} / test {len(test_idx)} samples")
     shortcut = shortcut_check(cfg.sources)
     for line in shortcut:
         echo(f"[train] WARNING (source shortcut): {line}")
-    return PreparedData(samples, split_img, split_sha256, labels, train_idx, val_idx, test_idx, summary, shortcut,
-                        collect_s)
+    return PreparedData(samples, split_img, split_sha256, labels, train_idx, train_pool, val_idx, test_idx, summary,
+                        shortcut, collect_s)
 
 
 def _data_summary(cfg, samples, split_img, split_smp, train_idx, n_groups_multi) -> dict:

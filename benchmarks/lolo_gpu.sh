@@ -1,0 +1,40 @@
+#!/bin/bash
+# Leave-one-lab-out of the cross-lab recipe and three variants on one GPU, all folds at once (issue 11),
+# then the classifier's crops/s by batch size and its out-of-memory fallback.
+#
+#   benchmarks/lolo_gpu.sh DATA_DIR RECIPE.yaml RUNS_DIR [MINUTES]
+#
+# Runs Keras on JAX (KERAS_BACKEND=jax: a GPU machine with JAX needs no TensorFlow build for its CUDA),
+# each fold in its own process with a tenth of the GPU's memory. Variants: the recipe; seed 1; colour-blind
+# input (model.grey_input); a fresh balanced draw of the training cells every epoch
+# (training.rebalance_each_epoch). The recipe's lr_schedule becomes `cosine` (per step; cosine_time needs
+# TensorFlow); MINUTES (default 3) caps each training. The mll-bone-marrow scale is taken from the recipe's
+# BLA source, so a compact copy (benchmarks/compact_data.py) works as it is.
+# Results: RUNS_DIR/<variant>-<lab>/cross_lab.{json,md}, logs beside them, classifier_device.txt.
+set -u
+data=$1 recipe=$2 runs=$3 minutes=${4:-3}
+export KERAS_BACKEND=${KERAS_BACKEND:-jax} PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_MEM_FRACTION=0.1
+here=$(cd "$(dirname "$0")" && pwd)
+mll_mpp=$(python3 -c "import sys, yaml; print(next(s['mpp'] for s in yaml.safe_load(open(sys.argv[1]))['sources'] \
+  if s['path'].endswith('mll-bone-marrow/BLA')))" "$recipe") || exit 2
+mkdir -p "$runs"
+pids=()
+launch() {
+  local name=$1 lab=$2; shift 2
+  python3 "$here/cross_lab.py" "$data" --config "$recipe" --mll-mpp "$mll_mpp" --max-minutes "$minutes" \
+    --set training.lr_schedule=cosine --labs "$lab" --out "$runs/$name-$lab" --work "$runs/work-$name-$lab" "$@" \
+    > "$runs/$name-$lab.log" 2>&1 &
+  pids+=($!)
+}
+for lab in ghaderzadeh-all mll-bone-marrow; do
+  launch recipe "$lab"
+  launch seed1 "$lab" --set seed=1
+  launch grey "$lab" --set model.grey_input=true
+  launch rebalance "$lab" --set training.rebalance_each_epoch=true
+done
+status=0
+for pid in "${pids[@]}"; do wait "$pid" || status=1; done
+cat "$runs"/*/cross_lab.md
+XLA_PYTHON_CLIENT_MEM_FRACTION=0.3 python3 "$here/classifier_device.py" --batches 64,256,1024 --crops 16384 \
+  --oom-batch 131072 2>&1 | tee "$runs/classifier_device.txt"
+exit $status
