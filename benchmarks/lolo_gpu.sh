@@ -10,7 +10,8 @@
 # (training.rebalance_each_epoch). The recipe's lr_schedule becomes `cosine` (per step; cosine_time needs
 # TensorFlow); MINUTES (default 3) caps each training. The mll-bone-marrow scale is taken from the recipe's
 # BLA source, so a compact copy (benchmarks/compact_data.py) works as it is.
-# Results: RUNS_DIR/<variant>-<lab>/cross_lab.{json,md}, logs beside them, classifier_device.txt.
+# Results: RUNS_DIR/<variant>-<lab>/cross_lab.{json,md}, logs beside them, classifier_device.txt
+# (CLASSIFIER_ARGS replaces its arguments, e.g. smaller ones for a dry run on a CPU).
 set -u
 data=$1 recipe=$2 runs=$3 minutes=${4:-3}
 export KERAS_BACKEND=${KERAS_BACKEND:-jax} PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_MEM_FRACTION=0.1
@@ -35,6 +36,6 @@ done
 status=0
 for pid in "${pids[@]}"; do wait "$pid" || status=1; done
 cat "$runs"/*/cross_lab.md
-XLA_PYTHON_CLIENT_MEM_FRACTION=0.3 python3 "$here/classifier_device.py" --batches 64,256,1024 --crops 16384 \
-  --oom-batch 131072 2>&1 | tee "$runs/classifier_device.txt"
+XLA_PYTHON_CLIENT_MEM_FRACTION=0.3 python3 "$here/classifier_device.py" \
+  ${CLASSIFIER_ARGS:---batches 64,256,1024 --crops 16384 --oom-batch 131072} 2>&1 | tee "$runs/classifier_device.txt"
 exit $status
