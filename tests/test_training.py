@@ -298,6 +298,7 @@ def test_train_cells_mode_end_to_end_on_synthetic_fields(tmp_path):
     metrics = _check_outputs(out, "tiny")
     info = json.loads((out / "tiny.json").read_text())
     assert info["crop_um"] == 24.0 and info["working_mpp"] > 0 and info["input_size"] == 32
+    assert metrics["engine"] == "cpu/tensorflow"               # provenance: device and Keras backend
     assert metrics["data"]["samples"] >= 2 * 24           # about two cells per field
     with open(out / "tiny" / "splits.csv", newline="") as fh:
         rows = {r["file"]: r for r in csv.DictReader(fh)}

@@ -41,6 +41,9 @@ def train_command(data_dir, config_path, out_dir, weights, init_model, epochs, s
     report, confusion matrix and learning-curve PNGs and a model card.  Exits with status 4
     (after writing everything, flagged in metrics.json as "did_not_learn") when the validation
     balanced accuracy stayed at chance.
+
+    Runs on TensorFlow; with the environment variable KERAS_BACKEND=jax it runs on JAX (a GPU machine
+    without a TensorFlow build for its CUDA; lr_schedule cosine_time needs TensorFlow).
     """
     from bcscan.training.train import train
 

@@ -36,7 +36,7 @@ def evaluate(model_path: Path, data_dir: Path, class_map: dict[str, list[str]], 
              split: str = "test", single_cell: bool = False, device: str = "auto", batch_size: int = 64,
              echo=print) -> dict[str, Any]:
     """Score a labelled data folder with a saved model; writes metrics.json and reports into `out`."""
-    from bcscan.model.classifier import calibrate, configure_backend
+    from bcscan.model.classifier import calibrate, configure_backend, keras_backend
     from bcscan.model.network import load_keras_model, load_model_info
     from bcscan.scan.segmentation import SegmentationParams
 
@@ -80,7 +80,7 @@ def evaluate(model_path: Path, data_dir: Path, class_map: dict[str, list[str]], 
                "per_source": per_source(sources, samples.source[ids], iy, ip, samples.source[samples.image], y, p),
                "class_map": class_map, "data_dir": str(data_dir),
                "split_filter": {"csv": str(splits_csv), "split": split} if splits_csv else None,
-               "device": dev, "wall_s": round(time.time() - t0, 1)}
+               "device": dev, "engine": f"{dev}/{keras_backend()}", "wall_s": round(time.time() - t0, 1)}
     out.mkdir(parents=True, exist_ok=True)
     write_reports(out, metrics)
     _write_predictions(out / "predictions.csv", samples, ids, ip)

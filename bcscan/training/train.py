@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from bcscan.errors import TrainingError
+from bcscan.model.classifier import keras_backend
 from bcscan.model.network import CLASSES, LEUKEMIC
 from bcscan.training.baselines import colour_baseline, stain_swap_check
 from bcscan.training.calibration import fit_image_temperature, fit_temperature
@@ -78,6 +79,7 @@ def train(data_dir: Path, config_path: Path, out_dir: Path, *, weights: Path | N
                "stopped_for_time_budget": fitted.stopped_for_time,
                "history": history, "data": data.summary, "weights": str(weights) if weights else None,
                "init_model": init_summary(init_model, fitted.init_info),
+               "engine": f"{fitted.device}/{keras_backend()}",
                "timing_s": {"data": round(data.collect_s, 1), "fit": round(fitted.fit_s, 1),
                             "train_images_per_s": round(n_train * len(history.get("loss", [])) / fitted.fit_s, 1)},
                "domain": domain,
