@@ -342,6 +342,9 @@ def test_train_reports_bad_inputs_in_one_line(tmp_path):
     result = CliRunner().invoke(train_command, [str(tmp_path), "--config", str(tmp_path / "missing.yaml"),
                                                 "--out", str(tmp_path / "o")])
     assert result.exit_code == 2 and "missing.yaml" in result.output
+    result = CliRunner().invoke(train_command, [str(tmp_path / "data"), "--config", str(cfg), "--out",
+                                                str(tmp_path / "o")], env={"KERAS_BACKEND": "jax"})
+    assert result.exit_code == 2 and "cosine_time needs the TensorFlow backend" in result.output  # before any work
 
 
 def test_paper_recipe_runs_end_to_end_on_a_tiny_real_subset(tmp_path):

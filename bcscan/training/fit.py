@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from bcscan.errors import ConfigError, ModelError, TrainingError
+from bcscan.errors import ModelError, TrainingError
 from bcscan.model.network import CLASSES
 from bcscan.training.augment import make_augmenter
 from bcscan.training.recipe import TrainConfig, TrainParams
@@ -134,10 +134,6 @@ def _callbacks(tp: TrainParams, ckpt: Path, history_csv: Path):
     callbacks = [keras.callbacks.ModelCheckpoint(str(ckpt), monitor="val_loss", save_best_only=True),
                  keras.callbacks.CSVLogger(str(history_csv))]
     if tp.lr_schedule == "cosine_time":
-        from bcscan.model.classifier import keras_backend
-
-        if keras_backend() != "tensorflow":  # JAX keeps the optimiser's state on the device during an epoch
-            raise ConfigError("lr_schedule cosine_time needs the TensorFlow backend; use cosine (per step)")
         callbacks.insert(0, _cosine_time_callback(tp.learning_rate, tp.max_minutes))
     if tp.lr_schedule == "plateau":
         callbacks.append(keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.3, patience=1,

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from bcscan.errors import TrainingError
+from bcscan.errors import ConfigError, TrainingError
 from bcscan.model.classifier import keras_backend
 from bcscan.model.network import CLASSES, LEUKEMIC
 from bcscan.training.baselines import colour_baseline, stain_swap_check
@@ -52,6 +52,9 @@ def train(data_dir: Path, config_path: Path, out_dir: Path, *, weights: Path | N
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     if not data_dir.is_dir():
         raise TrainingError(f"{data_dir}: data folder not found")
+    if cfg.training.lr_schedule == "cosine_time" and keras_backend() != "tensorflow":
+        # JAX keeps the optimiser's state on the device during an epoch: a per-batch assignment is lost
+        raise ConfigError("lr_schedule cosine_time needs the TensorFlow backend; use cosine (per step)")
     report_dir = out_dir / cfg.name
     report_dir.mkdir(parents=True, exist_ok=True)
     work_dir = Path(work_dir) if work_dir else report_dir / "work"
