@@ -13,12 +13,14 @@ from the copy differ from the originals by the extra JPEG pass: say so next to t
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import cv2
 import yaml
 
-SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"}
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout's bcscan
+from bcscan.training.samples import list_images  # noqa: E402  (the images `bcscan train` reads)
 
 
 def main() -> None:
@@ -37,9 +39,7 @@ def main() -> None:
         resample = source["mpp"] < args.working_mpp
         scale = source["mpp"] / args.working_mpp
         quality = args.fine_quality if resample else args.quality
-        for path in sorted((args.data_dir / source["path"]).iterdir()):
-            if path.suffix.lower() not in SUFFIXES:
-                continue
+        for path in list_images(args.data_dir / source["path"]):
             image = cv2.imread(str(path), cv2.IMREAD_COLOR)
             if image is None:
                 raise SystemExit(f"{path}: unreadable image")

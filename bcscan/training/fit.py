@@ -91,7 +91,7 @@ def _compile(model, tp: TrainParams, n_train: int, device: str) -> None:
         lr = tp.learning_rate
     model.compile(optimizer=keras.optimizers.Adam(lr), loss="sparse_categorical_crossentropy",
                   metrics=["accuracy"],
-                  jit_compile=tp.jit_compile and device == "cpu" if keras_backend() == "tensorflow" else True)
+                  jit_compile=(tp.jit_compile and device == "cpu") if keras_backend() == "tensorflow" else True)
 
 
 def _training_batches(cfg: TrainConfig, x_margin: np.ndarray, labels: np.ndarray, draw, device: str):
