@@ -86,6 +86,26 @@ def test_a_grey_input_model_ignores_colour_saved_and_on_onnx(tmp_path):
         assert np.abs(classifier.predict(rgb) - classifier.predict(grey)).max() <= 2e-3  # colour changes nothing
 
 
+def test_stain_standardisation_cancels_stain_strength_and_cast_saved_and_on_onnx(tmp_path):
+    """Per-channel scaling of optical density (thicker/thinner stain, another stain's hue) must not
+    change p, on TensorFlow and ONNX Runtime alike, after a float16 save; the image content still does."""
+    from bcscan.model.network import ModelInfo, build_vgg16, save_model, to_float16
+
+    model = build_vgg16(32, hidden_units=8, batch_norm=True, seed=1, stain_standardise=True)
+    path = tmp_path / "stain.keras"
+    save_model(to_float16(model), path, ModelInfo(name="stain", classes=["leukemic", "normal"], input_size=32,
+                                                  crop_um=20.0, working_mpp=0.4))
+    rgb = np.random.default_rng(0).integers(40, 256, (16, 32, 32, 3), dtype=np.uint8)
+    od = -np.log((rgb + 1.0) / 256.0)
+    restained = np.clip(256.0 * np.exp(-od * np.array([1.6, 0.7, 1.2])) - 1.0, 0, 255).round().astype(np.uint8)
+    for backend in ("tensorflow", "onnxruntime"):
+        classifier = CellClassifier(ClassificationParams(model=str(path), device="cpu", cpu_backend=backend))
+        assert classifier.engine.startswith(f"cpu/{backend}")
+        p = classifier.predict(rgb)
+        assert np.abs(p - classifier.predict(restained)).max() <= 1e-4
+        assert np.abs(p - classifier.predict(rgb[::-1])).max() > 10 * np.abs(p - classifier.predict(restained)).max()
+
+
 def test_an_unknown_keras_backend_is_refused_in_one_line(monkeypatch):
     from bcscan.errors import ConfigError
     from bcscan.model.classifier import configure_backend

@@ -97,6 +97,8 @@ def load_keras_model(model_path: Path):
     """Load a verified model with Keras safe mode (no arbitrary code from the file)."""
     import keras
 
+    import bcscan.model.layers  # noqa: F401  (registers bcscan's layer with Keras before loading)
+
     info = load_model_info(model_path)
     try:
         model = keras.saving.load_model(model_path, compile=False, safe_mode=True)
@@ -165,7 +167,8 @@ LUMINANCE_KERNEL = np.repeat(np.array([0.299, 0.587, 0.114], np.float32)[None, N
 
 
 def build_vgg16(input_size: int, n_classes: int = 2, hidden_units: int = 256, dropout: float = 0.5,
-                batch_norm: bool = False, weights: Path | None = None, seed: int = 0, grey_input: bool = False):
+                batch_norm: bool = False, weights: Path | None = None, seed: int = 0, grey_input: bool = False,
+                stain_standardise: bool = False):
     """VGG-16 (13 conv layers in 5 blocks, Keras `applications.VGG16` layer names) with the
     paper's head: flatten → dense → dropout → softmax.
 
@@ -176,10 +179,14 @@ def build_vgg16(input_size: int, n_classes: int = 2, hidden_units: int = 256, dr
 
     `grey_input=True` puts a fixed luminance layer in front (three equal channels): the model cannot
     use colour, the cue that differs most between labs, and the scan, `evaluate` and training all
-    apply it alike because it is part of the saved model.
+    apply it alike because it is part of the saved model.  `stain_standardise=True` puts
+    `layers.StainStandardisation` in front (after the grey layer when both are asked): stain strength
+    and colour cast of each crop cancel.
     """
     import keras
     from keras import layers
+
+    from bcscan.model.layers import StainStandardisation
 
     keras.utils.set_random_seed(seed)
     inputs = keras.Input((input_size, input_size, 3), name="image")
@@ -187,6 +194,8 @@ def build_vgg16(input_size: int, n_classes: int = 2, hidden_units: int = 256, dr
     if grey_input:
         x = layers.Conv2D(3, 1, padding="same", use_bias=False, trainable=False, name="grey",
                           kernel_initializer=keras.initializers.Constant(LUMINANCE_KERNEL))(x)
+    if stain_standardise:
+        x = StainStandardisation(name="stain_standardise")(x)
     for block, (filters, convs) in enumerate(VGG16_BLOCKS, start=1):
         for conv in range(1, convs + 1):
             name = f"block{block}_conv{conv}"

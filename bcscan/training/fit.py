@@ -53,7 +53,8 @@ def fit_model(cfg: TrainConfig, samples: Samples, labels: np.ndarray, draw: Call
 
         tf.config.experimental.enable_op_determinism()
     model = build_vgg16(cfg.input_size, len(CLASSES), cfg.model.hidden_units, cfg.model.dropout,
-                        cfg.model.batch_norm, weights, cfg.seed, cfg.model.grey_input)
+                        cfg.model.batch_norm, weights, cfg.seed, cfg.model.grey_input,
+                        cfg.model.stain_standardise)
     init_info = continue_from(model, Path(init_model), cfg, split_sha256) if init_model else None
     tp = cfg.training
     _compile(model, tp, len(draw(0)), dev)

@@ -53,6 +53,7 @@ class ModelParams:
     hidden_units: int = 256
     dropout: float = 0.5
     grey_input: bool = False       # a fixed luminance layer first: the model cannot use colour (lab cue)
+    stain_standardise: bool = False  # each crop's optical density standardised per channel (model.layers)
 
 
 @dataclass(frozen=True)
