@@ -291,6 +291,8 @@ def _check_outputs(out: Path, name: str) -> dict:
 
 def test_train_cells_mode_end_to_end_on_synthetic_fields(tmp_path):
     data = write_dataset(tmp_path / "data")
+    (data / "lab" / "SOURCE.txt").write_text("DATASET: Synthetic fields (bcscan.testing.synthetic)\n"
+                                             "LICENCE\n  CC BY 4.0: cite the\n  generator.\nCOUNTS: 25\n")
     cfg = write_config(tmp_path / "tiny.yaml")
     out = tmp_path / "model"
     result = CliRunner().invoke(train_command, [str(data), "--config", str(cfg), "--out", str(out)])
@@ -306,6 +308,9 @@ def test_train_cells_mode_end_to_end_on_synthetic_fields(tmp_path):
     assert (result.exit_code == ExitCode.DID_NOT_LEARN) == metrics["did_not_learn"]
     if metrics["did_not_learn"]:
         assert "DID NOT LEARN" in result.output
+    card = (out / "tiny.md").read_text()
+    assert "- `lab`: Synthetic fields (bcscan.testing.synthetic) Licence: CC BY 4.0: cite the generator." in card
+    assert "leukemic cells of lab and normal cells of lab" in card
 
     # a second stage continues the first with the same data and seed (here drawing its balanced cells afresh
     # every epoch); another seed is refused

@@ -2,9 +2,11 @@
 shortcut checks, calibration and limitations, from the run's configuration and metrics."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
+from bcscan.model.network import LEUKEMIC, NORMAL
 from bcscan.training.recipe import TrainConfig
 from bcscan.training.reports import fmt
 
@@ -15,7 +17,7 @@ def write_model_card(path: Path, cfg: TrainConfig, metrics: dict[str, Any], conf
     rel = report_dir.name
     lines = (_title(cfg, metrics, config_path) + _use_and_data(cfg, metrics, data_dir)
              + _splits(cfg, metrics, rel) + _recipe(cfg, metrics) + _results(cfg, metrics)
-             + _per_folder(metrics) + _stain_swap(metrics) + _domain(metrics) + _closing(metrics, rel, extra))
+             + _per_folder(metrics) + _stain_swap(metrics) + _domain(metrics) + _closing(cfg, metrics, rel, extra))
     path.write_text("\n".join(lines), encoding="utf-8")
 
 
@@ -42,8 +44,8 @@ def _use_and_data(cfg: TrainConfig, metrics: dict[str, Any], data_dir: Path) -> 
         "Research screening aid inside `bcscan scan`: each white cell found by the segmentation is cropped "
         f"({cfg.crop_um:g} µm square at {cfg.segmentation.working_mpp:g} µm/px, resized to "
         f"{cfg.input_size}×{cfg.input_size}) and scored p(leukemic); per-patient summaries aggregate the cells. "
-        "Not a diagnostic device: it has never been validated on patients, it was trained on B-ALL images of one "
-        "hospital and normal cells of another, and every positive needs review by a haematologist."
+        f"Not a diagnostic device: it has never been validated on patients, it was trained on {_labs_sentence(cfg)}, "
+        "and every positive needs review by a haematologist."
         if cfg.mode == "cells" else
         "Reproduction of the paper's whole-image classifier; not the model `bcscan scan` uses by default.",
         "",
@@ -58,6 +60,50 @@ def _use_and_data(cfg: TrainConfig, metrics: dict[str, Any], data_dir: Path) -> 
         lines.append(f"| `{s['path']}` | {s['label']} | {s['dataset']} | {s['mpp']:g} | {s['images']} | "
                      f"{s['images_without_cells']} | {s['samples']} | {s['train_images']} / {s['val_images']} / "
                      f"{s['test_images']} | {s['train_samples_used']} |")
+    return lines + _provenance(cfg, data_dir)
+
+
+def _datasets_by_class(cfg: TrainConfig) -> dict[str, list[str]]:
+    return {c: sorted({s.dataset_name for s in cfg.sources if s.label == c}) for c in (LEUKEMIC, NORMAL)}
+
+
+def _labs_sentence(cfg: TrainConfig) -> str:
+    by_class = _datasets_by_class(cfg)
+    return (f"leukemic cells of {', '.join(by_class[LEUKEMIC])} and normal cells of {', '.join(by_class[NORMAL])} "
+            "(one dataset = one lab)")
+
+
+SOURCE_FIELDS = ("DATASET", "LICENCE")  # quoted from each dataset's SOURCE.txt (origin, and the licence's terms)
+
+
+def source_notes(source_txt: Path) -> dict[str, str]:
+    """The DATASET and LICENCE entries of a dataset's SOURCE.txt (an entry runs on over its indented lines);
+    {} when the file is absent."""
+    if not source_txt.is_file():
+        return {}
+    notes, key = {}, None
+    for line in source_txt.read_text(encoding="utf-8", errors="replace").splitlines():
+        heading = re.match(r"([A-Z][A-Z ]+?):?(?:\s+(.*))?$", line) if line[:1].isalpha() else None
+        if heading:
+            key = heading.group(1) if heading.group(1) in SOURCE_FIELDS else None
+            if key:
+                notes[key] = (heading.group(2) or "").strip()
+        elif key and line.strip():
+            notes[key] = f"{notes[key]} {line.strip()}".strip()
+    return notes
+
+
+def _provenance(cfg: TrainConfig, data_dir: Path) -> list[str]:
+    """Origin and licence of every dataset trained on, as its SOURCE.txt states them: licences such as
+    CC BY require the citation in the card of any model trained on the data."""
+    lines = ["", "Data sources and licences (each dataset's `SOURCE.txt`):", ""]
+    for dataset in sorted({s.dataset_name for s in cfg.sources}):
+        notes = source_notes(Path(data_dir) / dataset / "SOURCE.txt")
+        if not notes:
+            lines.append(f"- `{dataset}`: no SOURCE.txt; origin and licence not recorded.")
+            continue
+        lines.append(f"- `{dataset}`: {notes.get('DATASET', 'origin not stated')} Licence: "
+                     f"{notes.get('LICENCE', 'not stated')}")
     return lines
 
 
@@ -101,7 +147,10 @@ def _recipe(cfg: TrainConfig, metrics: dict[str, Any]) -> list[str]:
         f"- VGG-16 conv base ({'batch norm after each conv, ' if cfg.model.batch_norm else ''}"
         f"{'initialised from ' + metrics['weights'] if metrics.get('weights') else 'from scratch: no ImageNet weights offline'}) "
         f"→ flatten → dense {cfg.model.hidden_units} ReLU → dropout {cfg.model.dropout} → softmax(2)",
-        f"- input {cfg.input_size}×{cfg.input_size}, rescale 1/255; Adam lr {tp.learning_rate:g}, "
+        f"- input {cfg.input_size}×{cfg.input_size}, rescale 1/255"
+        f"{'; luminance only (fixed grey layer)' if cfg.model.grey_input else ''}"
+        f"{'; optical density standardised per crop and channel (StainStandardisation layer)' if cfg.model.stain_standardise else ''}"
+        f"; Adam lr {tp.learning_rate:g}, "
         f"schedule `{tp.lr_schedule}`, batch {tp.batch_size}, ≤ {tp.epochs} epochs, "
         f"early stopping patience {tp.early_stopping_patience or 'off'}, "
         f"time budget {tp.max_minutes or 'none'} min; best epoch by validation loss: "
@@ -200,7 +249,7 @@ def _domain(metrics: dict[str, Any]) -> list[str]:
             "Other labs and degraded cells: `python benchmarks/domain_check.py DATA_DIR`."]
 
 
-def _closing(metrics: dict[str, Any], rel: str, extra: str) -> list[str]:
+def _closing(cfg: TrainConfig, metrics: dict[str, Any], rel: str, extra: str) -> list[str]:
     """Calibration figures, the list of report files, `extra` and the limitations."""
     cal = metrics["calibration"]
     return ["",
@@ -216,10 +265,10 @@ def _closing(metrics: dict[str, Any], rel: str, extra: str) -> list[str]:
             extra,
             "## Limitations",
             "",
-            "- Leukemic examples come from ONE hospital (ghaderzadeh-all, Taleqani, B-ALL only); normals are its "
-            "hematogones plus healthy-donor cells of another lab (PBC, CellaVision). A dataset that supplies only "
-            "normal cells lets the model call anything that looks like that lab normal; nothing here measures "
-            "leukemic cells from another lab. Myeloid leukemias (AML, CML) and T-ALL were never seen.",
+            f"- Trained on {_labs_sentence(cfg)}; the kinds of leukaemia and of normal cells are those the "
+            "sources above hold, and any other kind was never seen. A dataset that supplies only normal cells lets "
+            "the model call anything that looks like that lab normal; the test split measures only these labs "
+            "(leave-one-lab-out: `benchmarks/cross_lab.py`).",
             "- Labels are per image (patient class), not per cell: in cells mode every white cell of a leukemic "
             "image is labelled leukemic, including any normal cell in it (label noise).",
             "- No patient identifiers: splits are by image (near-duplicates grouped), not by patient, so test "
