@@ -252,6 +252,26 @@ def test_hed_stain_jitter():
     assert z.shape == (6, 40, 40, 3) and 0.0 <= z.min() and z.max() <= 1.0 and not np.allclose(z, x / 255.0)
 
 
+def test_stain_transfer_gives_a_sample_the_colours_of_another_in_its_batch():
+    from bcscan.training.augment import make_augmenter, stain_transfer
+    from bcscan.training.baselines import lab_stats
+
+    rng = np.random.default_rng(0)
+    texture = rng.normal(0, 12, (8, 24, 24, 1))
+    x = np.clip(np.where(np.arange(8)[:, None, None, None] < 4, (230, 170, 190), (150, 110, 200)) + texture,
+                0, 255).astype(np.uint8)                      # 4 pink, then 4 purple samples
+    assert np.array_equal(stain_transfer(x, np.random.default_rng(1), 0.0), x)
+    out = stain_transfer(x, np.random.default_rng(1), 1.0)
+    own = np.array([lab_stats(s[None])[0] for s in x])
+    moved = np.array([lab_stats(s[None])[0] for s in out])
+    nearest = np.abs(moved[:, None, :] - own[None, :, :]).max(-1).min(1)
+    assert nearest.max() < 3.0                                # every sample took some sample's colours
+    pink_now_purple = np.abs(moved[:4, None] - own[None, 4:]).max(-1).min(1) < 3.0
+    assert pink_now_purple.any()
+    aug = make_augmenter(AugmentParams(horizontal_flip=False, stain_transfer_p=0.5), 24, 1.0, 24.0)
+    assert aug(x, np.random.default_rng(0)).shape == (8, 24, 24, 3)
+
+
 def test_optics_jitter_blurs_in_micrometres_and_compresses():
     from bcscan.training.augment import make_augmenter, optics_jitter
 

@@ -1,9 +1,11 @@
 """On-the-fly training augmentation (NumPy/OpenCV, any Keras backend): flips, rotation, scale/translation inside the
-margin crop, colour / stain jitter, stain jitter in HED optical density, blur and JPEG; seeded."""
+margin crop, colour / stain jitter, stain transfer between the samples of a batch, stain jitter in HED optical
+density, blur and JPEG; seeded."""
 from __future__ import annotations
 
 import numpy as np
 
+from bcscan.training.baselines import lab_stats, restain
 from bcscan.training.recipe import AugmentParams
 
 
@@ -26,6 +28,16 @@ def hed_jitter(batch: np.ndarray, rng: np.random.Generator, scale: float, shift:
         + rng.uniform(-shift, shift, shape).astype(np.float32)
     rgb = np.exp(-(hed @ rgb_from_hed.astype(np.float32)) * log_adjust)
     return np.round(np.clip(rgb, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def stain_transfer(batch: np.ndarray, rng: np.random.Generator, p: float) -> np.ndarray:
+    """With probability p per sample, Reinhard colour transfer (CIELAB mean and std) to another sample of the
+    batch, drawn at random: balanced batches mix the labs, so a cell is shown in the stain of the others."""
+    out = batch.copy()
+    for i in np.flatnonzero(rng.uniform(size=len(batch)) < p):
+        j = int(rng.integers(len(batch)))
+        out[i] = restain(batch[i:i + 1], *lab_stats(batch[j:j + 1]))[0]
+    return out
 
 
 def optics_jitter(batch: np.ndarray, rng: np.random.Generator, blur_px: float, jpeg_quality_min: int) -> np.ndarray:
@@ -90,6 +102,8 @@ def make_augmenter(params: AugmentParams, input_size: int, margin: float, crop_u
         return cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
 
     def augment(batch: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        if params.stain_transfer_p > 0:
+            batch = stain_transfer(batch, rng, params.stain_transfer_p)
         if stain_on:
             batch = hed_jitter(batch, rng, params.hed_scale, params.hed_shift)
         if optics_on:

@@ -162,7 +162,8 @@ def _recipe(cfg: TrainConfig, metrics: dict[str, Any]) -> list[str]:
         f"- augmentation: flips (h {a.horizontal_flip}, v {a.vertical_flip}), rotation ±{a.rotation_deg:g}°, "
         f"scale ±{a.scale:g}, shift ±{a.translate:g}, hue ±{a.hue:g}, saturation ±{a.saturation:g}, "
         f"brightness ±{a.brightness:g}, contrast ±{a.contrast:g}, channel gain ±{a.channel_gain:g}, "
-        f"grey p={a.grayscale_p:g}",
+        f"grey p={a.grayscale_p:g}, HED stain ×(1±{a.hed_scale:g}) ±{a.hed_shift:g}, blur σ ≤ {a.blur_um:g} µm, "
+        f"JPEG quality ≥ {a.jpeg_quality_min}, stain transfer to another sample p={a.stain_transfer_p:g}",
         f"- calibration: temperature T = {cal['temperature']:g} fitted on the validation split (cells); image "
         f"score = sigmoid(mean cell logit / {cal.get('image_temperature', 1.0):g}), that image temperature fitted "
         "on the validation images",

@@ -94,12 +94,15 @@ class AugmentParams:
     grayscale_p: float = 0.0         # probability of a grey-level sample
     hed_scale: float = 0.0           # stain augmentation in HED optical density: each stain × U(1-s, 1+s)
     hed_shift: float = 0.0           # ... then + U(-b, b) (both per sample and stain; Tellez et al. 2019)
+    stain_transfer_p: float = 0.0    # probability of a Reinhard transfer to another sample's colours (other labs)
     blur_um: float = 0.0             # Gaussian blur σ ~ U(0, blur_um) µm per sample (focus, optics)
     jpeg_quality_min: int = 100      # JPEG at quality ~ U(min, 100) per sample; 100 = off
 
     def __post_init__(self):
         if self.blur_um < 0 or not 1 <= self.jpeg_quality_min <= 100:
             raise ValueError("blur_um must be >= 0 and jpeg_quality_min in 1..100")
+        if not 0 <= self.stain_transfer_p <= 1:
+            raise ValueError("stain_transfer_p must be in [0, 1]")
 
 
 @dataclass
