@@ -57,9 +57,18 @@ def reference(batch, settings, tmp_path_factory):
     return comparable_tables(out)
 
 
-def test_local_cluster_of_two_worker_processes_gives_the_single_process_outputs(batch, settings, reference, tmp_path):
+def test_local_cluster_of_two_worker_processes_gives_the_single_process_outputs(batch, settings, reference, tmp_path,
+                                                                                monkeypatch, caplog):
+    """... also when its worker processes are slow to exit at the end (a loaded machine)."""
     from bcscan.batch.executors.dask_cluster import DaskExecutor
 
+    close = distributed.LocalCluster.close
+
+    def slow_to_exit(cluster, *args, **kwargs):
+        close(cluster, *args, **kwargs)
+        raise TimeoutError()
+
+    monkeypatch.setattr(distributed.LocalCluster, "close", slow_to_exit)
     done = []
     result = run_batch(BatchRun(batch, tmp_path / "out", settings, progress=done.append, argv=["test"]),
                        DaskExecutor(workers=2))
@@ -72,6 +81,7 @@ def test_local_cluster_of_two_worker_processes_gives_the_single_process_outputs(
     assert len(executor["scans"]) == 5 and all(w.startswith("tcp://") for w in executor["scans"].values())
     assert json.loads((tmp_path / "out" / "run.json").read_text())["device"].startswith("cpu/")
     assert run_timings(tmp_path / "out")["model_load_s"] > 0  # fresh worker processes loaded the model
+    assert "worker processes slow to exit (timeout); results are complete" in caplog.text
 
 
 def test_worker_killed_mid_scan_is_retried_elsewhere_and_counted_once(batch, settings, reference, tmp_path):
