@@ -180,8 +180,7 @@ def fold(args, base: dict, lab: str) -> dict:
             "cells": pick(em["samples"], em.get("called_normal_rate_samples")),
             "images": pick(em["images"], em.get("called_normal_rate_images")),
             "images_total": em["images_total"], "images_without_cells": em["images_without_cells"],
-            "per_folder": {folder: {k: v[k] for k in ("label", "images", "image_accuracy", "sample_accuracy")}
-                           for folder, v in ((em.get("per_source") or {}).get("folders") or {}).items()},
+            "per_folder": per_folder(em, eval_dir / "predictions.csv"),
             "in_lab_test": {"images": pick(tm.get("test_images")), "cells": pick(tm.get("test_cells"))},
             "in_lab_colour_baseline": {"images": pick((tm.get("colour_baseline") or {}).get("test_images")),
                                        "cells": pick((tm.get("colour_baseline") or {}).get("test_samples"))},
@@ -210,6 +209,29 @@ def fold(args, base: dict, lab: str) -> dict:
     return res
 
 
+def per_folder(eval_metrics: dict, predictions_csv: Path) -> dict:
+    """Accuracy per class folder, and for a leukemic folder the image ROC AUC against all normal images of
+    the lab: a threshold-free view of which subtype the model ranks (its calibration is fitted in-lab)."""
+    import csv
+
+    import numpy as np
+
+    from bcscan.training.metrics import roc_auc
+
+    with open(predictions_csv, newline="", encoding="utf-8") as fh:
+        rows = [r for r in csv.DictReader(fh) if r["p_leukemic"] not in ("", "nan")]
+    folder = np.array([str(Path(r["file"]).parent) for r in rows])
+    p = np.array([float(r["p_leukemic"]) for r in rows])
+    normal = np.array([r["label"] == "normal" for r in rows])
+    out = {}
+    for name, v in ((eval_metrics.get("per_source") or {}).get("folders") or {}).items():
+        out[name] = {k: v[k] for k in ("label", "images", "image_accuracy", "sample_accuracy")}
+        if v["label"] == "leukemic":
+            pick_rows = normal | (folder == name)
+            out[name]["image_auc_vs_normal"] = roc_auc(folder[pick_rows] == name, p[pick_rows])
+    return out
+
+
 def table(results: list[dict], recipe: str) -> str:
     f = lambda v: "–" if v is None else f"{v:.3f}"  # noqa: E731
     rows = ["| recipe | left-out lab | level | n | bal. acc | ROC AUC | ECE | called normal | colour: bal. acc / AUC | "
@@ -233,11 +255,13 @@ def table(results: list[dict], recipe: str) -> str:
 def folder_table(results: list[dict]) -> str:
     """Accuracy per class folder of the left-out lab: a subtype the model misses shows here (in
     ghaderzadeh-all, Pro-B fields are paler and blurrier than Early and Pre)."""
-    rows = ["| left-out lab | folder | label | images | image accuracy | cell accuracy |", "|---|---|---|---|---|---|"]
+    rows = ["| left-out lab | folder | label | images | image accuracy | cell accuracy | image AUC vs the lab's normal |",
+            "|---|---|---|---|---|---|---|"]
     for r in results:
         for folder, v in (r.get("per_folder") or {}).items():
+            auc = v.get("image_auc_vs_normal")
             rows.append(f"| {r['left_out']} | {folder} | {v['label']} | {v['images']} | {v['image_accuracy']:.3f} | "
-                        f"{v['sample_accuracy']:.3f} |")
+                        f"{v['sample_accuracy']:.3f} | {'–' if auc is None else f'{auc:.3f}'} |")
     return "\n".join(rows)
 
 
