@@ -5,10 +5,11 @@
 #   benchmarks/lolo_gpu.sh DATA_DIR RECIPE.yaml RUNS_DIR [MINUTES]
 #
 # Runs Keras on JAX (KERAS_BACKEND=jax: a GPU machine with JAX needs no TensorFlow build for its CUDA),
-# each fold in its own process with 7.5 % of the GPU's memory. Variants: the recipe; seed 1; colour-blind
-# input (model.grey_input); a fresh balanced draw of the training cells every epoch
-# (training.rebalance_each_epoch); each crop's optical density standardised (model.stain_standardise);
-# half the cells re-stained as another cell of their batch (augmentation.stain_transfer_p). The recipe's lr_schedule becomes `cosine` (per step; cosine_time needs
+# each fold in its own process with 7.5 % of the GPU's memory. Variants: the recipe; colour-blind input
+# (model.grey_input); each crop's optical density standardised (model.stain_standardise: the leading
+# candidate after the CPU runs of benchmarks/README.md) and, on top of it, seed 1, a fresh balanced draw of
+# the training cells every epoch (training.rebalance_each_epoch), and half the cells re-stained as another
+# cell of their batch (augmentation.stain_transfer_p). The recipe's lr_schedule becomes `cosine` (per step; cosine_time needs
 # TensorFlow); MINUTES (default 3) caps each training. The mll-bone-marrow scale is taken from the recipe's
 # BLA source, so a compact copy (benchmarks/compact_data.py) works as it is.
 # Results: RUNS_DIR/<variant>-<lab>/cross_lab.{json,md}, logs beside them, classifier_device.txt
@@ -30,11 +31,12 @@ launch() {
 }
 for lab in ghaderzadeh-all mll-bone-marrow; do
   launch recipe "$lab"
-  launch seed1 "$lab" --set seed=1
   launch grey "$lab" --set model.grey_input=true
-  launch rebalance "$lab" --set training.rebalance_each_epoch=true
-  launch stain "$lab" --set model.stain_standardise=true
-  launch transfer "$lab" --set augmentation.stain_transfer_p=0.5
+  stain=(--set model.stain_standardise=true)
+  launch stain "$lab" "${stain[@]}"
+  launch stain-seed1 "$lab" "${stain[@]}" --set seed=1
+  launch stain-rebalance "$lab" "${stain[@]}" --set training.rebalance_each_epoch=true
+  launch stain-transfer "$lab" "${stain[@]}" --set augmentation.stain_transfer_p=0.5
 done
 status=0
 for pid in "${pids[@]}"; do wait "$pid" || status=1; done
