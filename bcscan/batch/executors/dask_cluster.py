@@ -123,11 +123,11 @@ class DaskExecutor(Executor):
                     client.cancel(list(futures), force=True)
                 client.close()
             if cluster is not None:
-                _close_local_cluster(cluster)
+                close_local_cluster(cluster)
         _wait_until_visible(run.out_dir, jobs, metas)
 
 
-def _close_local_cluster(cluster) -> None:
+def close_local_cluster(cluster) -> None:
     """Shut our local cluster down. Its worker processes get a few seconds to exit; on a loaded machine
     they can take longer, and by then every result is written, so a slow exit is a warning, not a
     failed run (the processes still end with this one)."""
