@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from bcscan.model.network import LEUKEMIC, NORMAL
-from bcscan.training.recipe import TrainConfig
+from bcscan.training.recipe import TrainConfig, datasets_by_class
 from bcscan.training.reports import fmt
 
 
@@ -63,14 +63,10 @@ def _use_and_data(cfg: TrainConfig, metrics: dict[str, Any], data_dir: Path) -> 
     return lines + _provenance(cfg, data_dir)
 
 
-def _datasets_by_class(cfg: TrainConfig) -> dict[str, list[str]]:
-    return {c: sorted({s.dataset_name for s in cfg.sources if s.label == c}) for c in (LEUKEMIC, NORMAL)}
-
-
 def _labs_sentence(cfg: TrainConfig) -> str:
-    by_class = _datasets_by_class(cfg)
-    return (f"leukemic cells of {', '.join(by_class[LEUKEMIC])} and normal cells of {', '.join(by_class[NORMAL])} "
-            "(one dataset = one lab)")
+    by_class = datasets_by_class(cfg.sources)
+    return (f"leukemic cells of {', '.join(sorted(by_class[LEUKEMIC]))} and normal cells of "
+            f"{', '.join(sorted(by_class[NORMAL]))} (one dataset = one lab)")
 
 
 SOURCE_FIELDS = ("DATASET", "LICENCE")  # quoted from each dataset's SOURCE.txt (origin, and the licence's terms)

@@ -193,9 +193,14 @@ def load_train_config(path: Path, overrides: dict[str, Any] | None = None) -> Tr
     return cfg
 
 
+def datasets_by_class(sources: list[SourceSpec]) -> dict[str, set[str]]:
+    """The datasets (labs) each class draws on."""
+    return {c: {s.dataset_name for s in sources if s.label == c} for c in CLASSES}
+
+
 def shortcut_check(sources: list[SourceSpec]) -> list[str]:
     """Lines of warning when a class draws on a dataset the other class does not."""
-    by_class = {c: {s.dataset_name for s in sources if s.label == c} for c in CLASSES}
+    by_class = datasets_by_class(sources)
     lines = []
     a, b = by_class[LEUKEMIC], by_class[NORMAL]
     if not (a & b):
