@@ -9,8 +9,8 @@
 # (model.grey_input); each crop's optical density standardised (model.stain_standardise: the leading
 # candidate after the CPU runs of benchmarks/README.md) and, on top of it, seed 1, a fresh balanced draw of
 # the training cells every epoch (training.rebalance_each_epoch), and half the cells re-stained as another
-# cell of their batch (augmentation.stain_transfer_p). The recipe's lr_schedule becomes `cosine` (per step; cosine_time needs
-# TensorFlow); MINUTES (default 3) caps each training. The mll-bone-marrow scale is taken from the recipe's
+# cell of their batch (augmentation.stain_transfer_p). The recipe's lr_schedule becomes `cosine` (per step;
+# cosine_time needs TensorFlow); MINUTES (default 3) caps each training. The mll-bone-marrow scale is taken from the recipe's
 # BLA source, so a compact copy (benchmarks/compact_data.py) works as it is.
 # Results: RUNS_DIR/<variant>-<lab>/cross_lab.{json,md}, logs beside them, classifier_device.txt
 # (CLASSIFIER_ARGS replaces its arguments, e.g. smaller ones for a dry run on a CPU).
@@ -29,10 +29,10 @@ launch() {
     > "$runs/$name-$lab.log" 2>&1 &
   pids+=($!)
 }
+stain=(--set model.stain_standardise=true)
 for lab in ghaderzadeh-all mll-bone-marrow; do
   launch recipe "$lab"
   launch grey "$lab" --set model.grey_input=true
-  stain=(--set model.stain_standardise=true)
   launch stain "$lab" "${stain[@]}"
   launch stain-seed1 "$lab" "${stain[@]}" --set seed=1
   launch stain-rebalance "$lab" "${stain[@]}" --set training.rebalance_each_epoch=true
