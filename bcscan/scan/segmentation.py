@@ -21,7 +21,9 @@ parameter set serves any scan resolution):
    area (touching blasts) is split by distance transform + watershed.
 4. Cells = everything absorbing more than the glass.  A watershed on its
    distance transform, seeded by this nucleus, the other nuclei and the red
-   cells' distance peaks, gives each WBC its own basin (touching cells split).
+   cells' distance peaks, gives each WBC its own basin (touching cells split);
+   a WBC with no other seed near it gets the cell pieces it touches, which is
+   what the watershed would give it, at a fraction of the cost.
 5. The whole cell = its basin within max_cytoplasm_um of the nucleus.  The cap
    is short (1.5 µm) on purpose: pale cytoplasm and touching red cells are
    hard to tell apart across stains, and a tight cell beats one that annexes a
@@ -225,9 +227,15 @@ def _segment_working(rgb: np.ndarray, p: SegmentationParams) -> tuple[np.ndarray
         markers = (others[roi]).astype(np.int32) * 3
         markers[nucleus[roi]] = 2
         markers[own] = 1
-        basins = watershed(-dist[roi], markers, mask=fg[roi] > 0)
+        if markers.max() > 1:
+            basin = watershed(-dist[roi], markers, mask=fg[roi] > 0) == 1
+        else:  # no other seed nearby (most cells): the watershed would give it all the cell it touches
+            _, pieces = cv2.connectedComponents(np.ascontiguousarray(fg[roi]), connectivity=4)
+            touched = np.zeros(pieces.max() + 1, bool)
+            touched[pieces[own]] = True
+            basin = touched[pieces]
         reach = cv2.dilate(own.astype(np.uint8), reach_disk) > 0
-        cell = _fill_holes(((basins == 1) & reach).astype(np.uint8)) > 0
+        cell = _fill_holes((basin & reach).astype(np.uint8)) > 0
         area = cell.sum() * px2
         if not p.min_cell_area_um2 <= area <= p.max_cell_area_um2:
             continue
