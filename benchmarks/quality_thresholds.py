@@ -235,8 +235,11 @@ def smear_overview(data: Path, tile_px: int = 1024) -> None:
 
 def segmentation_at(rev: str):
     """`bcscan.scan.segmentation` as it was at git revision `rev` (the time's code with the time's defaults)."""
-    source = subprocess.run(["git", "show", f"{rev}:bcscan/scan/segmentation.py"], cwd=Path(__file__).parent,
-                            capture_output=True, text=True, check=True).stdout
+    shown = subprocess.run(["git", "show", f"{rev}:bcscan/scan/segmentation.py"], cwd=Path(__file__).parent,
+                           capture_output=True, text=True)
+    if shown.returncode:
+        sys.exit(f"the cost ratio needs commit {rev} of this repository's history: {shown.stderr.strip()}")
+    source = shown.stdout
     module = types.ModuleType(f"segmentation_{rev}")
     sys.modules[module.__name__] = module  # dataclasses look their module up
     exec(compile(source, f"{rev}:bcscan/scan/segmentation.py", "exec"), module.__dict__)
