@@ -5,11 +5,11 @@
 #   benchmarks/lolo_gpu.sh DATA_DIR RECIPE.yaml RUNS_DIR [MINUTES]
 #
 # Runs Keras on JAX (KERAS_BACKEND=jax: a GPU machine with JAX needs no TensorFlow build for its CUDA),
-# each fold in its own process with 7.5 % of the GPU's memory. Variants: the recipe; colour-blind input
-# (model.grey_input); each crop's optical density standardised (model.stain_standardise: the leading
-# candidate after the CPU runs of benchmarks/README.md) and, on top of it, seed 1, a fresh balanced draw of
-# the training cells every epoch (training.rebalance_each_epoch), and half the cells re-stained as another
-# cell of their batch (augmentation.stain_transfer_p). The recipe's lr_schedule becomes `cosine` (per step;
+# each fold in its own process with 7.5 % of the GPU's memory. Variants: the recipe (train-crosslab.yaml
+# standardises each crop's optical density, model.stain_standardise); the recipe without that layer; colour-blind
+# input without it (model.grey_input); and on top of the recipe seed 1, a fresh balanced draw of the training
+# cells every epoch (training.rebalance_each_epoch), and half the cells re-stained as another cell of their batch
+# (augmentation.stain_transfer_p). The recipe's lr_schedule becomes `cosine` (per step;
 # cosine_time needs TensorFlow); MINUTES (default 3) caps each training. The mll-bone-marrow scale is taken from the recipe's
 # BLA source, so a compact copy (benchmarks/compact_data.py) works as it is.
 # Results: RUNS_DIR/<variant>-<lab>/cross_lab.{json,md}, logs beside them, classifier_device.txt
@@ -29,14 +29,14 @@ launch() {
     > "$runs/$name-$lab.log" 2>&1 &
   pids+=($!)
 }
-stain=(--set model.stain_standardise=true)
+no_stain=(--set model.stain_standardise=false)
 for lab in ghaderzadeh-all mll-bone-marrow; do
   launch recipe "$lab"
-  launch grey "$lab" --set model.grey_input=true
-  launch stain "$lab" "${stain[@]}"
-  launch stain-seed1 "$lab" "${stain[@]}" --set seed=1
-  launch stain-rebalance "$lab" "${stain[@]}" --set training.rebalance_each_epoch=true
-  launch stain-transfer "$lab" "${stain[@]}" --set augmentation.stain_transfer_p=0.5
+  launch no-stain "$lab" "${no_stain[@]}"
+  launch grey "$lab" "${no_stain[@]}" --set model.grey_input=true
+  launch seed1 "$lab" --set seed=1
+  launch rebalance "$lab" --set training.rebalance_each_epoch=true
+  launch stain-transfer "$lab" --set augmentation.stain_transfer_p=0.5
 done
 status=0
 for pid in "${pids[@]}"; do wait "$pid" || status=1; done
