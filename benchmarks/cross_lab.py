@@ -176,12 +176,13 @@ def fold(args, base: dict, lab: str) -> dict:
             return res
     tm = json.loads((model_dir / cfg["name"] / "metrics.json").read_text())
     em = json.loads((eval_dir / "metrics.json").read_text())
+    predictions = image_predictions(eval_dir / "predictions.csv")
     res |= {"mpp": spec["mpp"],
             "cells": pick(em["samples"], em.get("called_normal_rate_samples")),
             "images": pick(em["images"], em.get("called_normal_rate_images")),
             "images_total": em["images_total"], "images_without_cells": em["images_without_cells"],
-            "per_folder": per_folder(em, eval_dir / "predictions.csv"),
-            "images_threshold_ceiling": threshold_ceiling(eval_dir / "predictions.csv"),
+            "per_folder": per_folder(em, predictions),
+            "images_threshold_ceiling": threshold_ceiling(*predictions[1:]),
             "in_lab_test": {"images": pick(tm.get("test_images")), "cells": pick(tm.get("test_cells"))},
             "in_lab_colour_baseline": {"images": pick((tm.get("colour_baseline") or {}).get("test_images")),
                                        "cells": pick((tm.get("colour_baseline") or {}).get("test_samples"))},
@@ -222,12 +223,13 @@ def image_predictions(predictions_csv: Path):
             np.array([r["label"] == "normal" for r in rows]))
 
 
-def per_folder(eval_metrics: dict, predictions_csv: Path) -> dict:
+def per_folder(eval_metrics: dict, predictions) -> dict:
     """Accuracy per class folder, and for a leukemic folder the image ROC AUC against all normal images of
-    the lab: a threshold-free view of which subtype the model ranks (its calibration is fitted in-lab)."""
+    the lab (`predictions` from image_predictions): a threshold-free view of which subtype the model ranks
+    (its calibration is fitted in-lab)."""
     from bcscan.training.metrics import roc_auc
 
-    folder, p, normal = image_predictions(predictions_csv)
+    folder, p, normal = predictions
     out = {}
     for name, v in ((eval_metrics.get("per_source") or {}).get("folders") or {}).items():
         out[name] = {k: v[k] for k in ("label", "images", "image_accuracy", "sample_accuracy")}
@@ -237,14 +239,13 @@ def per_folder(eval_metrics: dict, predictions_csv: Path) -> dict:
     return out
 
 
-def threshold_ceiling(predictions_csv: Path) -> dict:
-    """The best image balanced accuracy any threshold reaches on the left-out lab, and that threshold.
+def threshold_ceiling(p, normal) -> dict:
+    """The best image balanced accuracy any threshold on p(leukemic) reaches on the left-out lab, and that threshold.
 
     Chosen with the left-out labels, so a ceiling, never an operating point: it tells a model whose
     threshold is off (ceiling high) from one whose ranking is not good enough (ceiling low)."""
     import numpy as np
 
-    _, p, normal = image_predictions(predictions_csv)
     order = np.argsort(-p)
     # Calling the top k leukemic, k = 0..n: recall of each class from cumulative counts.
     leukemic_called = np.concatenate([[0], np.cumsum(~normal[order])]) / max((~normal).sum(), 1)
