@@ -19,6 +19,7 @@ A fold whose model and evaluation already exist is not redone (delete its folder
         [--work runs/cross-lab/work] [--max-minutes 20] [--labs ghaderzadeh-all,mll-bone-marrow] [--mll-mpp 0.075]
         [--init-model M.keras --learning-rate 0.0003]   (a further stage of a model trained on the fold's split)
         [--set augmentation.blur_um=0.5 ...]           (change the recipe without a new config file)
+        [--without pbc-normal]                         (train without a one-class source)
 """
 from __future__ import annotations
 
@@ -48,10 +49,11 @@ def dataset_of(source: dict) -> str:
     return source.get("dataset") or Path(source["path"]).parts[0]
 
 
-def fold_config(base: dict, left_out: str) -> dict:
-    """The base recipe without the left-out lab's sources, with every other both-class lab added."""
+def fold_config(base: dict, left_out: str, without: tuple[str, ...] = ()) -> dict:
+    """The base recipe without the left-out lab's sources (nor those of the datasets in `without`), with every
+    other both-class lab added."""
     cfg = json.loads(json.dumps(base))
-    sources = [s for s in cfg["sources"] if dataset_of(s) != left_out]
+    sources = [s for s in cfg["sources"] if dataset_of(s) != left_out and dataset_of(s) not in without]
     have = {s["path"] for s in sources}
     for lab, spec in LABS.items():
         if lab == left_out:
@@ -138,10 +140,11 @@ def pick(block: dict | None, called_normal: float | None = None) -> dict:
     return out
 
 
-def fold(args, base: dict, lab: str) -> dict:
+def fold(args, base: dict, lab: str, image_p: dict) -> dict:
+    """Train, evaluate and collect one fold; its image predictions go into `image_p[lab]`."""
     d = args.out / lab
     d.mkdir(parents=True, exist_ok=True)
-    cfg = fold_config(base, lab)
+    cfg = fold_config(base, lab, tuple(args.without))
     cfg_path = d / "config.yaml"
     cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=False), encoding="utf-8")
     model_dir, eval_dir = d / "model", d / "eval"
@@ -177,6 +180,7 @@ def fold(args, base: dict, lab: str) -> dict:
     tm = json.loads((model_dir / cfg["name"] / "metrics.json").read_text())
     em = json.loads((eval_dir / "metrics.json").read_text())
     predictions = image_predictions(eval_dir / "predictions.csv")
+    image_p[lab] = predictions
     res |= {"mpp": spec["mpp"],
             "cells": pick(em["samples"], em.get("called_normal_rate_samples")),
             "images": pick(em["images"], em.get("called_normal_rate_images")),
@@ -256,23 +260,42 @@ def threshold_ceiling(p, normal) -> dict:
     return {"balanced_accuracy": float(balanced[k]), "threshold": float(p[order][k - 1]) if k else 1.0}
 
 
+def balanced_accuracy_at(p, normal, threshold: float) -> float:
+    return float(((p[~normal] >= threshold).mean() + (p[normal] < threshold).mean()) / 2)
+
+
+def transferred_thresholds(results: list[dict], image_p: dict) -> None:
+    """Each fold scored at the threshold the other folds' ceilings chose (their mean): an operating point
+    chosen on labs the model never saw without looking at this one, the honest counterpart of the ceiling."""
+    ceilings = {r["left_out"]: r["images_threshold_ceiling"]["threshold"] for r in results
+                if r.get("images_threshold_ceiling")}
+    for r in results:
+        others = [t for lab, t in ceilings.items() if lab != r["left_out"]]
+        if r["left_out"] in ceilings and others:
+            threshold = sum(others) / len(others)
+            r["images_at_other_folds_threshold"] = {
+                "threshold": threshold, "balanced_accuracy": balanced_accuracy_at(*image_p[r["left_out"]][1:], threshold)}
+
+
 def table(results: list[dict], recipe: str) -> str:
     f = lambda v: "–" if v is None else f"{v:.3f}"  # noqa: E731
     rows = ["| recipe | left-out lab | level | n | bal. acc | ROC AUC | ECE | called normal | best threshold: bal. acc "
-            "(ceiling) | colour: bal. acc / AUC | epochs (budget) | train wall |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+            "(ceiling) | at the other folds' threshold: bal. acc | colour: bal. acc / AUC | epochs (budget) | train wall |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         if "error" in r:
-            rows.append(f"| {recipe} | {r['left_out']} | – | – | {r['error']} ||||||||")
+            rows.append(f"| {recipe} | {r['left_out']} | – | – | {r['error']} |||||||||")
             continue
         t = r["training"]
         wall = "–" if r.get("train_wall_s") is None else f"{r['train_wall_s'] / 60:.0f} min"
         for level in ("cells", "images"):
             m, c = r[level], (r.get("colour_baseline") or {}).get(level) or {}
             ceiling = r.get("images_threshold_ceiling") if level == "images" else None
+            transfer = r.get("images_at_other_folds_threshold") if level == "images" else None
             rows.append(f"| {recipe} | {r['left_out']} | {level} | {m['n']} | {f(m['balanced_accuracy'])} | "
                         f"{f(m['roc_auc'])} | {f(m['ece'])} | {f(m['called_normal'])} | "
                         f"{'–' if ceiling is None else f(ceiling['balanced_accuracy']) + ' at p ≥ ' + f(ceiling['threshold'])} | "
+                        f"{'–' if transfer is None else f(transfer['balanced_accuracy']) + ' at p ≥ ' + f(transfer['threshold'])} | "
                         f"{f(c.get('balanced_accuracy'))} / {f(c.get('roc_auc'))} | "
                         f"{t['epochs_run']} ({t['max_minutes']:g} min) | {wall} |")
     return "\n".join(rows)
@@ -306,21 +329,27 @@ def main() -> None:
     ap.add_argument("--learning-rate", type=float, default=None, help="bcscan train --learning-rate")
     ap.add_argument("--set", dest="settings", action="append", default=[], metavar="SECTION.KEY=VALUE",
                     help="change the recipe, e.g. augmentation.blur_um=0.5 (repeatable; recorded in each fold's config)")
+    ap.add_argument("--without", action="append", default=[], metavar="DATASET",
+                    help="leave this one-class source out of training too, e.g. pbc-normal (repeatable)")
     ap.add_argument("--no-colour-baseline", dest="colour_baseline", action="store_false")
     args = ap.parse_args()
+    if set(args.without) & set(LABS):
+        sys.exit(f"--without {', '.join(sorted(set(args.without) & set(LABS)))}: a lab with both classes is "
+                 "left out with --labs, and otherwise trained on")
     LABS[M]["mpp"] = args.mll_mpp
     args.out = args.out or ROOT / "runs" / "cross-lab" / args.config.stem
     args.data_dir, args.out, args.work = args.data_dir.resolve(), args.out.resolve(), args.work.resolve()
     args.out.mkdir(parents=True, exist_ok=True)
     base = apply_settings(yaml.safe_load(args.config.read_text(encoding="utf-8")), args.settings)
-    results = []
+    results, image_p = [], {}
     for lab in args.labs.split(","):
         if lab not in LABS:
             sys.exit(f"unknown lab {lab!r} (one of {', '.join(LABS)})")
-        results.append(fold(args, base, lab))
+        results.append(fold(args, base, lab, image_p))
+        transferred_thresholds(results, image_p)
         (args.out / "cross_lab.json").write_text(json.dumps({"recipe": str(args.config), "data_dir": str(args.data_dir),
                                                              "labs": LABS, "results": results}, indent=2) + "\n")
-    md = table(results, " ".join([args.config.stem, *args.settings])) + "\n\n" + folder_table(results)
+    md = table(results, " ".join([args.config.stem, *args.settings, *(f"without {w}" for w in args.without)])) + "\n\n" + folder_table(results)
     (args.out / "cross_lab.md").write_text(md + "\n", encoding="utf-8")
     print(md)
 
