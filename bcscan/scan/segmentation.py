@@ -49,7 +49,7 @@ class SegmentationParams:
     """Gaussian sigma applied before thresholding (removes JPEG noise and granules)."""
     background_percentile: float = 90.0
     """Pixels brighter than this percentile define the glass colour."""
-    nucleus_od: float = 0.35
+    nucleus_od: float = 0.30
     """Minimum OD(green) - OD(blue) of nucleus pixels (absolute, so empty tiles stay empty)."""
     nucleus_contrast: float = 3.5
     """...and at least this multiple of the red-cell level (stains where red cells look violet)."""
@@ -66,11 +66,11 @@ class SegmentationParams:
     """Closing radius that joins the lobes/fragments of one nucleus."""
     lobe_gap_um: float = 3.0
     """Nucleus groups closer than this are one nucleus (lobes) when together they span at most..."""
-    lobe_span_um: float = 14.0
+    lobe_span_um: float = 12.0
     """...this long side (touching WBCs span two nuclei)."""
     peak_min_distance_um: float = 4.0
     """Two distance-transform peaks closer than this are one cell."""
-    split_min_radius_um: float = 3.0
+    split_min_radius_um: float = 2.5
     """A nucleus group with two cores at least this thick (and peak_min_distance_um apart) is two cells."""
     split_min_area_um2: float = 120.0
     """...and only a group larger than one nucleus can be (normal nuclei are < ~80 µm²)."""
