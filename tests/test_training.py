@@ -338,8 +338,12 @@ def test_train_cells_mode_end_to_end_on_synthetic_fields(tmp_path):
     stage2 = write_config(tmp_path / "stage2.yaml", training={"epochs": 2, "batch_size": 8, "jit_compile": False,
                                                               "rebalance_each_epoch": True})
     again = CliRunner().invoke(train_command, [str(data), "--config", str(stage2), "--out", str(tmp_path / "stage2"),
-                                               "--init-model", str(out / "tiny.keras"), "--learning-rate", "1e-4"])
+                                               "--init-model", str(out / "tiny.keras"), "--learning-rate", "1e-4",
+                                               "--work", str(out / "work")])
     assert again.exit_code in (0, ExitCode.DID_NOT_LEARN), again.output
+    # the shared work folder keeps only sample caches: no run's best checkpoint is left where another run sharing
+    # the folder would load it (two cross-lab folds at once each loaded the other's)
+    assert sorted(p.name.split("-")[0] for p in (out / "work").iterdir()) == ["samples"], list((out / "work").iterdir())
     continued = json.loads((tmp_path / "stage2" / "tiny" / "metrics.json").read_text())
     assert continued["data"]["rebalance_each_epoch"] and continued["epochs_run"] == 2
     assert continued["init_model"]["sha256"] == info["sha256"]

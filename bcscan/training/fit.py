@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,19 +61,22 @@ def fit_model(cfg: TrainConfig, samples: Samples, labels: np.ndarray, draw: Call
     _compile(model, tp, len(draw(0)), dev)
     train_batches = _training_batches(cfg, samples.x_margin, labels, draw, dev)
     validation = (samples.x[val_idx].astype(np.float32) * np.float32(1 / 255), labels[val_idx])
-    ckpt = work_dir / "checkpoint-best.keras"
-    callbacks, budget = _callbacks(tp, ckpt, report_dir / "history.csv")
     start = (f"continuing {init_model} ({init_info.training.get('epochs_run')} epochs)" if init_info
              else f"weights {weights}" if weights else "from scratch")
     echo(f"[train] VGG-16{' + batch norm' if cfg.model.batch_norm else ''} {cfg.input_size}×{cfg.input_size}, "
          f"{start}, {tp.epochs} epochs max, device {dev}")
-    t_fit = time.time()
-    hist = model.fit(train_batches, validation_data=validation, validation_batch_size=64, epochs=tp.epochs,
-                     callbacks=callbacks, verbose=2)
-    fit_s = time.time() - t_fit
+    # The work folder is shared by design (sample caches): a checkpoint there would be another run's too, and
+    # two runs at once would each load whichever wrote last. Each fit keeps its own, removed afterwards.
+    with tempfile.TemporaryDirectory(dir=work_dir, prefix="fit-") as private:
+        ckpt = Path(private) / "checkpoint-best.keras"
+        callbacks, budget = _callbacks(tp, ckpt, report_dir / "history.csv")
+        t_fit = time.time()
+        hist = model.fit(train_batches, validation_data=validation, validation_batch_size=64, epochs=tp.epochs,
+                         callbacks=callbacks, verbose=2)
+        fit_s = time.time() - t_fit
+        if ckpt.is_file():
+            model = keras.saving.load_model(ckpt, compile=False)  # best epoch by validation loss
     history = {k: [float(v) for v in vals] for k, vals in hist.history.items()}
-    if ckpt.is_file():
-        model = keras.saving.load_model(ckpt, compile=False)  # best epoch by validation loss
     return Fitted(model=model, history=history, best_epoch=int(np.argmin(history["val_loss"])) + 1, fit_s=fit_s,
                   stopped_for_time=bool(budget.stopped_for_time) if budget else False, init_info=init_info,
                   device=dev)
