@@ -8,10 +8,9 @@
 # each fold in its own process with 7.5 % of the GPU's memory. Variants: the recipe (train-crosslab.yaml
 # standardises each crop's optical density, model.stain_standardise); the recipe without that layer; colour-blind
 # input without it (model.grey_input); and on top of the recipe seed 1, a fresh balanced draw of the training
-# cells every epoch (training.rebalance_each_epoch), and training without the normal-only pbc-normal (its source
-# predicts the class; benchmarks/README.md, sixth session, has the CPU figures). Stain transfer (augmentation.stain_transfer_p), which
-# lost on the ghaderzadeh fold on the CPU (fifth session), made room for it. The recipe's lr_schedule becomes
-# `cosine` (per step; cosine_time needs TensorFlow); MINUTES (default 3) caps each training. The mll-bone-marrow scale is taken from the recipe's
+# cells every epoch (training.rebalance_each_epoch), and half the cells re-stained as another cell of their batch
+# (augmentation.stain_transfer_p). The recipe's lr_schedule becomes `cosine` (per step;
+# cosine_time needs TensorFlow); MINUTES (default 3) caps each training. The mll-bone-marrow scale is taken from the recipe's
 # BLA source, so a compact copy (benchmarks/compact_data.py) works as it is.
 # Results: RUNS_DIR/<variant>-<lab>/cross_lab.{json,md}, logs beside them, classifier_device.txt
 # (CLASSIFIER_ARGS replaces its arguments, e.g. smaller ones for a dry run on a CPU).
@@ -37,7 +36,7 @@ for lab in ghaderzadeh-all mll-bone-marrow; do
   launch grey "$lab" "${no_stain[@]}" --set model.grey_input=true
   launch seed1 "$lab" --set seed=1
   launch rebalance "$lab" --set training.rebalance_each_epoch=true
-  launch no-pbc "$lab" --without pbc-normal
+  launch stain-transfer "$lab" --set augmentation.stain_transfer_p=0.5
 done
 status=0
 for pid in "${pids[@]}"; do wait "$pid" || status=1; done
