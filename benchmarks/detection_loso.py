@@ -77,8 +77,8 @@ class BlastGuard:
     """WBCs found per Ghaderzadeh B-ALL field (every `step`-th field per folder), against START's."""
 
     def __init__(self, data: Path, step: int, working_mpp: float):
-        self.fields = {folder: [resample(V.read_rgb(f), V.GHADERZADEH_MPP, working_mpp) for f in
-                                sorted((data / "ghaderzadeh-all" / "images" / folder).glob("*.jpg"))[::step]]
+        self.fields = {folder: [resample(V.read_rgb(f), V.GHADERZADEH_MPP, working_mpp)
+                                for f in V.ghaderzadeh_fields(data, folder, step)]
                        for folder in BLAST_FOLDERS}
         self.working_mpp = working_mpp
         self._figures: dict[SegmentationParams, dict[str, tuple[float, float]]] = {}
