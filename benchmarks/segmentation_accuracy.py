@@ -61,7 +61,7 @@ def count_rows(data: Path, params: SegmentationParams, step: int) -> list[tuple[
     """WBCs found per image where no boxes exist (Ghaderzadeh fields, PBC single cells)."""
     rows = []
     for cls in ("Benign", "Early", "Pre", "Pro"):
-        files = sorted((data / "ghaderzadeh-all" / "images" / cls).glob("*.jpg"))[::step]
+        files = V.ghaderzadeh_fields(data, cls, step)
         counts = np.array([len(segment(V.read_rgb(f), V.GHADERZADEH_MPP, params).cells) for f in files])
         rows.append((f"ghaderzadeh {cls}", len(files), counts))
     for cls in sorted(p.name for p in (data / "pbc-normal").iterdir() if p.is_dir()):

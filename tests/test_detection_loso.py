@@ -60,7 +60,7 @@ def test_shipped_defaults_per_source(per_source, source):
 
 @pytest.mark.parametrize("folder", sorted(BLAST_FLOORS))
 def test_shipped_defaults_find_the_blasts_of_ghaderzadeh_fields(folder):
-    files = sorted(shared("ghaderzadeh-all", "images", folder).glob("*.jpg"))[::4]
+    files = V.ghaderzadeh_fields(shared("ghaderzadeh-all").parent, folder, step=4)
     fields, per_field_floor, none_ceiling = BLAST_FLOORS[folder]
     counts = np.array([len(segment(V.read_rgb(f), V.GHADERZADEH_MPP, SegmentationParams()).cells) for f in files])
     assert len(files) == fields

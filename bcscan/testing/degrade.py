@@ -23,7 +23,14 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from bcscan.testing.groundtruth import GHADERZADEH_MPP, PBC_MPP, SHARED_DATA, bccd_samples, txl_samples
+from bcscan.testing.groundtruth import (
+    GHADERZADEH_MPP,
+    PBC_MPP,
+    SHARED_DATA,
+    bccd_samples,
+    ghaderzadeh_fields,
+    txl_samples,
+)
 
 SMEAR_TILE_MPP = 0.25  # wsi/smear full-resolution tiles (SOURCE.txt: red cells ~30 px across)
 
@@ -110,8 +117,7 @@ def field_sources(data: Path = SHARED_DATA) -> dict[str, list[Field]]:
     out["bccd"] = [Field("bccd", s.image, s.mpp) for s in bccd_samples(data)]
     for s in txl_samples(data):
         out.setdefault(f"txl-{s.source}", []).append(Field(f"txl-{s.source}", s.image, s.mpp))
-    out["ghaderzadeh"] = [Field("ghaderzadeh", p, GHADERZADEH_MPP)
-                          for p in sorted((data / "ghaderzadeh-all" / "images").glob("*/*.jpg"))]
+    out["ghaderzadeh"] = [Field("ghaderzadeh", p, GHADERZADEH_MPP) for p in ghaderzadeh_fields(data)]
     out["pbc-normal"] = [Field("pbc-normal", p, PBC_MPP) for p in sorted((data / "pbc-normal").glob("*/*.jpg"))]
     out["wsi-smear"] = [Field("wsi-smear", p, SMEAR_TILE_MPP)
                         for p in sorted((data / "wsi" / "smear").glob("I_*.png"))]

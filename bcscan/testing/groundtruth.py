@@ -156,6 +156,12 @@ def bccd_samples(data: Path = SHARED_DATA) -> Iterator[BoxSample]:
             yield BoxSample(img, load_voc_boxes(xml), BCCD_MPP, "bccd")
 
 
+def ghaderzadeh_fields(data: Path = SHARED_DATA, folder: str = "*", step: int = 1) -> list[Path]:
+    """Every `step`-th Ghaderzadeh field of `folder` (Benign, Early, Pre, Pro; "*" = all), sorted: no boxes,
+    but the only fields crowded with blasts, so detection is checked on them by WBCs found per field."""
+    return sorted((Path(data) / "ghaderzadeh-all" / "images").glob(f"{folder}/*.jpg"))[::step]
+
+
 def txl_samples(data: Path = SHARED_DATA, splits: Sequence[str] = ("train", "val")) -> Iterator[BoxSample]:
     root = Path(data) / "txl-pbc"
     for split in splits:
