@@ -8,9 +8,9 @@ SEARCH_SPACE, from START (the defaults before this work), picks the
 SegmentationParams with the highest mean per-source F1 (ties: mean per-image
 count-exact fraction) on the other sources, then scores the held-out source
 with them.  Images of the fitting
-sources within NEAR_DUPLICATE_HAMMING of a held-out image (16x16 average hash)
-are left out of that fold's fit: TXL's 640x480 images are BCCD's, its 416x416
-(BCD) ones are derived from BCCD fields.  The same search on all sources gives
+sources within NEAR_DUPLICATE_HAMMING of a held-out image in any of its quarter
+turns (16x16 average hash) are left out of that fold's fit: TXL's 640x480 images
+are BCCD's, its 416x416 (BCD) ones are BCCD fields squeezed, some turned first.  The same search on all sources gives
 the set that would ship.  Prints one markdown table: per source, P / R / F1
 (IoU >= 0.5, one-to-one) and the fraction of images whose WBC count is exact,
 for START, the leave-one-source-out fit and the all-sources fit (which should be
@@ -157,10 +157,15 @@ class Evaluator:
         return best
 
 
+def turned_hashes(rgb: np.ndarray) -> np.ndarray:
+    """Average hashes of a field turned by 0-3 quarter turns (TXL's bcd-416 holds BCCD fields turned first)."""
+    return np.array([average_hash(np.ascontiguousarray(np.rot90(rgb, k))) for k in range(4)])
+
+
 def near_duplicates_of(hashes: np.ndarray, held_out: np.ndarray) -> np.ndarray:
-    """Fields within NEAR_DUPLICATE_HAMMING of any held-out field."""
-    bits = np.unpackbits(hashes, axis=1).astype(np.float32)
-    held = bits[held_out]
+    """Fields within NEAR_DUPLICATE_HAMMING of any held-out field in any of its turns (`hashes`: fields x 4 turns)."""
+    bits = np.unpackbits(hashes[:, 0], axis=1).astype(np.float32)
+    held = np.unpackbits(hashes[held_out].reshape(-1, hashes.shape[-1]), axis=1).astype(np.float32)
     dist = bits.sum(1)[:, None] + held.sum(1)[None, :] - 2 * bits @ held.T
     return dist.min(axis=1) <= NEAR_DUPLICATE_HAMMING
 
@@ -196,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
                               itertools.islice(V.txl_samples(args.data), 0, None, args.step))
     fields = [V.WorkingField.of(s, working_mpp) for s in samples]
     evaluator = Evaluator(fields)
-    hashes = np.array([average_hash(f.rgb) for f in fields])
+    hashes = np.array([turned_hashes(f.rgb) for f in fields])
     everything = np.ones(len(fields), bool)
 
     fitted = evaluator.fit(everything, args.rounds, args.min_gain_cells * evaluator.one_cell(everything), guard)
