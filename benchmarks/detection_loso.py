@@ -10,8 +10,8 @@ count-exact fraction) on the other sources, then scores the held-out source
 with them.  Images of the fitting
 sources within NEAR_DUPLICATE_HAMMING of a held-out image in any of its quarter
 turns (16x16 average hash) are left out of that fold's fit: TXL's 640x480 images
-are BCCD's, its 416x416 (BCD) ones are BCCD fields squeezed, some turned first.  The same search on all sources gives
-the set that would ship.  Prints one markdown table: per source, P / R / F1
+are BCCD's, its 416x416 (BCD) ones are BCCD fields squeezed, some turned first.
+The same search on all sources gives the set that would ship.  Prints one markdown table: per source, P / R / F1
 (IoU >= 0.5, one-to-one) and the fraction of images whose WBC count is exact,
 for START, the leave-one-source-out fit and the all-sources fit (which should be
 the shipped defaults: the script says whether it is).
