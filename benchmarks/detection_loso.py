@@ -3,18 +3,18 @@
     python benchmarks/detection_loso.py [--data ../shared/data] [--step N] [--rounds 3]
 
 Sources: BCCD and the four TXL-PBC sources (told apart by image size, see
-bcscan.testing.groundtruth).  For each held-out source, coordinate descent over
+bcscan.testing.groundtruth). For each held-out source, coordinate descent over
 SEARCH_SPACE, from START (the defaults before this work), picks the
 SegmentationParams with the highest mean per-source F1 (ties: mean per-image
-count-exact fraction) on the other sources, then scores the held-out source
-with them.  Images of the fitting
-sources within NEAR_DUPLICATE_HAMMING of a held-out image in any of its quarter
-turns (16x16 average hash) are left out of that fold's fit: TXL's 640x480 images
-are BCCD's, its 416x416 (BCD) ones are BCCD fields squeezed, some turned first.
-The same search on all sources gives the set that would ship.  Prints one markdown table: per source, P / R / F1
-(IoU >= 0.5, one-to-one) and the fraction of images whose WBC count is exact,
-for START, the leave-one-source-out fit and the all-sources fit (which should be
-the shipped defaults: the script says whether it is).
+count-exact fraction) on the other sources, then scores the held-out source with
+them. Images of the fitting sources within NEAR_DUPLICATE_HAMMING of a held-out
+image in any of its quarter turns (16x16 average hash) are left out of that
+fold's fit: TXL's 640x480 images are BCCD's, its 416x416 (BCD) ones are BCCD
+fields squeezed, some turned first. The same search on all sources gives the set
+that would ship. Prints one markdown table: per source, P / R / F1 (IoU >= 0.5,
+one-to-one) and the fraction of images whose WBC count is exact, for START, the
+leave-one-source-out fit and the all-sources fit (which should be the shipped
+defaults: the script says whether it is).
 
 The five sources are normal blood.  A set that finds fewer WBCs in a field
 crowded with blasts would go unnoticed (fifth session: a red-cell level that
