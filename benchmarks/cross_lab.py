@@ -260,21 +260,21 @@ def threshold_ceiling(p, normal) -> dict:
     return {"balanced_accuracy": float(balanced[k]), "threshold": float(p[order][k - 1]) if k else 1.0}
 
 
-def balanced_accuracy_at(p, normal, threshold: float) -> float:
-    return float(((p[~normal] >= threshold).mean() + (p[normal] < threshold).mean()) / 2)
-
-
 def transferred_thresholds(results: list[dict], image_p: dict) -> None:
     """Each fold scored at the threshold the other folds' ceilings chose (their mean): an operating point
     chosen on labs the model never saw without looking at this one, the honest counterpart of the ceiling."""
+    from bcscan.training.metrics import metrics_block
+
     ceilings = {r["left_out"]: r["images_threshold_ceiling"]["threshold"] for r in results
                 if r.get("images_threshold_ceiling")}
     for r in results:
         others = [t for lab, t in ceilings.items() if lab != r["left_out"]]
         if r["left_out"] in ceilings and others:
             threshold = sum(others) / len(others)
-            r["images_at_other_folds_threshold"] = {
-                "threshold": threshold, "balanced_accuracy": balanced_accuracy_at(*image_p[r["left_out"]][1:], threshold)}
+            p, normal = image_p[r["left_out"]][1:]
+            block = metrics_block(normal.astype(int), p, threshold)  # class 1 = normal, as the model's output
+            r["images_at_other_folds_threshold"] = {"threshold": threshold,
+                                                    "balanced_accuracy": block["balanced_accuracy"]}
 
 
 def table(results: list[dict], recipe: str) -> str:
