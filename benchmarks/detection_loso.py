@@ -13,8 +13,9 @@ fold's fit: TXL's 640x480 images are BCCD's, its 416x416 (BCD) ones are BCCD
 fields squeezed, some turned first. The same search on all sources gives the set
 that would ship. Prints one markdown table: per source, P / R / F1 (IoU >= 0.5,
 one-to-one) and the fraction of images whose WBC count is exact, for START, the
-leave-one-source-out fit and the all-sources fit (which should be the shipped
-defaults: the script says whether it is).
+leave-one-source-out fit and the all-sources fit (the script says whether it is
+the shipped defaults: since cells labelled twice count once it is not, see
+benchmarks/README.md, eighth session).
 
 The five sources are normal blood.  A set that finds fewer WBCs in a field
 crowded with blasts would go unnoticed (fifth session: a red-cell level that

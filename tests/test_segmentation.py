@@ -190,6 +190,14 @@ def test_yolo_and_voc_loaders(tmp_path):
     assert np.allclose(V.load_voc_boxes(tmp_path / "a.xml"), [[10, 20, 30, 40]])
 
 
+def test_a_cell_labelled_twice_counts_once():
+    touching = [[0, 0, 10, 10], [9, 0, 19, 10]]  # two cells side by side: IoU 0.05, both kept
+    twice = [[40, 40, 60, 60], [42, 40, 62, 60]]  # IoU 0.82: one cell, its two boxes become the one around both
+    merged = V.merge_double_boxes(np.array(touching + twice, float))
+    assert np.allclose(merged, touching + [[40, 40, 62, 60]])
+    assert V.merge_double_boxes(np.zeros((0, 4))).shape == (0, 4)
+
+
 # --------------------------------------------------------------------------- real ground truth
 def _data() -> Path:
     shared("bccd")
