@@ -21,7 +21,8 @@ or TXL field is 26-40 µm across), so for the crowding rows (untouched and thick
 are first laid side by side, k × k distinct fields of the same source, into one mosaic.
 
 Prints, per source and degradation, the fraction flagged with the expected reason and with any reason,
-and the 2nd / 50th / 98th percentiles of the figure that decides it; then the cost of segment() + measure_tile()
+and the 2nd / 50th / 98th percentiles of the figure that decides it; the fraction flagged among the fields
+degraded past a stated threshold (STATED) by a margin, judged on the cells of the untouched field; then the cost of segment() + measure_tile()
 against segment() of the day issue 13 was filed, on 1024² working-scale tiles.
 """
 from __future__ import annotations
@@ -71,9 +72,30 @@ def measure(work: np.ndarray):
     return measure_tile(work, seg, SEG, QP)
 
 
-def row(q, source: str, name: str, kind: str) -> dict:
+# reason -> the stated thresholds behind it: (figure, threshold, +1 = flagged above it / -1 = below)
+STATED = {
+    "blur": [("edge_sigma_um", QP.max_edge_sigma_um, 1)],
+    "faint_stain": [("nucleus_od", QP.min_nucleus_od, -1), ("rbc_od", QP.min_rbc_od, -1)],
+    "dark_stain": [("nucleus_od", QP.max_nucleus_od, 1), ("rbc_od", QP.max_rbc_od, 1)],
+    "clipped": [("clipped_fraction", QP.max_clipped_fraction, 1)],
+    "dark_background": [("glass_brightness", QP.min_glass_brightness, -1)],
+}
+PAST_MARGINS = (0.0, 0.1, 0.2, 0.3)
+
+
+def row(q, source: str, name: str, kind: str, reference=None) -> dict:
+    """`reference`: the same measures on the cells of the untouched field (fields only)."""
+    ref = {f"ref_{f}": getattr(reference, f) if reference is not None else np.nan for f in FIGURES}
     return {"source": source, "degradation": name, "kind": kind, "reasons": ",".join(q.reasons),
-            "not_assessed": ",".join(q.not_assessed), **{f: getattr(q, f) for f in FIGURES}}
+            "not_assessed": ",".join(q.not_assessed), **{f: getattr(q, f) for f in FIGURES}, **ref}
+
+
+def past_threshold(df: pd.DataFrame, reason: str, margin: float) -> pd.Series:
+    """Rows whose reference figures are past a stated threshold of `reason` by `margin` × that threshold."""
+    past = pd.Series(False, index=df.index)
+    for figure, threshold, sign in STATED[reason]:
+        past |= (sign * (df[f"ref_{figure}"] - threshold) > margin * threshold).fillna(False)
+    return past
 
 
 def layers_for(depth: float, coverage: float) -> int:
@@ -82,14 +104,20 @@ def layers_for(depth: float, coverage: float) -> int:
 
 
 def field_rows(fields: list[D.Field]) -> tuple[list[dict], dict[str, list[np.ndarray]]]:
+    """Each field untouched and degraded, measured as the pipeline does (its own segmentation of the degraded
+    pixels), and, as the reference for how far a degradation went, by the same measures on the cells found in
+    the untouched field, which the degradation cannot move."""
     rows, works = [], defaultdict(list)
     for f in fields:
         rgb = read_rgb(f.path)
+        untouched_cells = None
         for name, (fn, _, _) in FIELD_DEGRADATIONS.items():
             work = resample(fn(rgb, f.mpp), f.mpp, SEG.working_mpp)
             if name == "untouched":
                 works[f.source].append(work)
-            rows.append(row(measure(work), f.source, name, "field"))
+                untouched_cells = segment(work, SEG.working_mpp, SEG)
+            reference = measure_tile(work, untouched_cells, SEG, QP)
+            rows.append(row(measure(work), f.source, name, "field", reference))
     return rows, works
 
 
@@ -167,6 +195,25 @@ def report(df: pd.DataFrame) -> None:
                   f"{pct(base[fig]) if fig else '–'} | {pct(sub[fig]) if fig else '–'} |")
         sub = df[(df.kind == kind) & (df.degradation == name)]
         print(f"| **all** | {len(sub)} | {flagged(sub, expected):.3f} | {flagged(sub, None):.3f} | | |")
+
+    print("\n## Fields degraded past a stated threshold by a margin (figures on the untouched field's cells): "
+          "fraction flagged with the expected reason (fields past)")
+    print("| degradation -> reason | " + " | ".join(f"past by ≥ {m:.0%}" for m in PAST_MARGINS) + " |")
+    print("|---|" + "---|" * len(PAST_MARGINS))
+    fields = df[df.kind == "field"]
+    totals = np.zeros((len(PAST_MARGINS), 2))
+    for name, (_, expected, _) in FIELD_DEGRADATIONS.items():
+        if expected is None:
+            continue
+        sub = fields[fields.degradation == name]
+        cells = []
+        for k, margin in enumerate(PAST_MARGINS):
+            past = sub[past_threshold(sub, expected, margin)]
+            caught = flagged(past, expected) * len(past) if len(past) else 0.0
+            totals[k] += (caught, len(past))
+            cells.append(f"{caught / len(past):.3f} ({len(past)})" if len(past) else "– (0)")
+        print(f"| {name} -> `{expected}` | " + " | ".join(cells) + " |")
+    print("| **all** | " + " | ".join(f"{c / max(n, 1):.3f} ({n:.0f})" for c, n in totals) + " |")
 
     print("\n## Other figures, untouched fields (p2 / p50 / p98)")
     cols = ["rbc_od", "rbc_coverage", "glass_fraction", "overlap_fraction"]

@@ -1,9 +1,9 @@
 """Shipped segmentation defaults, per source of BCCD and TXL-PBC (issue 13 item 4).
 
-Floors sit just under the figures of benchmarks/detection_loso.py for the shipped
-defaults on every train+val image (its "all-sources fit" column, which the
-script checks equals the defaults); the leave-one-source-out figures are in
-benchmarks/README.md.  Fields are segmented at the working resolution, as the
+Floors sit just under the shipped defaults' figures on every train+val image
+(benchmarks/README.md, eighth session; until then they were also the all-sources
+fit of benchmarks/detection_loso.py); the leave-one-source-out figures are there
+too.  Fields are segmented at the working resolution, as the
 pipeline does, which takes seconds for all 1588 images.
 """
 from __future__ import annotations
