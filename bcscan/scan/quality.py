@@ -17,8 +17,7 @@ Figures:
   not depend on the edges' contrast, so a pale stain is not read as blur.  A
   sharp step reads 0; an edge blurred by σ reads ≈ 0.8 σ on real fields.
 - **stain**: ``nucleus_od`` (median OD of the segmented nuclei, mean of R, G
-  and B; on a tile without any, of the nucleus-sized violet blobs too faint
-  for the segmenter: a faded stain must not hide its own nuclei) and ``rbc_od`` (median OD of the red-cell area: robust to the odd
+  and B) and ``rbc_od`` (median OD of the red-cell area: robust to the odd
   nucleus the segmenter missed, which would otherwise count as red cell), both absolute; ``glass_brightness`` (0-255, mean of R, G,
   B of the glass).
 - **crowding** (red cells, outside the white cells): ``rbc_coverage`` (share
@@ -64,9 +63,6 @@ class QualityParams:
     # --- stain (absolute: see the benchmark for what each means per lab)
     min_nucleus_od: float = 0.15
     """faint_stain: nuclei paler than this (ln OD, mean of R, G, B; normal labs here 0.17-1.4)."""
-    faint_nucleus_violet: float = 0.08
-    """Where the segmenter found no nucleus, nucleus-sized blobs this violet (OD green - OD blue, and the
-    segmenter's contrast over the red cells) are taken as nuclei too faint for it, for the stain figure only."""
     max_nucleus_od: float = 1.6
     """dark_stain: nuclei darker than this."""
     min_rbc_od: float = 0.075
@@ -242,11 +238,8 @@ def measure_tile(rgb: np.ndarray, seg: Segmentation, seg_params: SegmentationPar
             rbc_od = float(np.median(rbc_values))
             overlap = float(np.count_nonzero(rbc_values > p.overlap_factor * rbc_od) / rbc_values.size)
 
-    # Stain. A faded nucleus falls under the segmenter's violet floor: with none segmented, look for faint ones.
-    if nucleus.any():
-        nucleus_od = float(np.median(od_mean[nucleus]))
-    else:
-        nucleus_od = _faint_nucleus_od(od, od_mean, seg_params, p, spx)
+    # Stain.
+    nucleus_od = float(np.median(od_mean[nucleus])) if nucleus.any() else float("nan")
     if math.isnan(nucleus_od) and math.isnan(rbc_od):
         skipped.append("stain")
     if nucleus_od < p.min_nucleus_od or rbc_od < p.min_rbc_od:
@@ -282,23 +275,6 @@ def measure_tile(rgb: np.ndarray, seg: Segmentation, seg_params: SegmentationPar
                        glass_brightness=glass_brightness, area_od=area_od, rbc_coverage=rbc_coverage, glass_fraction=glass_fraction,
                        overlap_fraction=overlap, clipped_fraction=clipped_fraction, area_um2=area_um2,
                        reasons=tuple(reasons), not_assessed=tuple(skipped))
-
-
-def _faint_nucleus_od(od: np.ndarray, od_mean: np.ndarray, seg_params: SegmentationParams, p: QualityParams,
-                      spx: float) -> float:
-    """Median OD of nucleus-sized violet blobs the segmenter's absolute floor left out (NaN: none), judged
-    against the red cells as the segmenter judges nuclei."""
-    cells = od_mean > p.cell_od
-    if cv2.countNonZero(cells.view(np.uint8)) < 50:
-        return float("nan")
-    violet = od[..., 1] - od[..., 2]
-    red_cell_level = float(np.percentile(_sample(violet[cells]), seg_params.red_cell_percentile))
-    candidate = (violet > max(p.faint_nucleus_violet, seg_params.nucleus_contrast * red_cell_level)) & cells
-    _, blobs, stats, _ = cv2.connectedComponentsWithStats(candidate.view(np.uint8), connectivity=8)
-    large = stats[:, cv2.CC_STAT_AREA] * spx * spx >= seg_params.min_nucleus_area_um2
-    large[0] = False
-    faint = large[blobs]
-    return float(np.median(od_mean[faint])) if faint.any() else float("nan")
 
 
 # --------------------------------------------------------------------------- low-resolution overview
