@@ -113,11 +113,14 @@ def field_rows(fields: list[D.Field]) -> tuple[list[dict], dict[str, list[np.nda
         untouched_cells = None
         for name, (fn, _, _) in FIELD_DEGRADATIONS.items():
             work = resample(fn(rgb, f.mpp), f.mpp, SEG.working_mpp)
-            if name == "untouched":
+            cells = segment(work, SEG.working_mpp, SEG)
+            q = measure_tile(work, cells, SEG, QP)
+            if name == "untouched":  # the first entry: its cells are the reference for every degradation after it
                 works[f.source].append(work)
-                untouched_cells = segment(work, SEG.working_mpp, SEG)
-            reference = measure_tile(work, untouched_cells, SEG, QP)
-            rows.append(row(measure(work), f.source, name, "field", reference))
+                untouched_cells, reference = cells, q
+            else:
+                reference = measure_tile(work, untouched_cells, SEG, QP)
+            rows.append(row(q, f.source, name, "field", reference))
     return rows, works
 
 
