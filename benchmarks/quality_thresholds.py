@@ -33,7 +33,7 @@ import subprocess
 import sys
 import time
 import types
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -43,7 +43,7 @@ from bcscan.scan.quality import QualityParams, measure_tile
 from bcscan.scan.reading import resample
 from bcscan.scan.segmentation import SegmentationParams, segment
 from bcscan.testing import degrade as D
-from bcscan.testing.groundtruth import SHARED_DATA, read_rgb
+from bcscan.testing.groundtruth import SHARED_DATA, bccd_samples, read_rgb, txl_samples
 
 SEG = SegmentationParams()
 QP = QualityParams()
@@ -227,6 +227,52 @@ def report(df: pd.DataFrame) -> None:
         print(f"| {source} | " + " | ".join(pct(sub[c]) for c in cols) + " |")
 
 
+def box_free_strip(shape: tuple[int, int], boxes: np.ndarray, margin_px: float) -> tuple[int, int, int, int]:
+    """The largest strip of a field (x0, y0, x1, y1) left, right, above or below every ground-truth box."""
+    h, w = shape
+    if len(boxes) == 0:
+        return 0, 0, w, h
+    x0, y0 = (max(0, int(boxes[:, k].min() - margin_px)) for k in (0, 1))
+    x1, y1 = (min(n, int(math.ceil(boxes[:, k].max() + margin_px))) for k, n in ((2, w), (3, h)))
+    return max([(0, 0, x0, h), (x1, 0, w, h), (0, 0, w, y0), (0, y1, w, h)],
+               key=lambda c: (c[2] - c[0]) * (c[3] - c[1]))
+
+
+def cell_free_pieces(data: Path, min_side_um: float = 12.0) -> None:
+    """Untouched real pieces without a white cell, the commonest tile of a slide and the one where the stain
+    check has no segmented nucleus to go by: the wsi/smear monolayer tiles cut into overlapping 51 µm pieces
+    (those where the segmenter finds no cell), and the strip of every BCCD / TXL train+val field that lies
+    outside all its boxes (2 µm margin; at least `min_side_um` on each side)."""
+    print("\n## Untouched pieces without a white cell: fraction flagged (any reason)")
+    print("| pieces | n | flagged | reasons (count) | nucleus figure from faint blobs |")
+    print("|---|---|---|---|---|")
+
+    def line(label: str, works) -> None:
+        n = flagged = faint_blobs = 0
+        reasons = Counter()
+        for work in works:
+            seg = segment(work, SEG.working_mpp, SEG)
+            if seg.cells:
+                continue
+            q = measure_tile(work, seg, SEG, QP)
+            n += 1
+            flagged += not q.ok
+            reasons.update(q.reasons)
+            faint_blobs += math.isfinite(q.nucleus_od)
+        seen = ", ".join(f"{k} {v}" for k, v in reasons.items()) or "–"
+        print(f"| {label} | {n} | {flagged / max(n, 1):.3f} ({flagged}) | {seen} | {faint_blobs} |")
+
+    def strips():
+        for s in list(bccd_samples(data)) + list(txl_samples(data)):
+            rgb = read_rgb(s.image)
+            x0, y0, x1, y1 = box_free_strip(rgb.shape[:2], s.boxes, 2.0 / s.mpp)
+            if min(x1 - x0, y1 - y0) * s.mpp >= min_side_um:
+                yield resample(np.ascontiguousarray(rgb[y0:y1, x0:x1]), s.mpp, SEG.working_mpp)
+
+    line("wsi/smear monolayer, 51 µm pieces", (w for _, w in D.smear_pieces(data, SEG.working_mpp)))
+    line("BCCD / TXL fields outside every box", strips())
+
+
 SMEAR_OVERVIEW_MPP = 16.0  # assumed: 0.25 µm/px level 0 ÷ 64 (checked: area OD at the tiles' places matches)
 
 
@@ -348,6 +394,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"# quality thresholds: {len(fields)} real fields, {len(df)} measurements, {time.time() - t0:.0f} s")
     print("QualityParams:", QP)
     report(df)
+    cell_free_pieces(args.data)
     smear_overview(args.data)
     cost([w for ws in works.values() for w in ws[:2]])
     return 0

@@ -16,8 +16,11 @@ Figures:
   known 1 µm smoothing, taken at the strongest edge ridges.  The ratio does
   not depend on the edges' contrast, so a pale stain is not read as blur.  A
   sharp step reads 0; an edge blurred by σ reads ≈ 0.8 σ on real fields.
-- **stain**: ``nucleus_od`` (median OD of the segmented nuclei, mean of R, G
-  and B) and ``rbc_od`` (median OD of the red-cell area: robust to the odd
+- **stain**: ``nucleus_od`` (90th percentile OD of the segmented nuclei, mean
+  of R, G and B: their core, which stays put when a fade shrinks the
+  segmenter's masks to it or an over-stain grows them into the cytoplasm; on
+  a tile without any, of the nucleus-sized violet blobs too faint for the
+  segmenter's floor, so a fade cannot hide its own nuclei) and ``rbc_od`` (median OD of the red-cell area: robust to the odd
   nucleus the segmenter missed, which would otherwise count as red cell), both absolute; ``glass_brightness`` (0-255, mean of R, G,
   B of the glass).
 - **crowding** (red cells, outside the white cells): ``rbc_coverage`` (share
@@ -61,10 +64,15 @@ class QualityParams:
     min_edge_px: int = 20
     """Fewer edge-ridge pixels than this: focus not assessed."""
     # --- stain (absolute: see the benchmark for what each means per lab)
-    min_nucleus_od: float = 0.15
-    """faint_stain: nuclei paler than this (ln OD, mean of R, G, B; normal labs here 0.17-1.4)."""
-    max_nucleus_od: float = 1.6
+    min_nucleus_od: float = 0.18
+    """faint_stain: nuclei paler than this (90th percentile ln OD, mean of R, G, B; normal fields here 0.19-1.85)."""
+    max_nucleus_od: float = 2.0
     """dark_stain: nuclei darker than this."""
+    faint_nucleus_violet: float = 0.08
+    """Where the segmenter found no nucleus: pixels this violet (OD green - OD blue, and the segmenter's contrast
+    over the red cells) in blobs of at least faint_nucleus_area_um2 are nuclei too faint for it (stain figure only)."""
+    faint_nucleus_area_um2: float = 30.0
+    """...a small nucleus' worth (platelets and red-cell rims stay under it)."""
     min_rbc_od: float = 0.075
     """faint_stain: red cells (median OD of the red-cell area) paler than this (untouched fields here >= 0.08)."""
     max_rbc_od: float = 0.7
@@ -238,8 +246,9 @@ def measure_tile(rgb: np.ndarray, seg: Segmentation, seg_params: SegmentationPar
             rbc_od = float(np.median(rbc_values))
             overlap = float(np.count_nonzero(rbc_values > p.overlap_factor * rbc_od) / rbc_values.size)
 
-    # Stain.
-    nucleus_od = float(np.median(od_mean[nucleus])) if nucleus.any() else float("nan")
+    # Stain. A fade pushes nuclei under the segmenter's violet floor: with none segmented, look for faint ones.
+    nucleus_values = od_mean[nucleus] if nucleus.any() else _faint_nucleus_values(od, od_mean, seg_params, p, spx)
+    nucleus_od = float(np.percentile(nucleus_values, 90.0)) if nucleus_values.size else float("nan")
     if math.isnan(nucleus_od) and math.isnan(rbc_od):
         skipped.append("stain")
     if nucleus_od < p.min_nucleus_od or rbc_od < p.min_rbc_od:
@@ -275,6 +284,22 @@ def measure_tile(rgb: np.ndarray, seg: Segmentation, seg_params: SegmentationPar
                        glass_brightness=glass_brightness, area_od=area_od, rbc_coverage=rbc_coverage, glass_fraction=glass_fraction,
                        overlap_fraction=overlap, clipped_fraction=clipped_fraction, area_um2=area_um2,
                        reasons=tuple(reasons), not_assessed=tuple(skipped))
+
+
+def _faint_nucleus_values(od: np.ndarray, od_mean: np.ndarray, seg_params: SegmentationParams, p: QualityParams,
+                          spx: float) -> np.ndarray:
+    """OD of the pixels of nucleus-sized violet blobs that the segmenter's absolute floor left out (empty: none),
+    judged against the red cells as the segmenter judges nuclei."""
+    cells = od_mean > p.cell_od
+    if cv2.countNonZero(cells.view(np.uint8)) < 50:
+        return np.empty(0, np.float32)
+    violet = od[..., 1] - od[..., 2]
+    red_cell_level = float(np.percentile(_sample(violet[cells]), seg_params.red_cell_percentile))
+    candidate = (violet > max(p.faint_nucleus_violet, seg_params.nucleus_contrast * red_cell_level)) & cells
+    _, blobs, stats, _ = cv2.connectedComponentsWithStats(candidate.view(np.uint8), connectivity=8)
+    nucleus_sized = stats[:, cv2.CC_STAT_AREA] * spx * spx >= p.faint_nucleus_area_um2
+    nucleus_sized[0] = False
+    return od_mean[nucleus_sized[blobs]]
 
 
 # --------------------------------------------------------------------------- low-resolution overview

@@ -17,18 +17,21 @@ fault would happen on the microscope, before the pipeline resamples it:
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
 
+from bcscan.scan.reading import resample
 from bcscan.testing.groundtruth import (
     GHADERZADEH_MPP,
     PBC_MPP,
     SHARED_DATA,
     bccd_samples,
     ghaderzadeh_fields,
+    read_rgb,
     txl_samples,
 )
 
@@ -132,3 +135,15 @@ def sample_fields(data: Path = SHARED_DATA, per_source: int = 40, seed: int = 0)
         idx = rng.choice(len(fields), size=min(per_source, len(fields)), replace=False)
         chosen += [fields[i] for i in sorted(idx)]
     return chosen
+
+
+def smear_pieces(data: Path = SHARED_DATA, working_mpp: float = 0.4, side_px: int = 128,
+                 stride_px: int = 64) -> Iterator[tuple[str, np.ndarray]]:
+    """Overlapping square pieces ("file:x,y", RGB at `working_mpp`) of the real wsi/smear monolayer tiles: most
+    hold no white cell, as most tiles of a slide do, which the fields of the other sources (nearly all with one)
+    cannot show."""
+    for path in sorted((Path(data) / "wsi" / "smear").glob("I_*.png")):
+        work = resample(read_rgb(path), SMEAR_TILE_MPP, working_mpp)
+        for y in range(0, work.shape[0] - side_px + 1, stride_px):
+            for x in range(0, work.shape[1] - side_px + 1, stride_px):
+                yield f"{path.name}:{x},{y}", np.ascontiguousarray(work[y:y + side_px, x:x + side_px])
