@@ -17,7 +17,7 @@ from bcscan.model.domain import INSIDE, OUTSIDE, UNKNOWN, domain_verdict, fit_re
 from bcscan.model.network import load_model_info
 from bcscan.results.aggregation import FLAG_LOW_QUALITY, FLAG_NEGATIVE, FLAG_OUTSIDE, FLAG_REVIEW
 from bcscan.scan.appearance import FEATURES, crop_appearance
-from bcscan.testing.degrade import blur
+from bcscan.testing.degrade import blur, scale_od
 from bcscan.testing.synthetic import draw_smear
 
 
@@ -67,17 +67,23 @@ def _write(folder, fields) -> None:
         cv2.imwrite(str(folder / f"field-{i}.png"), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
 
 
+def _bccd_at_045(rgb: np.ndarray) -> np.ndarray:
+    """A BCCD field (0.063 µm/px) at the Ghaderzadeh fields' 0.45 µm/px, so one --mpp serves every folder."""
+    return cv2.resize(rgb, None, fx=0.14, fy=0.14, interpolation=cv2.INTER_AREA)
+
+
 @pytest.mark.slow
-def test_restained_greyish_blurred_and_other_lab_scans_are_never_called_negative(tmp_path):
+def test_restained_greyish_blurred_faded_and_other_lab_scans_are_never_called_negative(tmp_path):
     assert load_model_info(SHIPPED_MODEL).domain, "the shipped model carries no domain reference"
     fields = _benign_test_fields(8)
     scans = tmp_path / "scans"
     _write(scans / "untouched", fields)
     _write(scans / "greyish", [greyish(f) for f in fields])
     _write(scans / "blurred", [blur(f, 0.45, 1.0) for f in fields])
-    bccd = sorted(shared("bccd", "JPEGImages").glob("*.jpg"))[:8]
-    _write(scans / "other-lab", [cv2.resize(cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB), None, fx=0.14, fy=0.14,
-                                            interpolation=cv2.INTER_AREA) for p in bccd])  # 0.063 → 0.45 µm/px
+    bccd = [cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB)
+            for p in sorted(shared("bccd", "JPEGImages").glob("*.jpg"))[:8]]
+    _write(scans / "other-lab", [_bccd_at_045(f) for f in bccd])
+    _write(scans / "faded", [_bccd_at_045(scale_od(f, 0.35)) for f in bccd])  # issue 13's case: `insufficient cells`
     result = CliRunner().invoke(main, ["scan", str(scans), "--out", str(tmp_path / "out"), "--mpp", "0.45",
                                        "--tile-workers", "0", "--quiet"])
     assert result.exit_code == 0, result.output
@@ -87,8 +93,9 @@ def test_restained_greyish_blurred_and_other_lab_scans_are_never_called_negative
     assert domain["untouched"] <= 0.125                      # at most 1 of 8 fields of the training lab
     assert domain["greyish"] >= 0.75 and domain["other-lab"] >= 0.75
     assert (scans_csv.loc[patient_of == "blurred", "tiles_blur"] >= 1).all()  # excluded as blurred, not counted
+    assert (scans_csv.loc[patient_of == "faded", "tiles_faint_stain"] >= 1).all()
     flags = pd.read_csv(tmp_path / "out" / "patients.csv").set_index("patient_id")["flag"]
     assert flags["other-lab"] == FLAG_OUTSIDE
     assert flags["greyish"] in (FLAG_OUTSIDE, FLAG_REVIEW)  # a positive signal is shown first, as always
-    assert flags["blurred"] == FLAG_LOW_QUALITY
-    assert FLAG_NEGATIVE not in {flags["greyish"], flags["other-lab"], flags["blurred"]}
+    assert flags["blurred"] == flags["faded"] == FLAG_LOW_QUALITY
+    assert FLAG_NEGATIVE not in {flags["greyish"], flags["other-lab"], flags["blurred"], flags["faded"]}

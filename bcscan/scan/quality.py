@@ -20,9 +20,10 @@ Figures:
   of R, G and B: their core, which stays put when a fade shrinks the
   segmenter's masks to it or an over-stain grows them into the cytoplasm; on
   a tile without any, of the nucleus-sized violet blobs too faint for the
-  segmenter's floor, so a fade cannot hide its own nuclei) and ``rbc_od`` (median OD of the red-cell area: robust to the odd
-  nucleus the segmenter missed, which would otherwise count as red cell), both absolute; ``glass_brightness`` (0-255, mean of R, G,
-  B of the glass).
+  segmenter's floor, so a fade cannot hide its own nuclei) and ``rbc_od``
+  (median OD of the red-cell area: robust to the odd nucleus the segmenter
+  missed, which would otherwise count as red cell), both absolute;
+  ``glass_brightness`` (0-255, mean of R, G, B of the glass).
 - **crowding** (red cells, outside the white cells): ``rbc_coverage`` (share
   of the area that red cells cover), ``glass_fraction`` (share of bare glass
   left between them: ~0 in a thick area where cells pile up) and
