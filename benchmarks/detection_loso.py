@@ -36,7 +36,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from bcscan.scan.segmentation import SegmentationParams, resample, segment
+from bcscan.scan.reading import resample
+from bcscan.scan.segmentation import SegmentationParams, segment
 from bcscan.testing import groundtruth as V
 from bcscan.training.duplicates import average_hash
 

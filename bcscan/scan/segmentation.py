@@ -38,6 +38,8 @@ import numpy as np
 from scipy.ndimage import find_objects
 from skimage.segmentation import watershed
 
+from bcscan.scan.reading import resample
+
 
 @dataclass(frozen=True)
 class SegmentationParams:
@@ -135,16 +137,6 @@ def optical_density(rgb: np.ndarray, background_percentile: float) -> np.ndarray
     levels = np.arange(256, dtype=np.float32) + 1.0
     lut = np.maximum(np.log(glass[None, :] / levels[:, None]), 0.0).astype(np.float32)  # 256 x 3
     return cv2.LUT(rgb, lut.reshape(256, 1, 3))
-
-
-def resample(rgb: np.ndarray, mpp: float, working_mpp: float) -> np.ndarray:
-    """`rgb` at `mpp` µm/px resampled to `working_mpp` (the same array when the scales agree)."""
-    scale = mpp / working_mpp
-    if abs(scale - 1.0) <= 1e-3:
-        return rgb
-    h, w = rgb.shape[:2]
-    size = (max(int(round(w * scale)), 1), max(int(round(h * scale)), 1))
-    return cv2.resize(rgb, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
 
 
 def segment(rgb: np.ndarray, mpp: float, params: SegmentationParams) -> Segmentation:

@@ -15,7 +15,8 @@ from typing import Iterable, Iterator, Sequence
 import cv2
 import numpy as np
 
-from bcscan.scan.segmentation import Segmentation, SegmentationParams, resample, segment
+from bcscan.scan.reading import resample
+from bcscan.scan.segmentation import Segmentation, SegmentationParams, segment
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
