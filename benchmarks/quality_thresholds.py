@@ -22,7 +22,7 @@ are first laid side by side, k × k distinct fields of the same source, into one
 
 Prints, per source and degradation, the fraction flagged with the expected reason and with any reason,
 and the 2nd / 50th / 98th percentiles of the figure that decides it; the fraction flagged among the fields
-degraded past a stated threshold (STATED) by a margin, judged on the cells of the untouched field; then the cost of segment() + measure_tile()
+degraded past a threshold (quality.THRESHOLDS) by a margin, judged on the cells of the untouched field; then the cost of segment() + measure_tile()
 against segment() of the day issue 13 was filed, on 1024² working-scale tiles.
 """
 from __future__ import annotations
@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bcscan.scan.quality import QualityParams, measure_tile
+from bcscan.scan.quality import QualityParams, measure_tile, past_threshold
 from bcscan.scan.reading import resample
 from bcscan.scan.segmentation import SegmentationParams, segment
 from bcscan.testing import degrade as D
@@ -72,14 +72,6 @@ def measure(work: np.ndarray):
     return measure_tile(work, seg, SEG, QP)
 
 
-# reason -> the stated thresholds behind it: (figure, threshold, +1 = flagged above it / -1 = below)
-STATED = {
-    "blur": [("edge_sigma_um", QP.max_edge_sigma_um, 1)],
-    "faint_stain": [("nucleus_od", QP.min_nucleus_od, -1), ("rbc_od", QP.min_rbc_od, -1)],
-    "dark_stain": [("nucleus_od", QP.max_nucleus_od, 1), ("rbc_od", QP.max_rbc_od, 1)],
-    "clipped": [("clipped_fraction", QP.max_clipped_fraction, 1)],
-    "dark_background": [("glass_brightness", QP.min_glass_brightness, -1)],
-}
 PAST_MARGINS = (0.0, 0.1, 0.2, 0.3)
 
 
@@ -90,12 +82,10 @@ def row(q, source: str, name: str, kind: str, reference=None) -> dict:
             "not_assessed": ",".join(q.not_assessed), **{f: getattr(q, f) for f in FIGURES}, **ref}
 
 
-def past_threshold(df: pd.DataFrame, reason: str, margin: float) -> pd.Series:
-    """Rows whose reference figures are past a stated threshold of `reason` by `margin` × that threshold."""
-    past = pd.Series(False, index=df.index)
-    for figure, threshold, sign in STATED[reason]:
-        past |= (sign * (df[f"ref_{figure}"] - threshold) > margin * threshold).fillna(False)
-    return past
+def past_by(df: pd.DataFrame, reason: str, margin: float) -> pd.Series:
+    """Rows whose reference figures are past a threshold of `reason` by `margin` × that threshold."""
+    reference = {figure: df[f"ref_{figure}"] for figure in FIGURES}
+    return pd.Series(past_threshold(reference, reason, QP, margin), index=df.index, dtype=bool)
 
 
 def layers_for(depth: float, coverage: float) -> int:
@@ -211,7 +201,7 @@ def report(df: pd.DataFrame) -> None:
         sub = fields[fields.degradation == name]
         cells = []
         for k, margin in enumerate(PAST_MARGINS):
-            past = sub[past_threshold(sub, expected, margin)]
+            past = sub[past_by(sub, expected, margin)]
             caught = flagged(past, expected) * len(past) if len(past) else 0.0
             totals[k] += (caught, len(past))
             cells.append(f"{caught / len(past):.3f} ({len(past)})" if len(past) else "– (0)")

@@ -39,14 +39,28 @@ judged on a tile (no edge, no cell, too small an area) is listed in
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
+from typing import Any
 
 import cv2
 import numpy as np
 
 from bcscan.scan.segmentation import Segmentation, SegmentationParams
 
-REASONS = ("blur", "faint_stain", "dark_stain", "dark_background", "thick", "thin", "clipped")
+# reason -> the figures that raise it: (TileQuality figure, QualityParams threshold, +1 = above it / -1 = below it).
+# measure_tile() and the benchmark that states how far past each threshold a degraded field went both read it.
+THRESHOLDS: dict[str, tuple[tuple[str, str, int], ...]] = {
+    "blur": (("edge_sigma_um", "max_edge_sigma_um", 1),),
+    "faint_stain": (("nucleus_od", "min_nucleus_od", -1), ("rbc_od", "min_rbc_od", -1)),
+    "dark_stain": (("nucleus_od", "max_nucleus_od", 1), ("rbc_od", "max_rbc_od", 1)),
+    "dark_background": (("glass_brightness", "min_glass_brightness", -1),),
+    "thick": (("glass_fraction", "min_glass_fraction", -1),),
+    "thin": (("rbc_coverage", "min_rbc_coverage", -1),),
+    "clipped": (("clipped_fraction", "max_clipped_fraction", 1),),
+}
+REASONS = tuple(THRESHOLDS)
+CROWDING_REASONS = ("thick", "thin")
 MEASURES = ("focus", "stain", "crowding", "clipping")
 
 _SOBEL_SIGMA2_PX = 0.55   # squared Gaussian σ (px²) that the 3x3 Sobel + pixel grid add to a step (fitted on drawn steps)
@@ -218,8 +232,6 @@ def measure_tile(rgb: np.ndarray, seg: Segmentation, seg_params: SegmentationPar
     edge_sigma_um = edge_sigma_px(green, float(glass[1]), mpp, p.min_edge_gradient, p.min_edge_px) * mpp
     if math.isnan(edge_sigma_um):
         skipped.append("focus")
-    elif edge_sigma_um > p.max_edge_sigma_um:
-        reasons.append("blur")
 
     levels = np.arange(256, dtype=np.float32) + 1.0
     lut = np.maximum(np.log(glass[None, :] / levels[:, None]), 0.0).astype(np.float32)
@@ -252,21 +264,11 @@ def measure_tile(rgb: np.ndarray, seg: Segmentation, seg_params: SegmentationPar
     nucleus_od = float(np.percentile(nucleus_values, 90.0)) if nucleus_values.size else float("nan")
     if math.isnan(nucleus_od) and math.isnan(rbc_od):
         skipped.append("stain")
-    if nucleus_od < p.min_nucleus_od or rbc_od < p.min_rbc_od:
-        reasons.append("faint_stain")
-    if nucleus_od > p.max_nucleus_od or rbc_od > p.max_rbc_od:
-        reasons.append("dark_stain")
-    if glass_brightness < p.min_glass_brightness:
-        reasons.append("dark_background")
 
     # Crowding: needs enough area to hold a few dozen red cells, and a few red cells (bare glass: nothing to judge).
     if (area_um2 < p.crowding_min_area_um2 or math.isnan(glass_fraction)
             or rbc_coverage * area_um2 < p.crowding_min_rbc_um2):
         skipped.append("crowding")
-    elif glass_fraction < p.min_glass_fraction:
-        reasons.append("thick")
-    elif rbc_coverage < p.min_rbc_coverage:
-        reasons.append("thin")
 
     # Clipping: cells' pixels (green OD > 0.08) with a saturated channel.
     cells = od[..., 1] > 0.08
@@ -275,16 +277,29 @@ def measure_tile(rgb: np.ndarray, seg: Segmentation, seg_params: SegmentationPar
         r, g, b = cv2.split(small)
         top = cv2.max(cv2.max(r, g), b)
         clipped_fraction = cv2.countNonZero(((top >= p.clip_level) & cells).view(np.uint8)) / n_cells
-        if clipped_fraction > p.max_clipped_fraction:
-            reasons.append("clipped")
     else:
         clipped_fraction = float("nan")
         skipped.append("clipping")
 
-    return TileQuality(edge_sigma_um=edge_sigma_um, nucleus_od=nucleus_od, rbc_od=rbc_od,
-                       glass_brightness=glass_brightness, area_od=area_od, rbc_coverage=rbc_coverage, glass_fraction=glass_fraction,
-                       overlap_fraction=overlap, clipped_fraction=clipped_fraction, area_um2=area_um2,
-                       reasons=tuple(reasons), not_assessed=tuple(skipped))
+    figures = dict(edge_sigma_um=edge_sigma_um, nucleus_od=nucleus_od, rbc_od=rbc_od, glass_brightness=glass_brightness,
+                   area_od=area_od, rbc_coverage=rbc_coverage, glass_fraction=glass_fraction, overlap_fraction=overlap,
+                   clipped_fraction=clipped_fraction, area_um2=area_um2)
+    for reason in REASONS:  # a figure that could not be measured (NaN) is past no threshold
+        if (reason not in CROWDING_REASONS or "crowding" not in skipped) and past_threshold(figures, reason, p):
+            reasons.append(reason)
+    if "thick" in reasons and "thin" in reasons:  # piled-up cells leave little glass and can read sparse too
+        reasons.remove("thin")
+    return TileQuality(**figures, reasons=tuple(reasons), not_assessed=tuple(skipped))
+
+
+def past_threshold(figures: Mapping[str, Any], reason: str, params: QualityParams, margin: float = 0.0) -> Any:
+    """Whether a figure behind `reason` (THRESHOLDS) is past its threshold by more than `margin` × the threshold.
+    Figures may be numbers or arrays / Series of them (then element-wise); NaN is past nothing."""
+    past: Any = False
+    for figure, name, sign in THRESHOLDS[reason]:
+        threshold = getattr(params, name)
+        past = past | (sign * (figures[figure] - threshold) > margin * threshold)
+    return past
 
 
 def _faint_nucleus_values(od: np.ndarray, od_mean: np.ndarray, seg_params: SegmentationParams, p: QualityParams,
