@@ -1,6 +1,6 @@
 """White-cell detection, leave one source out (issue 13 item 4): do the parameters generalise?
 
-    python benchmarks/detection_loso.py [--data ../shared/data] [--step N] [--rounds 3]
+    python benchmarks/detection_loso.py [--data ../shared/data] [--step N] [--rounds 3] [--raw-labels]
 
 Sources: BCCD and the four TXL-PBC sources (told apart by image size, see
 bcscan.testing.groundtruth). For each held-out source, coordinate descent over
@@ -183,6 +183,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=V.SHARED_DATA)
     ap.add_argument("--step", type=int, default=1, help="use every N-th image (quick look)")
+    ap.add_argument("--raw-labels", action="store_true",
+                    help="TXL-PBC labels as published, without the raabin-575 corrections of groundtruth.py")
     ap.add_argument("--rounds", type=int, default=3, help="coordinate-descent rounds at most")
     ap.add_argument("--min-gain-cells", type=float, default=0.0,
                     help="a move must gain more mean F1 than this many cells per source would (0: any gain)")
@@ -200,7 +202,8 @@ def main(argv: list[str] | None = None) -> int:
     working_mpp = SegmentationParams().working_mpp
     guard = BlastGuard(args.data, args.blast_guard_step, working_mpp) if args.blast_guard_step else None
     samples = itertools.chain(itertools.islice(V.bccd_samples(args.data), 0, None, args.step),
-                              itertools.islice(V.txl_samples(args.data), 0, None, args.step))
+                              itertools.islice(V.txl_samples(args.data, audited=not args.raw_labels), 0, None,
+                                               args.step))
     fields = [V.WorkingField.of(s, working_mpp) for s in samples]
     evaluator = Evaluator(fields)
     hashes = np.array([turned_hashes(f.rgb) for f in fields])

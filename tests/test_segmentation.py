@@ -212,6 +212,19 @@ def _score(samples) -> V.DetectionScore:
     return V.pooled(scores)
 
 
+def test_raabin_label_corrections_drop_only_the_listed_boxes_and_fields():
+    """groundtruth's audit of raabin-575 (boxes on red cells or platelets dropped, fields with a white cell and an empty
+    label file left out) changes exactly what it lists; audited=False gives the published labels."""
+    raw = {s.image.stem: s for s in V.txl_samples(_data(), audited=False) if s.source == "raabin-575"}
+    audited = {s.image.stem: s for s in V.txl_samples(_data()) if s.source == "raabin-575"}
+    assert set(raw) - set(audited) == V.TXL_UNLABELLED_WBC and all(len(raw[k].boxes) == 0 for k in V.TXL_UNLABELLED_WBC)
+    changed = {k for k in audited if len(audited[k].boxes) != len(raw[k].boxes)}
+    assert changed == set(V.TXL_BOXES_NOT_ON_A_WBC)
+    for stem, box in V.TXL_BOXES_NOT_ON_A_WBC.items():
+        assert len(raw[stem].boxes) - len(audited[stem].boxes) == 1
+        assert V.box_iou(audited[stem].boxes, np.array([box], float)).max() < 0.1  # the WBC box stays, apart
+
+
 def test_bccd_subset_f1():
     s = _score(itertools.islice(V.bccd_samples(_data()), 0, None, 5))
     assert s.images == 59
