@@ -271,5 +271,5 @@ def test_bccd_full_f1():
 @pytest.mark.slow
 def test_txl_full_f1():
     s = _score(V.txl_samples(_data()))
-    assert s.images == 1296
-    assert s.f1 >= 0.955, s
+    assert s.images == 1291  # 1296 published, 5 Raabin fields with an unlabelled white cell left out
+    assert s.f1 >= 0.97, s  # measured 0.977 (0.971 with the published labels)

@@ -86,8 +86,8 @@ class QualityParams:
     faint_nucleus_violet: float = 0.08
     """Where the segmenter found no nucleus: pixels this violet (OD green - OD blue, and the segmenter's contrast
     over the red cells) in blobs of at least faint_nucleus_area_um2 are nuclei too faint for it (stain figure only)."""
-    faint_nucleus_area_um2: float = 30.0
-    """...a small nucleus' worth (platelets and red-cell rims stay under it)."""
+    faint_nucleus_area_um2: float = 20.0
+    """...a faded small lymphocyte's worth (BCCD's keep 21-30 µm² above the violet floor; platelets stay under it)."""
     min_rbc_od: float = 0.075
     """faint_stain: red cells (median OD of the red-cell area) paler than this (untouched fields here >= 0.08)."""
     max_rbc_od: float = 0.7
