@@ -21,6 +21,7 @@ from bcscan.batch.plan import BatchRun
 from bcscan.batch.settings import load_settings
 from bcscan.batch.store import STATE_DIR
 from bcscan.results.reports import write_reports
+from bcscan.results.reports.formatting import fmt_num
 from bcscan.results.reports.pictures import (
     HATCH_OPACITY,
     REASON_COLOURS,
@@ -29,7 +30,7 @@ from bcscan.results.reports.pictures import (
     tile_reasons,
 )
 from bcscan.results.tables import CELL_COLUMNS, EXCLUDED_TILE_COLUMNS
-from bcscan.scan.quality import REASONS, QualityParams
+from bcscan.scan.quality import REASONS, SUMMARY_FIGURES, QualityParams
 from bcscan.scan.reading import ReadingParams, open_scan
 from bcscan.scan.segmentation import SegmentationParams
 from bcscan.testing import degrade as D
@@ -116,6 +117,23 @@ def test_report_legend_gives_each_reasons_tiles_and_area(blurred_run):
     core = TILE_PX * SegmentationParams().working_mpp / MPP  # a tile's core side in level-0 px
     n_blurred = round((field.shape[1] - x_blur) / core) * round(field.shape[0] / core)
     assert f"blur: {n_blurred} tile(s), 50.0 % of the scan" in text
+
+
+def test_quality_figures_are_in_scans_csv_and_read_back_from_the_pdf(blurred_run):
+    """scans.csv carries the scan's quality figures (medians over its tiles) and the PDF prints the same numbers;
+    on the real monolayer they sit where quality_thresholds.py measured its tiles (red-cell cover 0.56-0.67)."""
+    root, _, _ = blurred_run
+    out = root / "out"
+    scan = pd.read_csv(out / "scans.csv").set_index("scan").loc[SCAN]
+    assert all(np.isfinite(scan[name]) for name in SUMMARY_FIGURES), scan[list(SUMMARY_FIGURES)]
+    assert 0.5 <= scan["rbc_coverage"] <= 0.75 and scan["clipped_fraction"] < QualityParams().max_clipped_fraction
+    assert scan["nucleus_od"] > QualityParams().min_nucleus_od and scan["glass_brightness"] > 200
+    text = pdf_text(out / "reports" / "P1.pdf")
+    line = (f"quality figures (medians over tiles): edge blur {fmt_num(scan['edge_sigma_um'])} µm, nucleus OD "
+            f"{fmt_num(scan['nucleus_od'])}, red-cell OD {fmt_num(scan['rbc_od'])}, glass brightness "
+            f"{fmt_num(scan['glass_brightness'], 0)}, red-cell cover {fmt_num(scan['rbc_coverage'])}, clipped "
+            f"{fmt_num(scan['clipped_fraction'])}")
+    assert line in text, text
 
 
 def test_overlay_is_drawn_inside_the_blurred_half_only(blurred_run):
