@@ -87,7 +87,8 @@ class QualityParams:
     """Where the segmenter found no nucleus: pixels this violet (OD green - OD blue, and the segmenter's contrast
     over the red cells) in blobs of at least faint_nucleus_area_um2 are nuclei too faint for it (stain figure only)."""
     faint_nucleus_area_um2: float = 20.0
-    """...a faded small lymphocyte's worth (BCCD's keep 21-30 µm² above the violet floor; platelets stay under it)."""
+    """...a faded small lymphocyte's worth (BCCD's keep 21-30 µm² above the violet floor). A single platelet stays
+    under it; a platelet clump may not, but its dense core reads far from faint (0.32 on the real smear)."""
     min_rbc_od: float = 0.075
     """faint_stain: red cells (median OD of the red-cell area) paler than this (untouched fields here >= 0.08)."""
     max_rbc_od: float = 0.7
