@@ -28,6 +28,7 @@ against segment() of the day issue 13 was filed, on 1024² working-scale tiles.
 from __future__ import annotations
 
 import argparse
+import itertools
 import math
 import subprocess
 import sys
@@ -253,7 +254,7 @@ def cell_free_pieces(data: Path, min_side_um: float = 12.0) -> None:
         print(f"| {label} | {n} | {flagged / max(n, 1):.3f} ({flagged}) | {seen} | {faint_blobs} |")
 
     def strips():
-        for s in list(bccd_samples(data)) + list(txl_samples(data)):
+        for s in itertools.chain(bccd_samples(data), txl_samples(data)):
             rgb = read_rgb(s.image)
             x0, y0, x1, y1 = box_free_strip(rgb.shape[:2], s.boxes, 2.0 / s.mpp)
             if min(x1 - x0, y1 - y0) * s.mpp >= min_side_um:

@@ -211,7 +211,6 @@ def measure_tile(rgb: np.ndarray, seg: Segmentation, seg_params: SegmentationPar
         raise ValueError(f"segmentation {seg.cell_labels.shape} does not match the tile {rgb.shape[:2]}: "
                          "segment the tile at working_mpp and pass both")
     mpp = seg_params.working_mpp
-    reasons: list[str] = []
     skipped: list[str] = []
     h, w = rgb.shape[:2]
 
@@ -285,9 +284,8 @@ def measure_tile(rgb: np.ndarray, seg: Segmentation, seg_params: SegmentationPar
     figures = dict(edge_sigma_um=edge_sigma_um, nucleus_od=nucleus_od, rbc_od=rbc_od, glass_brightness=glass_brightness,
                    area_od=area_od, rbc_coverage=rbc_coverage, glass_fraction=glass_fraction, overlap_fraction=overlap,
                    clipped_fraction=clipped_fraction, area_um2=area_um2)
-    for reason in REASONS:  # a figure that could not be measured (NaN) is past no threshold
-        if (reason not in CROWDING_REASONS or "crowding" not in skipped) and past_threshold(figures, reason, p):
-            reasons.append(reason)
+    judged = [r for r in REASONS if r not in CROWDING_REASONS or "crowding" not in skipped]
+    reasons = [r for r in judged if past_threshold(figures, r, p)]  # a figure not measured (NaN) is past nothing
     if "thick" in reasons and "thin" in reasons:  # piled-up cells leave little glass and can read sparse too
         reasons.remove("thin")
     return TileQuality(**figures, reasons=tuple(reasons), not_assessed=tuple(skipped))
