@@ -1,9 +1,9 @@
-"""Leave-one-lab-out (LOLO) evaluation of a training recipe (issue 11).
+"""Leave-one-lab-out (LOLO) evaluation of a training recipe (issues 11, 24).
 
-For each left-out lab holding both classes (ghaderzadeh-all, mll-bone-marrow):
+For each left-out lab holding both classes (ghaderzadeh-all, mll-bone-marrow, lmu-aml-blood):
 
-1. write a config = the base recipe's sources minus the left-out lab's, plus the mll-bone-marrow
-   sources (BLA leukemic; LYT/MON/NGS/EOS normal) when mll is not the one left out;
+1. write a config = the base recipe's sources minus the left-out lab's, plus the sources of every
+   other both-class lab that the base recipe lacks;
 2. `bcscan train` it under a time budget (`--max-minutes`), with a shared `--work` cache so each
    set of images is segmented once;
 3. `bcscan evaluate` the model on ALL images of the left-out lab (no split filter);
@@ -37,11 +37,14 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # this checkout's bcscan (in-process colour baseline), not an installed one
 G = "ghaderzadeh-all/images"
 M = "mll-bone-marrow"
+L = "lmu-aml-blood"
 # The labs with both classes: their folders, classes and scale (µm/px).
 LABS = {
     "ghaderzadeh-all": {"mpp": 0.45, "leukemic": [f"{G}/Early", f"{G}/Pre", f"{G}/Pro"], "normal": [f"{G}/Benign"]},
     "mll-bone-marrow": {"mpp": 0.075, "single_cell": True, "leukemic": [f"{M}/BLA"],
                         "normal": [f"{M}/{c}" for c in ("LYT", "MON", "NGS", "EOS")]},
+    "lmu-aml-blood": {"mpp": 0.117, "single_cell": True, "leukemic": [f"{L}/MYO", f"{L}/MOB"],
+                      "normal": [f"{L}/{c}" for c in ("NGS", "LYT", "MON", "EOS", "BAS")]},
 }
 
 
@@ -132,6 +135,33 @@ def colour_baseline_left_out(data_dir: Path, cfg_path: Path, splits_csv: Path, w
             "train_cells": int(len(train_idx)), "cells": cells, "images": images}
 
 
+def domain_left_out(data_dir: Path, model: Path, work: Path, lab: str) -> dict:
+    """The share of the left-out lab's images, and of pseudo-scans of 20 of its images, that the fold model's
+    domain check (its reference, fitted on the training labs) calls outside the validated range."""
+    import numpy as np
+
+    from domain_check import SCAN_IMAGES, per_image, per_scan
+
+    from bcscan.model.domain import distances
+    from bcscan.model.network import load_model_info
+    from bcscan.scan.segmentation import SegmentationParams
+    from bcscan.training.recipe import SourceSpec
+    from bcscan.training.samples import collect_samples
+
+    info = load_model_info(model)
+    spec = LABS[lab]
+    sources = [SourceSpec(path=p, label=c, mpp=spec["mpp"], single_cell=spec.get("single_cell", False))
+               for c in ("leukemic", "normal") for p in spec[c]]
+    s = collect_samples(data_dir, sources, "cells", info.input_size, info.crop_um, 1.0,
+                        SegmentationParams(working_mpp=info.working_mpp), cache_dir=work)
+    images = np.nonzero(s.n_cells > 0)[0]
+    threshold = info.domain["threshold"]
+    d_img = distances(info.domain, per_image(s.x, s.image, images))
+    d_scan = distances(info.domain, per_scan(s.x, s.image, images, np.random.default_rng(0)))
+    return {"threshold": threshold, "images": int(len(images)), "images_outside": float(np.mean(d_img > threshold)),
+            "scans_of": SCAN_IMAGES, "scans": int(len(d_scan)), "scans_outside": float(np.mean(d_scan > threshold))}
+
+
 def pick(block: dict | None, called_normal: float | None = None) -> dict:
     block = block or {}
     out = {k: block.get(k) for k in ("n", "accuracy", "balanced_accuracy", "roc_auc", "ece")}
@@ -200,6 +230,10 @@ def fold(args, base: dict, lab: str, image_p: dict) -> dict:
                          "train_samples_balanced": (tm.get("data") or {}).get("train_samples_balanced"),
                          "augmentation": (tm.get("config") or {}).get("augmentation"),
                          "balance": (tm.get("config") or {}).get("balance")}}
+    domain = d / "domain.json"
+    if not domain.is_file():
+        domain.write_text(json.dumps(domain_left_out(args.data_dir, model, args.work, lab), indent=2) + "\n")
+    res["domain_left_out"] = json.loads(domain.read_text())
     if args.colour_baseline:
         cb = d / "colour_baseline.json"
         if not cb.is_file():
@@ -280,11 +314,11 @@ def transferred_thresholds(results: list[dict], image_p: dict) -> None:
 def table(results: list[dict], recipe: str) -> str:
     f = lambda v: "–" if v is None else f"{v:.3f}"  # noqa: E731
     rows = ["| recipe | left-out lab | level | n | bal. acc | ROC AUC | ECE | called normal | best threshold: bal. acc "
-            "(ceiling) | at the other folds' threshold: bal. acc | colour: bal. acc / AUC | epochs (budget) | train wall |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+            "(ceiling) | at the other folds' threshold: bal. acc | colour: bal. acc / AUC | domain check: outside | epochs (budget) | train wall |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         if "error" in r:
-            rows.append(f"| {recipe} | {r['left_out']} | – | – | {r['error']} |||||||||")
+            rows.append(f"| {recipe} | {r['left_out']} | – | – | {r['error']} ||||||||||")
             continue
         t = r["training"]
         wall = "–" if r.get("train_wall_s") is None else f"{r['train_wall_s'] / 60:.0f} min"
@@ -292,11 +326,14 @@ def table(results: list[dict], recipe: str) -> str:
             m, c = r[level], (r.get("colour_baseline") or {}).get(level) or {}
             ceiling = r.get("images_threshold_ceiling") if level == "images" else None
             transfer = r.get("images_at_other_folds_threshold") if level == "images" else None
+            dom = r.get("domain_left_out") or {}
+            outside = (f"{f(dom.get('images_outside'))} of images" if level == "cells" else
+                       f"{f(dom.get('scans_outside'))} of scans of {dom.get('scans_of')}") if dom else "–"
             rows.append(f"| {recipe} | {r['left_out']} | {level} | {m['n']} | {f(m['balanced_accuracy'])} | "
                         f"{f(m['roc_auc'])} | {f(m['ece'])} | {f(m['called_normal'])} | "
                         f"{'–' if ceiling is None else f(ceiling['balanced_accuracy']) + ' at p ≥ ' + f(ceiling['threshold'])} | "
                         f"{'–' if transfer is None else f(transfer['balanced_accuracy']) + ' at p ≥ ' + f(transfer['threshold'])} | "
-                        f"{f(c.get('balanced_accuracy'))} / {f(c.get('roc_auc'))} | "
+                        f"{f(c.get('balanced_accuracy'))} / {f(c.get('roc_auc'))} | {outside} | "
                         f"{t['epochs_run']} ({t['max_minutes']:g} min) | {wall} |")
     return "\n".join(rows)
 

@@ -9,7 +9,7 @@ Cells are cut exactly as `bcscan train` and `bcscan scan` cut them (cached under
 reference is fitted on the model's own training split (splits.csv), as `bcscan train` fits it;
 --write stores it in the model's metadata (.json beside the .keras; the model file is unchanged).
 A "scan" of 20 images pools their cells, as a slide's median pools many cells.
-Degradations act on the crops the model sees (0.375 µm per crop pixel at 64 px for 24 µm).
+Degradations act on the crops the model sees (blur in µm at the recipe's crop_um / input_size).
 """
 from __future__ import annotations
 
@@ -29,8 +29,9 @@ from bcscan.training.domain_fit import fit_domain
 from bcscan.training.recipe import SourceSpec, load_train_config
 from bcscan.training.samples import collect_samples
 
-OTHER_LABS = {  # labs the shipped model never saw: (source folders, µm/px)
+OTHER_LABS = {  # labs to score when the model never saw them: (source folders, µm/px)
     "mll-bone-marrow": ([f"mll-bone-marrow/{c}" for c in ("BLA", "LYT", "MON", "NGS", "EOS")], 0.075),
+    "lmu-aml-blood": ([f"lmu-aml-blood/{c}" for c in ("MYO", "MOB", "NGS", "LYT", "MON", "EOS", "BAS")], 0.117),
     "bccd": (["bccd/JPEGImages"], 0.063),
 }
 SCAN_IMAGES = 20
@@ -55,8 +56,7 @@ def greyish(x: np.ndarray, colour: float = 0.5) -> np.ndarray:
     return np.clip(grey + colour * (x.astype(np.float32) - grey), 0, 255).astype(np.uint8)
 
 
-def degradations(x_other: dict[str, np.ndarray]) -> dict[str, callable]:
-    px_per_um = 64 / 24.0
+def degradations(x_other: dict[str, np.ndarray], px_per_um: float) -> dict[str, callable]:
     od = lambda x, f: np.clip(255.0 * ((x.astype(np.float64) + 1) / 256.0) ** f, 0, 255).astype(np.uint8)  # noqa: E731
     out = {
         "blur sigma 0.5 um": lambda x: np.stack([cv2.GaussianBlur(c, (0, 0), 0.5 * px_per_um) for c in x]),
@@ -124,6 +124,8 @@ def main() -> None:
         report(f"{lab}: test split (training lab)", samples.x, samples.image, own)
     other = {}
     for lab, (folders, mpp) in OTHER_LABS.items():
+        if lab in reference["labs"]:
+            continue
         if not all((args.data_dir / f).is_dir() for f in folders):
             print(f"{lab}: not in {args.data_dir}, skipped")
             continue
@@ -131,7 +133,7 @@ def main() -> None:
         other[lab] = s.x
         report(f"{lab} (another lab, never trained on)", s.x, s.image, np.nonzero(s.n_cells > 0)[0])
     x_test, image_test = samples.x[cell_of_test], samples.image[cell_of_test]
-    for name, transform in degradations(other).items():
+    for name, transform in degradations(other, cfg.input_size / cfg.crop_um).items():
         report(f"training labs' test split, {name}", transform(x_test), image_test, test)
     if args.json:
         args.json.write_text(json.dumps({"threshold": reference["threshold"], "rows": rows}, indent=2) + "\n")

@@ -11,11 +11,12 @@ from PIL import Image
 
 from bcscan.errors import ModelError
 from bcscan.model.classifier import CellClassifier, ClassificationParams
+from bcscan.model.network import load_model_info
 from bcscan.scan.pipeline import cells_in_field
 from bcscan.scan.segmentation import SegmentationParams
 
 SHIPPED = REPO / "models" / "bcscan-vgg16.keras"
-SCALES = {"ghaderzadeh-all": 0.45, "pbc-normal": 0.088}
+SCALES = {"ghaderzadeh-all": 0.45, "pbc-normal": 0.088, "mll-bone-marrow": 0.075, "lmu-aml-blood": 0.117}
 
 
 def held_out_crops(limit: int | None) -> np.ndarray:
@@ -25,10 +26,11 @@ def held_out_crops(limit: int | None) -> np.ndarray:
         files = [row["file"] for row in csv.DictReader(fh) if row["split"] == "test"]
     if limit:
         files = files[:: max(1, len(files) // limit)][:limit]
+    crop_um = load_model_info(SHIPPED).crop_um
     crops = []
     for file in files:
         rgb = np.asarray(Image.open(data / file).convert("RGB"))
-        crops.append(cells_in_field(rgb, SCALES[file.split("/")[0]], SegmentationParams(), 24.0).crops)
+        crops.append(cells_in_field(rgb, SCALES[file.split("/")[0]], SegmentationParams(), crop_um).crops)
     return np.concatenate(crops)
 
 
@@ -119,6 +121,7 @@ def test_an_unknown_keras_backend_is_refused_in_one_line(monkeypatch):
 JAX_PROBE = """
 import sys, numpy as np
 from bcscan.model.classifier import CellClassifier, ClassificationParams
+from bcscan.model.network import load_model_info
 crops = np.load(sys.argv[1])
 clf = CellClassifier(ClassificationParams(model=sys.argv[2], device="cpu", cpu_backend="tensorflow"))
 np.save(sys.argv[3], clf.predict(crops))

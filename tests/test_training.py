@@ -97,7 +97,7 @@ def test_config_refuses_unknown_keys_and_missing_scale(tmp_path):
 
 
 @pytest.mark.parametrize("name", ["paper.yaml", "train-default.yaml", "train-hed.yaml", "train-crosslab.yaml",
-                                  "train-crosslab-grey.yaml"])
+                                  "train-crosslab-grey.yaml", "train-fourlabs.yaml"])
 def test_shipped_configs_load(name):
     cfg = load_train_config(REPO / "configs" / name, {"epochs": 1})
     assert cfg.training.epochs == 1
@@ -333,19 +333,24 @@ def test_train_cells_mode_end_to_end_on_synthetic_fields(tmp_path):
     assert "- `lab`: Synthetic fields (bcscan.testing.synthetic) Licence: CC BY 4.0: cite the generator." in card
     assert "leukemic cells of lab and normal cells of lab" in card
 
-    # a second stage continues the first with the same data and seed (here drawing its balanced cells afresh
-    # every epoch); another seed is refused
+    # a second stage continues the first with the same data and seed (here drawing 16 balanced cells afresh
+    # every epoch, fed by the tf.data pipeline); another seed is refused
     stage2 = write_config(tmp_path / "stage2.yaml", training={"epochs": 2, "batch_size": 8, "jit_compile": False,
-                                                              "rebalance_each_epoch": True})
+                                                              "rebalance_each_epoch": True, "epoch_cells": 16,
+                                                              "input_pipeline": "tf_data"},
+                          augmentation={"rotation_deg": 30, "scale": 0.1, "hed_scale": 0.2, "hed_shift": 0.01})
     again = CliRunner().invoke(train_command, [str(data), "--config", str(stage2), "--out", str(tmp_path / "stage2"),
                                                "--init-model", str(out / "tiny.keras"), "--learning-rate", "1e-4",
                                                "--work", str(out / "work")])
     assert again.exit_code in (0, ExitCode.DID_NOT_LEARN), again.output
     # the shared work folder keeps only sample caches: no run's best checkpoint is left where another run sharing
     # the folder would load it (two cross-lab folds at once each loaded the other's)
-    assert sorted(p.name.split("-")[0] for p in (out / "work").iterdir()) == ["samples"], list((out / "work").iterdir())
+    # one sample cache per source folder
+    assert sorted(p.name.split("-")[0] for p in (out / "work").iterdir()) == ["samples"] * 2, list((out / "work").iterdir())
     continued = json.loads((tmp_path / "stage2" / "tiny" / "metrics.json").read_text())
     assert continued["data"]["rebalance_each_epoch"] and continued["epochs_run"] == 2
+    assert continued["config"]["training"]["input_pipeline"] == "tf_data"
+    assert continued["timing_s"]["train_images_per_s"] > 0
     assert continued["init_model"]["sha256"] == info["sha256"]
     assert continued["init_model"]["epochs_before"] == metrics["epochs_run"]
     assert continued["config"]["training"]["learning_rate"] == 1e-4

@@ -33,8 +33,11 @@ from bcscan.errors import EXIT_CODES_HELP, ExitCode
 @click.option("--work", "work_dir", type=click.Path(path_type=Path), default=None,
               help="Cache of decoded/segmented samples and checkpoints [default: OUT/NAME/work].")
 @click.option("--device", type=click.Choice(["auto", "cpu", "gpu"]), default="auto")
+@click.option("--card-section", "card_sections", multiple=True, type=click.Path(path_type=Path),
+              help="Markdown file to copy into the model card, e.g. the leave-one-lab-out tables that "
+                   "benchmarks/cross_lab.py wrote (repeatable).")
 def train_command(data_dir, config_path, out_dir, weights, init_model, epochs, seed, max_images_per_source,
-                  max_minutes, learning_rate, work_dir, device):
+                  max_minutes, learning_rate, work_dir, device, card_sections):
     """Train the VGG-16 leukemic/normal classifier on labelled folders under DATA_DIR.
 
     Writes the model and its metadata (read by `bcscan scan`), metrics.json, a classification
@@ -51,7 +54,8 @@ def train_command(data_dir, config_path, out_dir, weights, init_model, epochs, s
     with reported_errors():
         metrics = train(data_dir, config_path, out_dir, weights=weights, init_model=init_model, epochs=epochs,
                         seed=seed, max_images_per_source=max_images_per_source, work_dir=work_dir,
-                        max_minutes=max_minutes, learning_rate=learning_rate, device=device, echo=click.echo)
+                        max_minutes=max_minutes, learning_rate=learning_rate, device=device,
+                        card_sections=card_sections, echo=click.echo)
     name = metrics["config"].get("name", "bcscan-vgg16")
     click.echo(f"[train] test accuracy {_f(metrics['accuracy'])}, balanced accuracy {_f(metrics['balanced_accuracy'])}, "
                f"ROC AUC {_f(metrics['roc_auc'])}, ECE {_f(metrics['calibration'].get('ece_test_images_before'))} → "

@@ -168,7 +168,7 @@ LUMINANCE_KERNEL = np.repeat(np.array([0.299, 0.587, 0.114], np.float32)[None, N
 
 def build_vgg16(input_size: int, n_classes: int = 2, hidden_units: int = 256, dropout: float = 0.5,
                 batch_norm: bool = False, weights: Path | None = None, seed: int = 0, grey_input: bool = False,
-                stain_standardise: bool = False):
+                stain_standardise: bool = False, width: float = 1.0):
     """VGG-16 (13 conv layers in 5 blocks, Keras `applications.VGG16` layer names) with the
     paper's head: flatten → dense → dropout → softmax.
 
@@ -182,12 +182,20 @@ def build_vgg16(input_size: int, n_classes: int = 2, hidden_units: int = 256, dr
     apply it alike because it is part of the saved model.  `stain_standardise=True` puts
     `layers.StainStandardisation` in front (after the grey layer when both are asked): stain strength
     and colour cast of each crop cancel.
+
+    `width` multiplies every block's channels (1.0 = the paper's VGG-16): some twenty thousand
+    training cells do not need 14.7 M convolution weights, and a quarter of the channels trains
+    several times faster on a CPU.  ImageNet `weights` fit only the full width.
     """
     import keras
     from keras import layers
 
     from bcscan.model.layers import StainStandardisation
 
+    if width <= 0:
+        raise ModelError(f"model width must be > 0, got {width}")
+    if weights is not None and width != 1.0:
+        raise ModelError(f"{weights}: ImageNet VGG-16 weights need model width 1.0, got {width}")
     keras.utils.set_random_seed(seed)
     inputs = keras.Input((input_size, input_size, 3), name="image")
     x = inputs
@@ -199,7 +207,7 @@ def build_vgg16(input_size: int, n_classes: int = 2, hidden_units: int = 256, dr
     for block, (filters, convs) in enumerate(VGG16_BLOCKS, start=1):
         for conv in range(1, convs + 1):
             name = f"block{block}_conv{conv}"
-            x = layers.Conv2D(filters, 3, padding="same", use_bias=not batch_norm, name=name,
+            x = layers.Conv2D(max(8, round(filters * width)), 3, padding="same", use_bias=not batch_norm, name=name,
                               activation=None if batch_norm else "relu")(x)
             if batch_norm:
                 x = layers.BatchNormalization(name=f"{name}_bn")(x)

@@ -84,6 +84,7 @@ def evaluate(model_path: Path, data_dir: Path, class_map: dict[str, list[str]], 
     out.mkdir(parents=True, exist_ok=True)
     write_reports(out, metrics)
     _write_predictions(out / "predictions.csv", samples, ids, ip)
+    _write_cell_predictions(out / "cell_predictions.csv", samples, p)
     write_metrics_json(out / "metrics.json", metrics)
     return metrics
 
@@ -107,3 +108,14 @@ def _write_predictions(path: Path, samples, ids: np.ndarray, image_scores: np.nd
             s = score.get(i)
             w.writerow([f, samples.sources[samples.source[i]].label, int(samples.n_cells[i]),
                         "" if s is None else f"{s:.4f}", "" if s is None else (LEUKEMIC if s >= 0.5 else NORMAL)])
+
+
+def _write_cell_predictions(path: Path, samples, p_leukemic: np.ndarray) -> None:
+    """cell_predictions.csv: one row per cell (its image's file and label, its number in the image, its
+    calibrated p_leukemic): what pseudo-patients are drawn from (benchmarks/pseudo_patients.py)."""
+    first = np.concatenate([[0], np.cumsum(samples.n_cells)[:-1]])
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(["file", "label", "cell", "p_leukemic"])
+        for k, (i, p) in enumerate(zip(samples.image.tolist(), p_leukemic.tolist())):
+            w.writerow([samples.files[i], samples.sources[samples.source[i]].label, k - int(first[i]), f"{p:.5f}"])

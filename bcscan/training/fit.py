@@ -55,11 +55,14 @@ def fit_model(cfg: TrainConfig, samples: Samples, labels: np.ndarray, draw: Call
         tf.config.experimental.enable_op_determinism()
     model = build_vgg16(cfg.input_size, len(CLASSES), cfg.model.hidden_units, cfg.model.dropout,
                         cfg.model.batch_norm, weights, cfg.seed, cfg.model.grey_input,
-                        cfg.model.stain_standardise)
+                        cfg.model.stain_standardise, cfg.model.width)
     init_info = continue_from(model, Path(init_model), cfg, split_sha256) if init_model else None
     tp = cfg.training
     _compile(model, tp, len(draw(0)), dev)
-    train_batches = _training_batches(cfg, samples.x_margin, labels, draw, dev)
+    if tp.input_pipeline == "tf_data":
+        train_batches, steps = _tf_data_batches(cfg, samples.x_margin, labels, draw), math.ceil(len(draw(0)) / tp.batch_size)
+    else:
+        train_batches, steps = _training_batches(cfg, samples.x_margin, labels, draw, dev), None
     validation = (samples.x[val_idx].astype(np.float32) * np.float32(1 / 255), labels[val_idx])
     start = (f"continuing {init_model} ({init_info.training.get('epochs_run')} epochs)" if init_info
              else f"weights {weights}" if weights else "from scratch")
@@ -72,7 +75,7 @@ def fit_model(cfg: TrainConfig, samples: Samples, labels: np.ndarray, draw: Call
         callbacks, budget = _callbacks(tp, ckpt, report_dir / "history.csv")
         t_fit = time.time()
         hist = model.fit(train_batches, validation_data=validation, validation_batch_size=64, epochs=tp.epochs,
-                         callbacks=callbacks, verbose=2)
+                         steps_per_epoch=steps, callbacks=callbacks, verbose=2)
         fit_s = time.time() - t_fit
         if ckpt.is_file():
             model = keras.saving.load_model(ckpt, compile=False)  # best epoch by validation loss
@@ -132,6 +135,33 @@ def _training_batches(cfg: TrainConfig, x_margin: np.ndarray, labels: np.ndarray
     return AugmentedBatches()
 
 
+def _tf_data_batches(cfg: TrainConfig, x_margin: np.ndarray, labels: np.ndarray, draw):
+    """The training batches as an endless tf.data stream (the caller sets steps per epoch): a Python generator
+    gathers each batch's margin crops from memory in the order `_training_batches` would, and
+    `tf_augment` augments them on tf.data's threads, a few batches ahead of the model."""
+    import tensorflow as tf
+
+    from bcscan.training.tf_augment import make_tf_augmenter
+
+    augment = make_tf_augmenter(cfg.augmentation, cfg.input_size, cfg.margin)
+    batch_size, seed, side = cfg.training.batch_size, cfg.seed, x_margin.shape[1]
+
+    def batches():
+        epoch = 0
+        while True:
+            order = np.random.default_rng([seed, epoch]).permutation(draw(epoch))
+            for index in range(math.ceil(len(order) / batch_size)):
+                take = order[index * batch_size:(index + 1) * batch_size]
+                yield x_margin[take], labels[take], np.array([seed, epoch * 1_000_000 + index], np.int64)
+            epoch += 1
+
+    signature = (tf.TensorSpec((None, side, side, 3), tf.uint8), tf.TensorSpec((None,), tf.int64),
+                 tf.TensorSpec((2,), tf.int64))
+    return (tf.data.Dataset.from_generator(batches, output_signature=signature)
+            .map(lambda x, y, s: (augment(x, s), y), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+            .prefetch(4))
+
+
 def _callbacks(tp: TrainParams, ckpt: Path, history_csv: Path):
     """(Keras callbacks in the order they run, the time-budget callback or None)."""
     import keras
@@ -141,7 +171,7 @@ def _callbacks(tp: TrainParams, ckpt: Path, history_csv: Path):
     if tp.lr_schedule == "cosine_time":
         callbacks.insert(0, _cosine_time_callback(tp.learning_rate, tp.max_minutes))
     if tp.lr_schedule == "plateau":
-        callbacks.append(keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.3, patience=1,
+        callbacks.append(keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.3, patience=tp.plateau_patience,
                                                            min_lr=tp.learning_rate / 100, verbose=1))
     if tp.early_stopping_patience:
         callbacks.append(keras.callbacks.EarlyStopping(monitor="val_loss", patience=tp.early_stopping_patience,

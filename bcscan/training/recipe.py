@@ -54,6 +54,11 @@ class ModelParams:
     dropout: float = 0.5
     grey_input: bool = False       # a fixed luminance layer first: the model cannot use colour (lab cue)
     stain_standardise: bool = False  # each crop's optical density standardised per channel (model.layers)
+    width: float = 1.0             # channel multiplier of the VGG-16 blocks (1.0 = the paper's; 0.25 for CPUs)
+
+    def __post_init__(self):
+        if self.width <= 0:
+            raise ValueError("width must be > 0")
 
 
 @dataclass(frozen=True)
@@ -62,19 +67,26 @@ class TrainParams:
     batch_size: int = 32
     learning_rate: float = 1e-3
     lr_schedule: str = "constant"        # constant | plateau | cosine (over epochs) | cosine_time (over max_minutes)
+    plateau_patience: int = 1            # plateau: epochs without a lower validation loss before the rate drops
     early_stopping_patience: int = 0     # 0 = off
+    input_pipeline: str = "keras"        # keras (NumPy/OpenCV augmentation, any backend) | tf_data (TF ops, faster)
     max_minutes: float = 0.0             # 0 = no time budget
     jit_compile: bool = True
     deterministic: bool = False          # tf op determinism (slower)
     did_not_learn_margin: float = 0.10   # val balanced accuracy below 0.5 + margin = did not learn
     store_float16: bool = False          # store weights as float16 (half the file)
     rebalance_each_epoch: bool = False   # a fresh balanced draw of the training cells every epoch (all are seen)
+    epoch_cells: int = 0                 # > 0: an epoch is this many cells of the balanced draw (validation more often)
 
     def __post_init__(self):
         if self.lr_schedule not in {"constant", "plateau", "cosine", "cosine_time"}:
             raise ValueError("lr_schedule must be constant, plateau, cosine or cosine_time")
         if self.lr_schedule == "cosine_time" and self.max_minutes <= 0:
             raise ValueError("lr_schedule cosine_time needs max_minutes > 0")
+        if self.epoch_cells and not self.rebalance_each_epoch:
+            raise ValueError("epoch_cells needs rebalance_each_epoch: true")
+        if self.input_pipeline not in {"keras", "tf_data"}:
+            raise ValueError("input_pipeline must be keras or tf_data")
         if self.epochs < 1 or self.batch_size < 1 or self.learning_rate <= 0:
             raise ValueError("epochs, batch_size and learning_rate must be positive")
 

@@ -25,7 +25,7 @@ from bcscan.training.recipe import SourceSpec
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"}
-CACHE_VERSION = 2
+CACHE_VERSION = 3
 
 
 @dataclass
@@ -133,15 +133,15 @@ def _extract_one(args):
     return h, x, xm
 
 
-def _cache_key(files, sources, mode, input_size, crop_um, margin, seg_params, hash_size, data_dir) -> str:
+def _cache_key(files, source: SourceSpec, mode, input_size, crop_um, margin, seg_params, hash_size, data_dir) -> str:
     digest = hashlib.sha256()
     meta = {"v": CACHE_VERSION, "mode": mode, "input": input_size, "crop_um": crop_um, "margin": margin,
             "seg": dataclasses.asdict(seg_params) if seg_params is not None else None, "hash": hash_size,
-            "mpp": [s.mpp for s in sources], "single_cell": [s.single_cell for s in sources]}
+            "mpp": source.mpp, "single_cell": source.single_cell}
     digest.update(json.dumps(meta, sort_keys=True).encode())
-    for rel, si in files:
+    for rel in files:
         st = (Path(data_dir) / rel).stat()
-        digest.update(f"{rel}|{si}|{st.st_size}|{int(st.st_mtime)}\n".encode())
+        digest.update(f"{rel}|{st.st_size}|{int(st.st_mtime)}\n".encode())
     return digest.hexdigest()[:16]
 
 
@@ -149,22 +149,41 @@ def collect_samples(data_dir: Path, sources: list[SourceSpec], mode: str, input_
                     margin: float, seg_params, *, max_per_source: int = 0, seed: int = 0,
                     hash_size: int = 16, cache_dir: Path | None = None, workers: int = 0,
                     only: set[str] | None = None, progress: bool = False) -> Samples:
-    """Decode, hash and (cells mode) segment every image once; cached when `cache_dir` is given."""
+    """Decode, hash and (cells mode) segment every image once; cached per source folder when `cache_dir`
+    is given, so that recipes and leave-one-lab-out folds that share a source cut its crops once."""
     files = discover(data_dir, sources, max_per_source, seed, only)
     if not files:
         raise TrainingError(f"{data_dir}: no images selected")
     margin = margin if mode == "cells" else 1.0
+    msize = int(round(input_size * margin))
+    parts = []
+    for si, source in enumerate(sources):
+        rel = [f for f, s in files if s == si]
+        if rel:
+            parts.append(_source_samples(data_dir, rel, source, mode, input_size, crop_um, margin, seg_params,
+                                         hash_size, cache_dir, workers, progress))
+    n_cells = np.concatenate([p["n_cells"] for p in parts])
+    x = np.concatenate([p["x"] for p in parts]) if n_cells.sum() else np.zeros((0, input_size, input_size, 3), np.uint8)
+    xm = np.concatenate([p["x_margin"] for p in parts]) if n_cells.sum() else np.zeros((0, msize, msize, 3), np.uint8)
+    return Samples(x, xm, np.repeat(np.arange(len(files)), n_cells), [f for f, _ in files],
+                   np.array([s for _, s in files]), np.concatenate([p["ahash"] for p in parts]), n_cells,
+                   list(sources))
+
+
+def _source_samples(data_dir: Path, files: list[str], source: SourceSpec, mode, input_size, crop_um, margin,
+                    seg_params, hash_size, cache_dir, workers, progress) -> dict[str, np.ndarray]:
+    """The arrays of one source folder's `files`: x, x_margin, ahash and n_cells (read from or written to the
+    cache)."""
     cache = None
     if cache_dir is not None:
-        key = _cache_key(files, sources, mode, input_size, crop_um, margin, seg_params, hash_size, data_dir)
-        cache = Path(cache_dir) / f"samples-{mode}-{key}.npz"
+        key = _cache_key(files, source, mode, input_size, crop_um, margin, seg_params, hash_size, data_dir)
+        cache = Path(cache_dir) / f"samples-{mode}-{source.path.replace('/', '_')}-{key}.npz"
         if cache.is_file():
-            z = np.load(cache, allow_pickle=False)
             log.info("sample cache %s", cache)
-            return Samples(z["x"], z["x_margin"], z["image"], [f for f, _ in files],
-                           np.array([s for _, s in files]), z["ahash"], z["n_cells"], list(sources))
-    jobs = [(str(Path(data_dir) / rel), sources[si].mpp, mode, input_size, crop_um, margin, seg_params, hash_size,
-             sources[si].single_cell) for rel, si in files]
+            with np.load(cache, allow_pickle=False) as z:
+                return {k: z[k] for k in ("x", "x_margin", "ahash", "n_cells")}
+    jobs = [(str(Path(data_dir) / rel), source.mpp, mode, input_size, crop_um, margin, seg_params, hash_size,
+             source.single_cell) for rel in files]
     workers = workers or min(4, os.cpu_count() or 1)
     results = []
     t0 = time.time()
@@ -179,20 +198,20 @@ def collect_samples(data_dir: Path, sources: list[SourceSpec], mode: str, input_
             for i, r in enumerate(pool.imap(_extract_one, jobs, chunksize=16)):
                 results.append(r)
                 if progress and (i + 1) % 500 == 0:
-                    log.warning("  %d/%d images prepared (%.0f s)", i + 1, len(jobs), time.time() - t0)
+                    log.warning("  %s: %d/%d images prepared (%.0f s)", source.path, i + 1, len(jobs),
+                                time.time() - t0)
     else:
         results = [_extract_one(j) for j in jobs]
     msize = int(round(input_size * margin))
     n_cells = np.array([len(r[1]) for r in results], dtype=np.int64)
-    x = np.concatenate([r[1] for r in results]) if n_cells.sum() else np.zeros((0, input_size, input_size, 3), np.uint8)
-    xm = np.concatenate([r[2] for r in results]) if n_cells.sum() else np.zeros((0, msize, msize, 3), np.uint8)
-    image = np.repeat(np.arange(len(files)), n_cells)
-    ahash = np.stack([r[0] for r in results])
-    samples = Samples(x, xm, image, [f for f, _ in files], np.array([s for _, s in files]), ahash, n_cells,
-                      list(sources))
+    arrays = {"x": np.concatenate([r[1] for r in results]) if n_cells.sum() else
+              np.zeros((0, input_size, input_size, 3), np.uint8),
+              "x_margin": np.concatenate([r[2] for r in results]) if n_cells.sum() else
+              np.zeros((0, msize, msize, 3), np.uint8),
+              "ahash": np.stack([r[0] for r in results]), "n_cells": n_cells}
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
         tmp = cache.with_name(cache.stem + f".tmp-{os.getpid()}.npz")
-        np.savez(tmp, x=x, x_margin=xm, image=image, ahash=ahash, n_cells=n_cells)
+        np.savez(tmp, **arrays)
         os.replace(tmp, cache)
-    return samples
+    return arrays

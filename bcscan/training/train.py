@@ -44,17 +44,23 @@ from bcscan.training.splits import balance_indices, epoch_draws, split_digest, s
 def train(data_dir: Path, config_path: Path, out_dir: Path, *, weights: Path | None = None,
           init_model: Path | None = None, epochs: int | None = None, seed: int | None = None,
           max_images_per_source: int | None = None, work_dir: Path | None = None, max_minutes: float | None = None,
-          learning_rate: float | None = None, device: str = "auto", echo=print) -> dict:
-    """Run a training as configured; returns metrics (also written to OUT/<name>/metrics.json)."""
+          learning_rate: float | None = None, device: str = "auto", card_sections: tuple[Path, ...] = (),
+          echo=print) -> dict:
+    """Run a training as configured; returns metrics (also written to OUT/<name>/metrics.json).
+    `card_sections`: Markdown files copied into the model card (e.g. benchmarks/cross_lab.py's leave-one-lab-out
+    tables, which no single training run can measure)."""
     cfg = load_train_config(config_path, {"epochs": epochs, "seed": seed, "max_minutes": max_minutes,
                                           "max_images_per_source": max_images_per_source,
                                           "learning_rate": learning_rate})
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     if not data_dir.is_dir():
         raise TrainingError(f"{data_dir}: data folder not found")
+    card_extra = _read_card_sections(card_sections)
     if cfg.training.lr_schedule == "cosine_time" and keras_backend() != "tensorflow":
         # JAX keeps the optimiser's state on the device during an epoch: a per-batch assignment is lost
         raise ConfigError("lr_schedule cosine_time needs the TensorFlow backend; use cosine (per step)")
+    if cfg.training.input_pipeline == "tf_data" and keras_backend() != "tensorflow":
+        raise ConfigError("training.input_pipeline tf_data needs the TensorFlow backend; use keras")
     report_dir = out_dir / cfg.name
     report_dir.mkdir(parents=True, exist_ok=True)
     work_dir = Path(work_dir) if work_dir else report_dir / "work"
@@ -62,12 +68,12 @@ def train(data_dir: Path, config_path: Path, out_dir: Path, *, weights: Path | N
     t_start = time.time()
 
     data = _prepare_data(cfg, data_dir, work_dir, report_dir, echo)
-    draw = (epoch_draws(data.train_pool, data.labels, data.samples.dataset, cfg.balance, cfg.seed, data.train_idx)
-            if cfg.training.rebalance_each_epoch else lambda epoch: data.train_idx)
+    draw = epoch_draws(data.train_pool, data.labels, data.samples.dataset, cfg.balance, cfg.seed, data.train_idx,
+                       cfg.training.epoch_cells) if cfg.training.rebalance_each_epoch else lambda epoch: data.train_idx
     fitted = fit_model(cfg, data.samples, data.labels, draw, data.val_idx, split_sha256=data.split_sha256,
                        weights=weights, init_model=init_model, device=device, work_dir=work_dir,
                        report_dir=report_dir, echo=echo)
-    history, n_train = fitted.history, len(data.train_idx)
+    history, n_train = fitted.history, len(draw(0))
     assessed = _assess(cfg, data, fitted.model, echo)
     domain = fit_domain(data.samples, data.split_img) if cfg.mode == "cells" else {}
     primary = assessed["test_images"] or assessed["test_cells"] or {}
@@ -88,7 +94,7 @@ def train(data_dir: Path, config_path: Path, out_dir: Path, *, weights: Path | N
                "domain": domain,
                "config": cfg.raw}
     _save(cfg, fitted, metrics, data.split_sha256, config_path=config_path, data_dir=data_dir, out_dir=out_dir,
-          report_dir=report_dir, weights=weights)
+          report_dir=report_dir, weights=weights, card_extra=card_extra)
     metrics["wall_s"] = round(time.time() - t_start, 1)
     return metrics
 
@@ -224,7 +230,7 @@ def _shortcut_checks(cfg: TrainConfig, data: PreparedData, predict, echo):
 # ----------------------------------------------------------------------------- 4. save
 
 def _save(cfg: TrainConfig, fitted: Fitted, metrics: dict[str, Any], split_sha256: str, *, config_path: Path,
-          data_dir: Path, out_dir: Path, report_dir: Path, weights: Path | None) -> None:
+          data_dir: Path, out_dir: Path, report_dir: Path, weights: Path | None, card_extra: str) -> None:
     """NAME.keras + NAME.json (float16 weights when configured), the reports, NAME.md and metrics.json."""
     from bcscan.model.network import save_model, to_float16
 
@@ -234,8 +240,19 @@ def _save(cfg: TrainConfig, fitted: Fitted, metrics: dict[str, Any], split_sha25
     metrics["model_file_bytes"] = model_file.stat().st_size
     metrics["model_sha256"] = info.sha256
     write_reports(report_dir, metrics, history=fitted.history)
-    write_model_card(out_dir / f"{cfg.name}.md", cfg, metrics, config_path, data_dir, report_dir)
+    write_model_card(out_dir / f"{cfg.name}.md", cfg, metrics, config_path, data_dir, report_dir, card_extra)
     write_metrics_json(report_dir / "metrics.json", metrics)
+
+
+def _read_card_sections(paths: tuple[Path, ...]) -> str:
+    """The text of the --card-section files, read before training so that a wrong path fails at once."""
+    parts = []
+    for path in paths:
+        try:
+            parts.append(Path(path).read_text(encoding="utf-8").strip() + "\n")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{path}: cannot read card section ({exc})") from exc
+    return "\n".join(parts)
 
 
 def _model_info(cfg: TrainConfig, metrics: dict[str, Any], split_sha256: str, config_path: Path,

@@ -1,0 +1,135 @@
+"""Training that converges on a CPU (issue 24): the VGG-16 width, TensorFlow augmentation for the tf.data
+pipeline (the same geometry as the OpenCV augmenter), crops cached per source folder, short epochs."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from test_training import synthetic_field
+
+from bcscan.errors import ConfigError, ModelError
+from bcscan.training.recipe import AugmentParams, SourceSpec, TrainParams
+
+
+def test_width_multiplies_every_blocks_channels():
+    from bcscan.model.network import VGG16_BLOCKS, build_vgg16
+
+    full = build_vgg16(64, batch_norm=True)
+    quarter = build_vgg16(64, batch_norm=True, width=0.25)
+    for block, (filters, convs) in enumerate(VGG16_BLOCKS, start=1):
+        for conv in range(1, convs + 1):
+            name = f"block{block}_conv{conv}"
+            assert full.get_layer(name).filters == filters
+            assert quarter.get_layer(name).filters == filters // 4
+    conv_weights = lambda m: sum(int(np.prod(w.shape)) for l in m.layers if "conv" in l.name  # noqa: E731
+                                 for w in l.weights)
+    assert 15 < conv_weights(full) / conv_weights(quarter) < 16.5   # channels² : a sixteenth of the weights
+    assert quarter.count_params() < 1.1e6 < 14e6 < full.count_params()
+    with pytest.raises(ModelError, match="width 1.0"):
+        build_vgg16(64, weights="vgg16_notop.h5", width=0.5)
+
+
+def _tf(params: AugmentParams, x: np.ndarray, input_size: int, margin: float, seed: int = 0) -> np.ndarray:
+    from bcscan.training.tf_augment import make_tf_augmenter
+
+    return make_tf_augmenter(params, input_size, margin)(x, np.array([seed, 0], np.int64)).numpy()
+
+
+def test_tf_augmenter_keeps_the_crop_window_flips_and_turns_it_like_the_opencv_one():
+    x = np.zeros((1, 80, 80, 3), np.uint8)
+    x[0, 8:72, 8:40] = 200                      # left half of the 64-px window inside an 80-px margin crop
+    centre = _tf(AugmentParams(horizontal_flip=False), x, 64, 1.25)
+    assert np.allclose(centre[0], x[0, 8:72, 8:72] / 255.0, atol=1e-5)
+    flipped = [_tf(AugmentParams(horizontal_flip=True), x, 64, 1.25, seed)[0] for seed in range(8)]
+    assert any(np.allclose(f, centre[0][:, ::-1], atol=1e-5) for f in flipped)
+    assert any(np.allclose(f, centre[0], atol=1e-5) for f in flipped)
+    yy, xx = np.mgrid[:80, :80]
+    disc = np.where(((yy - 39.5) ** 2 + (xx - 39.5) ** 2 < 20 ** 2)[None, ..., None], 200, 0).astype(np.uint8)
+    disc = np.repeat(disc, 3, axis=3)           # a centred cell: any rotation leaves it in place
+    upright = _tf(AugmentParams(horizontal_flip=False), disc, 64, 1.25)
+    for seed in range(4):
+        turned = _tf(AugmentParams(horizontal_flip=False, rotation_deg=180), disc, 64, 1.25, seed)
+        assert np.abs(turned - upright).mean() < 0.01
+    bar = np.zeros((1, 80, 80, 3), np.uint8)
+    bar[0, 36:44, 8:72] = 200                   # a horizontal bar: a quarter turn makes it vertical
+    turns = [_tf(AugmentParams(horizontal_flip=False, rotation_deg=180), bar, 64, 1.25, s)[0] for s in range(12)]
+    vertical = bar[0, 8:72, 8:72].transpose(1, 0, 2) / 255.0
+    horizontal = bar[0, 8:72, 8:72] / 255.0
+    assert min(np.abs(t - vertical).mean() for t in turns) < 0.05 < max(np.abs(t - horizontal).mean() for t in turns)
+
+
+def test_tf_augmenter_matches_the_opencv_stain_jitter_and_repeats_with_its_seed():
+    from bcscan.training.augment import hed_jitter
+
+    x = np.random.default_rng(0).integers(0, 256, (6, 40, 40, 3)).astype(np.uint8)
+    plain = AugmentParams(horizontal_flip=False)
+    assert np.allclose(_tf(plain, x, 40, 1.0), x / 255.0, atol=1e-5)
+    no_jitter = AugmentParams(horizontal_flip=False, hed_scale=1e-9, hed_shift=1e-9)   # the HED round trip
+    assert np.abs(_tf(no_jitter, x, 40, 1.0) - hed_jitter(x, np.random.default_rng(0), 0.0, 0.0) / 255.0).max() < 0.003
+    params = AugmentParams(horizontal_flip=True, vertical_flip=True, rotation_deg=180, scale=0.1, translate=0.05,
+                           brightness=0.2, contrast=0.2, channel_gain=0.1, grayscale_p=0.3, hed_scale=0.25,
+                           hed_shift=0.015)
+    y = _tf(params, x, 32, 1.25, seed=3)
+    assert y.shape == (6, 32, 32, 3) and y.dtype == np.float32 and 0.0 <= y.min() and y.max() <= 1.0
+    assert np.array_equal(y, _tf(params, x, 32, 1.25, seed=3)) and not np.array_equal(y, _tf(params, x, 32, 1.25, 4))
+    white = np.full((2, 8, 8, 3), 255, np.uint8)   # glass takes a tint, the same over the sample
+    tinted = _tf(AugmentParams(horizontal_flip=False, hed_shift=0.015), white, 8, 1.0, seed=1)
+    assert np.allclose(tinted.reshape(2, -1, 3).std(axis=1), 0, atol=1e-6) and (tinted < 0.999).any()
+
+
+def test_tf_pipeline_refuses_augmentations_it_does_not_implement():
+    from bcscan.training.tf_augment import make_tf_augmenter
+
+    with pytest.raises(ConfigError, match="hue, blur_um, jpeg_quality_min"):
+        make_tf_augmenter(AugmentParams(hue=0.1, blur_um=0.5, jpeg_quality_min=80), 32, 1.25)
+    with pytest.raises(ValueError, match="rebalance_each_epoch"):
+        TrainParams(epoch_cells=100)
+    with pytest.raises(ValueError, match="input_pipeline"):
+        TrainParams(input_pipeline="threads")
+
+
+def test_epoch_cells_cut_each_balanced_draw():
+    from bcscan.training.splits import balance_indices, epoch_draws
+
+    labels = np.array([0] * 300 + [1] * 100 + [1] * 200)
+    datasets = np.array(["A"] * 400 + ["B"] * 200, dtype=object)
+    pool = np.arange(len(labels))
+    first = balance_indices(labels, np.random.default_rng(0), "source_class", datasets)
+    draw = epoch_draws(pool, labels, datasets, "source_class", 0, first, epoch_cells=120)
+    seen = set()
+    for epoch in range(30):
+        chosen = draw(epoch)
+        assert len(chosen) == 120 and set(chosen) <= set(pool)
+        seen |= set(chosen.tolist())
+    shares = np.mean([np.mean(labels[draw(e)] == 0) for e in range(30)])
+    assert 0.45 < shares < 0.55 and len(seen) > 500        # balanced on average; nearly every cell seen
+    assert np.array_equal(draw(7), epoch_draws(pool, labels, datasets, "source_class", 0, first, 120)(7))
+
+
+def test_crops_are_cached_per_source_folder_and_shared_between_recipes(tmp_path):
+    import cv2
+
+    from bcscan.scan.segmentation import SegmentationParams
+    from bcscan.training.samples import collect_samples
+
+    rng = np.random.default_rng(0)
+    for folder in ("a", "b", "c"):
+        (tmp_path / "data" / folder).mkdir(parents=True)
+        for i in range(3):
+            cv2.imwrite(str(tmp_path / "data" / folder / f"{i}.png"), synthetic_field(rng)[..., ::-1])
+    src = {f: SourceSpec(f, "leukemic" if f == "a" else "normal", mpp=0.45) for f in "abc"}
+    work, seg = tmp_path / "work", SegmentationParams()
+
+    def collect(folders):
+        return collect_samples(tmp_path / "data", [src[f] for f in folders], "cells", 32, 24.0, 1.25, seg,
+                               cache_dir=work)
+
+    ab = collect("ab")
+    assert len(list(work.iterdir())) == 2
+    bc = collect("bc")                           # b is read from its cache, c is cut
+    assert len(list(work.iterdir())) == 3
+    b_in_ab = ab.source[ab.image] == 1
+    b_in_bc = bc.source[bc.image] == 0
+    assert np.array_equal(ab.x[b_in_ab], bc.x[b_in_bc]) and np.array_equal(ab.x_margin[b_in_ab], bc.x_margin[b_in_bc])
+    fresh = collect_samples(tmp_path / "data", [src["b"], src["c"]], "cells", 32, 24.0, 1.25, seg)   # no cache
+    assert np.array_equal(fresh.x, bc.x) and np.array_equal(fresh.n_cells, bc.n_cells)
+    assert fresh.files == bc.files and np.array_equal(fresh.ahash, bc.ahash)
