@@ -133,3 +133,66 @@ def test_crops_are_cached_per_source_folder_and_shared_between_recipes(tmp_path)
     fresh = collect_samples(tmp_path / "data", [src["b"], src["c"]], "cells", 32, 24.0, 1.25, seg)   # no cache
     assert np.array_equal(fresh.x, bc.x) and np.array_equal(fresh.n_cells, bc.n_cells)
     assert fresh.files == bc.files and np.array_equal(fresh.ahash, bc.ahash)
+
+
+def test_cell_type_head_sums_its_blast_types_into_p_leukemic_on_every_backend():
+    from bcscan.model.network import build_vgg16
+    from bcscan.model.onnx_backend import OnnxRunner
+
+    model = build_vgg16(32, hidden_units=8, batch_norm=True, seed=2, width=0.25, type_classes=[0, 0, 1, 1, 1])
+    x = np.random.default_rng(0).uniform(0, 1, (6, 32, 32, 3)).astype(np.float32)
+    types = keras_submodel(model, "cell_type")(x).numpy()
+    p = model(x).numpy()
+    assert types.shape == (6, 5) and p.shape == (6, 2)
+    assert np.allclose(p[:, 0], types[:, :2].sum(axis=1), atol=1e-6) and np.allclose(p.sum(axis=1), 1, atol=1e-5)
+    assert np.abs(OnnxRunner(model)(x) - p).max() < 1e-4
+    assert not model.get_layer("predictions").trainable
+
+
+def keras_submodel(model, layer: str):
+    import keras
+
+    return keras.Model(model.input, model.get_layer(layer).output)
+
+
+def test_cell_type_recipe_needs_a_type_per_source_and_one_class_per_type(tmp_path):
+    from bcscan.training.recipe import cell_type_table
+
+    sources = [SourceSpec("a/x", "leukemic", 0.4, cell_type="myeloblast"),
+               SourceSpec("b/y", "normal", 0.4, cell_type="neutrophil"),
+               SourceSpec("c/z", "normal", 0.4, cell_type="neutrophil")]
+    assert cell_type_table(sources) == (["myeloblast", "neutrophil"], [0, 1], [0, 1, 1])
+    with pytest.raises(ConfigError, match="missing: d/w"):
+        cell_type_table(sources + [SourceSpec("d/w", "normal", 0.4)])
+    with pytest.raises(ConfigError, match="'neutrophil' is labelled both leukemic and normal"):
+        cell_type_table(sources + [SourceSpec("d/w", "leukemic", 0.4, cell_type="neutrophil")])
+
+
+def test_train_with_the_cell_type_head_end_to_end(tmp_path):
+    import json
+
+    from click.testing import CliRunner
+    from test_training import write_config, write_dataset
+
+    from bcscan.cli.train import train_command
+    from bcscan.errors import ExitCode
+    from bcscan.model.network import load_keras_model
+
+    data = write_dataset(tmp_path / "data")
+    cfg = write_config(tmp_path / "types.yaml",
+                       sources=[{"path": "lab/big", "label": "leukemic", "mpp": 0.45, "cell_type": "blast"},
+                                {"path": "lab/small", "label": "normal", "mpp": 0.45, "cell_type": "lymphocyte"}],
+                       model={"batch_norm": True, "hidden_units": 16, "dropout": 0.1, "head": "cell_types",
+                              "width": 0.25},
+                       training={"epochs": 2, "batch_size": 8, "jit_compile": False, "input_pipeline": "tf_data",
+                                 "rebalance_each_epoch": True, "epoch_cells": 24, "early_stopping_patience": 3,
+                                 "lr_schedule": "plateau", "plateau_patience": 1},
+                       augmentation={"rotation_deg": 30, "hed_scale": 0.2})
+    out = tmp_path / "model"
+    result = CliRunner().invoke(train_command, [str(data), "--config", str(cfg), "--out", str(out)])
+    assert result.exit_code in (0, ExitCode.DID_NOT_LEARN), result.output
+    model, info = load_keras_model(out / "tiny.keras")
+    assert info.cell_types == ["blast", "lymphocyte"] and info.classes == ["leukemic", "normal"]
+    assert model.get_layer("cell_type").output.shape[-1] == 2
+    metrics = json.loads((out / "tiny" / "metrics.json").read_text())
+    assert metrics["epochs_run"] == 2 and len(metrics["history"]["val_loss"]) == 2

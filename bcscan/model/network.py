@@ -52,6 +52,7 @@ class ModelInfo:
     training: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     domain: dict[str, Any] = field(default_factory=dict)  # validated range of the cells' appearance (model.domain)
+    cell_types: list[str] = field(default_factory=list)  # model.head cell_types: the types the network tells apart
 
     @property
     def leukemic_index(self) -> int:
@@ -168,7 +169,7 @@ LUMINANCE_KERNEL = np.repeat(np.array([0.299, 0.587, 0.114], np.float32)[None, N
 
 def build_vgg16(input_size: int, n_classes: int = 2, hidden_units: int = 256, dropout: float = 0.5,
                 batch_norm: bool = False, weights: Path | None = None, seed: int = 0, grey_input: bool = False,
-                stain_standardise: bool = False, width: float = 1.0):
+                stain_standardise: bool = False, width: float = 1.0, type_classes: list[int] | None = None):
     """VGG-16 (13 conv layers in 5 blocks, Keras `applications.VGG16` layer names) with the
     paper's head: flatten → dense → dropout → softmax.
 
@@ -186,6 +187,10 @@ def build_vgg16(input_size: int, n_classes: int = 2, hidden_units: int = 256, dr
     `width` multiplies every block's channels (1.0 = the paper's VGG-16): some twenty thousand
     training cells do not need 14.7 M convolution weights, and a quarter of the channels trains
     several times faster on a CPU.  ImageNet `weights` fit only the full width.
+
+    `type_classes` (the class of each cell type) makes the head a softmax over cell types (layer `cell_type`,
+    the one training fits) followed by a fixed sum into the `n_classes` classes (layer `predictions`), so the
+    model's output stays p(leukemic), p(normal) for `scan`, `evaluate` and ONNX Runtime alike.
     """
     import keras
     from keras import layers
@@ -216,7 +221,14 @@ def build_vgg16(input_size: int, n_classes: int = 2, hidden_units: int = 256, dr
     x = layers.Flatten(name="flatten")(x)
     x = layers.Dense(hidden_units, activation="relu", name="fc")(x)
     x = layers.Dropout(dropout, name="dropout")(x)
-    outputs = layers.Dense(n_classes, activation="softmax", name="predictions", dtype="float32")(x)
+    if type_classes:
+        x = layers.Dense(len(type_classes), activation="softmax", name="cell_type", dtype="float32")(x)
+        membership = np.eye(n_classes, dtype=np.float32)[type_classes]
+        outputs = layers.Dense(n_classes, name="predictions", dtype="float32", trainable=False,
+                               kernel_initializer=keras.initializers.Constant(membership),
+                               bias_initializer="zeros")(x)
+    else:
+        outputs = layers.Dense(n_classes, activation="softmax", name="predictions", dtype="float32")(x)
     model = keras.Model(inputs, outputs, name="vgg16_bn" if batch_norm else "vgg16")
     if weights is not None:
         _copy_vgg16_conv_weights(model, Path(weights), input_size)

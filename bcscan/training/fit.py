@@ -17,7 +17,7 @@ import numpy as np
 from bcscan.errors import ModelError, TrainingError
 from bcscan.model.network import CLASSES
 from bcscan.training.augment import make_augmenter
-from bcscan.training.recipe import TrainConfig, TrainParams
+from bcscan.training.recipe import TrainConfig, TrainParams, cell_type_table
 from bcscan.training.samples import Samples
 
 log = logging.getLogger(__name__)
@@ -40,7 +40,8 @@ def fit_model(cfg: TrainConfig, samples: Samples, labels: np.ndarray, draw: Call
               *, split_sha256: str, weights: Path | None, init_model: Path | None, device: str, work_dir: Path,
               report_dir: Path, echo=print) -> Fitted:
     """Build (or continue) the configured VGG-16 and fit it on the balanced training samples, `draw(epoch)`
-    (one size every epoch); returns the checkpoint of the best epoch by validation loss."""
+    (one size every epoch), to `labels` (the model class of each sample, or its cell type for
+    `model.head: cell_types`); returns the checkpoint of the best epoch by validation loss."""
     from bcscan.model.classifier import configure_backend, keras_backend
 
     dev = configure_backend(device)
@@ -53,12 +54,15 @@ def fit_model(cfg: TrainConfig, samples: Samples, labels: np.ndarray, draw: Call
         import tensorflow as tf
 
         tf.config.experimental.enable_op_determinism()
+    type_classes = cell_type_table(cfg.sources)[1] if cfg.model.head == "cell_types" else None
     model = build_vgg16(cfg.input_size, len(CLASSES), cfg.model.hidden_units, cfg.model.dropout,
                         cfg.model.batch_norm, weights, cfg.seed, cfg.model.grey_input,
-                        cfg.model.stain_standardise, cfg.model.width)
+                        cfg.model.stain_standardise, cfg.model.width, type_classes)
     init_info = continue_from(model, Path(init_model), cfg, split_sha256) if init_model else None
+    # the layers fitted: up to the cell-type softmax when the head has one (its fixed sum is not trained)
+    trainee = keras.Model(model.input, model.get_layer("cell_type").output) if type_classes else model
     tp = cfg.training
-    _compile(model, tp, len(draw(0)), dev)
+    _compile(trainee, tp, len(draw(0)), dev)
     if tp.input_pipeline == "tf_data":
         train_batches, steps = _tf_data_batches(cfg, samples.x_margin, labels, draw), math.ceil(len(draw(0)) / tp.batch_size)
     else:
@@ -71,14 +75,14 @@ def fit_model(cfg: TrainConfig, samples: Samples, labels: np.ndarray, draw: Call
     # The work folder is shared by design (sample caches): a checkpoint there would be another run's too, and
     # two runs at once would each load whichever wrote last. Each fit keeps its own, removed afterwards.
     with tempfile.TemporaryDirectory(dir=work_dir, prefix="fit-") as private:
-        ckpt = Path(private) / "checkpoint-best.keras"
+        ckpt = Path(private) / "checkpoint-best.weights.h5"
         callbacks, budget = _callbacks(tp, ckpt, report_dir / "history.csv")
         t_fit = time.time()
-        hist = model.fit(train_batches, validation_data=validation, validation_batch_size=64, epochs=tp.epochs,
-                         steps_per_epoch=steps, callbacks=callbacks, verbose=2)
+        hist = trainee.fit(train_batches, validation_data=validation, validation_batch_size=64, epochs=tp.epochs,
+                           steps_per_epoch=steps, callbacks=callbacks, verbose=2)
         fit_s = time.time() - t_fit
         if ckpt.is_file():
-            model = keras.saving.load_model(ckpt, compile=False)  # best epoch by validation loss
+            trainee.load_weights(ckpt)  # best epoch by validation loss (shared layers: `model` has them too)
     history = {k: [float(v) for v in vals] for k, vals in hist.history.items()}
     return Fitted(model=model, history=history, best_epoch=int(np.argmin(history["val_loss"])) + 1, fit_s=fit_s,
                   stopped_for_time=bool(budget.stopped_for_time) if budget else False, init_info=init_info,
@@ -166,7 +170,8 @@ def _callbacks(tp: TrainParams, ckpt: Path, history_csv: Path):
     """(Keras callbacks in the order they run, the time-budget callback or None)."""
     import keras
 
-    callbacks = [keras.callbacks.ModelCheckpoint(str(ckpt), monitor="val_loss", save_best_only=True),
+    callbacks = [keras.callbacks.ModelCheckpoint(str(ckpt), monitor="val_loss", save_best_only=True,
+                                                 save_weights_only=True),
                  keras.callbacks.CSVLogger(str(history_csv))]
     if tp.lr_schedule == "cosine_time":
         callbacks.insert(0, _cosine_time_callback(tp.learning_rate, tp.max_minutes))

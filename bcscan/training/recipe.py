@@ -22,6 +22,7 @@ class SourceSpec:
     mpp: float = 0.0           # µm per pixel of this source's images (cells mode)
     dataset: str = ""          # name used for per-dataset reports; default: first path component
     single_cell: bool = False  # each image is one labelled cell at its centre: only that cell is a sample
+    cell_type: str = ""        # what the images show (e.g. myeloblast, neutrophil): the targets of model.head cell_types
 
     def __post_init__(self):
         if self.label not in CLASSES:
@@ -55,10 +56,13 @@ class ModelParams:
     grey_input: bool = False       # a fixed luminance layer first: the model cannot use colour (lab cue)
     stain_standardise: bool = False  # each crop's optical density standardised per channel (model.layers)
     width: float = 1.0             # channel multiplier of the VGG-16 blocks (1.0 = the paper's; 0.25 for CPUs)
+    head: str = "binary"           # binary (leukemic / normal) | cell_types (one class per source cell_type)
 
     def __post_init__(self):
         if self.width <= 0:
             raise ValueError("width must be > 0")
+        if self.head not in {"binary", "cell_types"}:
+            raise ValueError("head must be binary or cell_types")
 
 
 @dataclass(frozen=True)
@@ -196,6 +200,8 @@ def load_train_config(path: Path, overrides: dict[str, Any] | None = None) -> Tr
         raise ConfigError(f"{path}: balance must be one of {', '.join(BALANCE_MODES)}")
     if cfg.input_size < 32:
         raise ConfigError(f"{path}: input_size must be >= 32 (VGG-16 pools 5 times)")
+    if cfg.model.head == "cell_types":
+        cell_type_table(sources, path)
     if cfg.mode == "cells":
         missing = [s.path for s in sources if s.mpp <= 0]
         if missing:
@@ -203,6 +209,25 @@ def load_train_config(path: Path, overrides: dict[str, Any] | None = None) -> Tr
         if cfg.crop_margin < 1:
             raise ConfigError(f"{path}: crop_margin must be >= 1")
     return cfg
+
+
+def cell_type_table(sources: list[SourceSpec], where: Path | str = "recipe") -> tuple[list[str], list[int], list[int]]:
+    """(cell types in order, the model class of each type, the type of each source) for `model.head: cell_types`:
+    the network must tell a myeloblast from a monocyte, not a lab from a lab, and p_leukemic is the sum over
+    the blast types.  Every source names its type, and a type belongs to one class."""
+    missing = [s.path for s in sources if not s.cell_type]
+    if missing:
+        raise ConfigError(f"{where}: model.head cell_types needs a cell_type for every source (missing: "
+                          f"{', '.join(missing)})")
+    types = sorted({s.cell_type for s in sources}, key=lambda t: (CLASSES.index(
+        next(s.label for s in sources if s.cell_type == t)), t))
+    classes = []
+    for t in types:
+        labels = {s.label for s in sources if s.cell_type == t}
+        if len(labels) > 1:
+            raise ConfigError(f"{where}: cell_type {t!r} is labelled both {' and '.join(sorted(labels))}")
+        classes.append(CLASSES.index(labels.pop()))
+    return types, classes, [types.index(s.cell_type) for s in sources]
 
 
 def datasets_by_class(sources: list[SourceSpec]) -> dict[str, set[str]]:

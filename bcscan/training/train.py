@@ -35,7 +35,7 @@ from bcscan.training.domain_fit import fit_domain
 from bcscan.training.fit import Fitted, fit_model, init_summary
 from bcscan.training.metrics import ece, image_level, metrics_block, per_source
 from bcscan.training.predict import predict_probs
-from bcscan.training.recipe import TrainConfig, load_train_config, shortcut_check
+from bcscan.training.recipe import TrainConfig, cell_type_table, load_train_config, shortcut_check
 from bcscan.training.reports import write_metrics_json, write_reports
 from bcscan.training.samples import Samples, collect_samples
 from bcscan.training.splits import balance_indices, epoch_draws, split_digest, split_images, write_splits_csv
@@ -70,7 +70,7 @@ def train(data_dir: Path, config_path: Path, out_dir: Path, *, weights: Path | N
     data = _prepare_data(cfg, data_dir, work_dir, report_dir, echo)
     draw = epoch_draws(data.train_pool, data.labels, data.samples.dataset, cfg.balance, cfg.seed, data.train_idx,
                        cfg.training.epoch_cells) if cfg.training.rebalance_each_epoch else lambda epoch: data.train_idx
-    fitted = fit_model(cfg, data.samples, data.labels, draw, data.val_idx, split_sha256=data.split_sha256,
+    fitted = fit_model(cfg, data.samples, _targets(cfg, data), draw, data.val_idx, split_sha256=data.split_sha256,
                        weights=weights, init_model=init_model, device=device, work_dir=work_dir,
                        report_dir=report_dir, echo=echo)
     history, n_train = fitted.history, len(draw(0))
@@ -149,6 +149,14 @@ def _prepare_data(cfg: TrainConfig, data_dir: Path, work_dir: Path, report_dir: 
         echo(f"[train] WARNING (source shortcut): {line}")
     return PreparedData(samples, split_img, split_sha256, labels, train_idx, train_pool, val_idx, test_idx, summary,
                         shortcut, collect_s)
+
+
+def _targets(cfg: TrainConfig, data: PreparedData) -> np.ndarray:
+    """What the network is fitted to per sample: its class, or its source's cell type (`model.head`)."""
+    if cfg.model.head != "cell_types":
+        return data.labels
+    source_type = np.array(cell_type_table(cfg.sources)[2])
+    return source_type[data.samples.source[data.samples.image]]
 
 
 def _data_summary(cfg, samples, split_img, split_smp, train_idx, n_groups_multi) -> dict:
@@ -278,4 +286,5 @@ def _model_info(cfg: TrainConfig, metrics: dict[str, Any], split_sha256: str, co
                      metrics={k: metrics[k] for k in ("accuracy", "balanced_accuracy", "roc_auc", "ece")}
                      | {"ece_before_calibration": calib.get("ece_test_images_before", calib["ece_test_before"]),
                         "colour_baseline_accuracy": (baseline or {}).get("test_images", {}).get("accuracy")},
-                     domain=metrics["domain"])
+                     domain=metrics["domain"],
+                     cell_types=cell_type_table(cfg.sources)[0] if cfg.model.head == "cell_types" else [])
