@@ -30,6 +30,7 @@ from bcscan.results.tables import (
     cells_geojson,
     safe_filename,
 )
+from bcscan.results.verification import with_verified_columns
 
 log = logging.getLogger("bcscan")
 
@@ -71,7 +72,8 @@ def collect_outputs(run: BatchRun, model_info: ModelInfo, jobs: list[ScanJob], m
     cells = pd.concat(cell_tables, ignore_index=True) if cell_tables else pd.DataFrame(columns=CELL_COLUMNS)
     excluded = (pd.concat(excluded_tables, ignore_index=True) if excluded_tables
                 else pd.DataFrame(columns=EXCLUDED_TILE_COLUMNS))
-    patients = summarise_patients(scans, cells, run.settings.aggregation)
+    # unverified until a reviewer signs off (`bcscan review`; a re-run's sign-offs are restored by the CLI)
+    patients = with_verified_columns(summarise_patients(scans, cells, run.settings.aggregation), {})
     failures = scans[scans["status"] == "failed"].reindex(columns=FAILURE_COLUMNS)
 
     atomic_write_csv(out_dir / "cells.csv", cells, CELL_COLUMNS)

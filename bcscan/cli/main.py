@@ -11,6 +11,7 @@ import click
 
 from bcscan import __version__
 from bcscan.cli.report import report_command
+from bcscan.cli.review import review_command
 from bcscan.cli.scan import scan_command
 from bcscan.cli.train import evaluate_command, train_command
 from bcscan.errors import EXIT_CODES_HELP
@@ -33,6 +34,7 @@ def main():
 
 main.add_command(scan_command)
 main.add_command(report_command)
+main.add_command(review_command)
 main.add_command(train_command)
 main.add_command(evaluate_command)
 

@@ -26,13 +26,15 @@ from bcscan.results.reports.patient_view import PatientView
 from bcscan.results.reports.pictures import histogram_png, rl_image
 from bcscan.results.reports.run_data import RunData
 from bcscan.results.reports.scan_pictures import patient_pictures
+from bcscan.results.reports.verified import verified_section
 
 
 def render_patient_report(data: RunData, patient: pd.Series, params: ReportingParams) -> bytes:
     """One patient's report as PDF bytes."""
     register_fonts(params)
     view = PatientView.of(data, patient, params)
-    story = _front_matter(view) + _result_at_a_glance(view) + scans_at_a_glance(view) + _distribution(view)
+    story = _front_matter(view) + _result_at_a_glance(view) + verified_section(view) + scans_at_a_glance(view)
+    story += _distribution(view)
     # gallery selection first: crops are cut while each scan is open for its thumbnail
     suspicious, normal = select_gallery(view.cells, params)
     pictures = patient_pictures(data, view.scans, view.cells, pd.concat([suspicious, normal]), params, view.crop_um)
