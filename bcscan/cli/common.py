@@ -35,3 +35,11 @@ def renamed_option(old: str, new: str, value, replacement):
     if replacement is not None:
         fail(f"{old} and {new} are the same option: give only {new}")
     return value
+
+
+def say_reconciled(reconciliation) -> None:
+    """What reconciling the review with the run in the folder set aside, if anything (review.store.Reconciliation)."""
+    if reconciliation.dropped or reconciliation.reopened:
+        click.echo(f"bcscan: review: {reconciliation.dropped} cell decision(s) set aside, their cells are not in this "
+                   f"run any more ({reconciliation.kept} kept; all in the history); {reconciliation.reopened} "
+                   "sign-off(s) reopened", err=True)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from bcscan.cli.common import fail, reported_errors
+from bcscan.cli.common import fail, reported_errors, say_reconciled
 from bcscan.errors import EXIT_CODES_HELP, ExitCode
 
 LOCAL = "127.0.0.1"
@@ -52,9 +52,7 @@ def review_command(out_dir, host, port, reviewer, scan_dir, import_csv, export_c
 
     with reported_errors():
         data, store, reconciliation = open_review(out_dir, scan_dir)
-    if reconciliation.dropped:
-        click.echo(f"bcscan: {reconciliation.dropped} cell decision(s) set aside: their cells are not in this run "
-                   f"any more (kept in the history); {reconciliation.kept} kept", err=True)
+    say_reconciled(reconciliation)
     if import_csv or export_csv:
         with reported_errors():
             if import_csv:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from bcscan.cli.common import fail, renamed_option, reported_errors
+from bcscan.cli.common import fail, renamed_option, reported_errors, say_reconciled
 from bcscan.errors import EXIT_CODES_HELP, ExitCode
 
 
@@ -59,6 +59,7 @@ def scan_command(scan_dir, out_dir, config_path, mpp, model, manifest, patient_p
     from bcscan.batch.settings import load_settings
     from bcscan.batch.store import RunLock
     from bcscan.logs import setup_logging
+    from bcscan.review.publish import republish
     from bcscan.scan.reading import find_scans
 
     dask_scheduler = renamed_option("--scheduler", "--dask-scheduler", old_scheduler, dask_scheduler)
@@ -90,6 +91,9 @@ def scan_command(scan_dir, out_dir, config_path, mpp, model, manifest, patient_p
                 redirect, reported_errors():
             run = BatchRun(scan_dir, out_dir, settings, mpp=mpp, force=force, argv=sys.argv, progress=bar.update)
             result = run_batch(run, executor)
+            reviewed = republish(out_dir, run.scan_dir, settings.reporting, signed_only=True)
+        if reviewed is not None:
+            say_reconciled(reviewed[0])
     finally:
         lock.release()
     if not quiet:

@@ -35,6 +35,22 @@ def publish(out_dir: Path, store: ReviewStore, patients: list[str] | None = None
     return write_reports(out_dir, scan_dir, params, patients, verifications)
 
 
+def republish(out_dir: Path, scan_dir: Path | None = None, params: ReportingParams | None = None,
+              patients: list[str] | None = None, signed_only: bool = False
+              ) -> tuple[Reconciliation, list[Path]] | None:
+    """For `bcscan report`, or after `bcscan scan`, in a reviewed folder: reconcile the decisions with
+    the run now in it and publish the sign-offs that still stand, rewriting the reports of `patients`
+    (every patient when None; with `signed_only`, the signed-off ones, whose reports a scan has just
+    written as not verified).  None where nobody has reviewed the folder.  The caller holds the lock."""
+    if not has_review(out_dir):
+        return None
+    _, store, reconciliation = open_review(out_dir, scan_dir)
+    with store:
+        if signed_only:
+            patients = list(store.verifications())
+        return reconciliation, publish(out_dir, store, patients, scan_dir, params)
+
+
 def publish_locked(out_dir: Path, store: ReviewStore, patients: list[str] | None = None) -> list[Path]:
     """publish() under the folder's lock: refused (LockedError) while a scan or report run holds it."""
     lock = RunLock(Path(out_dir))

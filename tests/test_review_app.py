@@ -1,0 +1,171 @@
+"""`bcscan review` as a real server on 127.0.0.1: the token on every request (cookie after the first
+visit) and on every change, a foreign Origin or a path in place of a cell id refused, a decision
+stored at once, the sign-off in patients.csv and the PDF; import/export and errors from the CLI."""
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+import sys
+import urllib.error
+import urllib.parse
+import urllib.request
+from http.cookiejar import CookieJar
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+from helpers import make_out_dir
+
+from bcscan.cli.main import main
+from bcscan.review.store import DATABASE
+
+pypdf = pytest.importorskip("pypdf")
+
+PATIENTS = {"P1": [{"name": "a.tif", "kind": "slide", "n": 16, "leukemic": 0.25}],
+            "P2": [{"name": "b.png", "kind": "field", "n": 8, "leukemic": 0.0}]}
+
+
+def start_review(out: Path, *args: str) -> tuple[subprocess.Popen, str]:
+    """`bcscan review OUT` in its own process; returns it and the URL it printed first."""
+    process = subprocess.Popen([sys.executable, "-m", "bcscan.cli", "review", str(out), *args],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return process, process.stdout.readline().strip()
+
+
+def stop(process: subprocess.Popen) -> str:
+    process.terminate()
+    _, err = process.communicate(timeout=20)
+    assert process.returncode == 0, err
+    return err
+
+
+class Client:
+    """A browser's view of the server: its cookies, and every answer's status code."""
+
+    def __init__(self, base: str):
+        self.base = base
+        self.opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(CookieJar()))
+
+    def request(self, path: str, data: bytes | None = None, headers: dict | None = None) -> tuple[int, bytes]:
+        req = urllib.request.Request(self.base + path, data=data, headers=headers or {})
+        try:
+            with self.opener.open(req, timeout=20) as answer:
+                return answer.status, answer.read()
+        except urllib.error.HTTPError as error:
+            return error.code, error.read()
+
+    def decide(self, token: str | None, reviewer: str = "Dr T", **headers) -> tuple[int, bytes]:
+        body = json.dumps({"scan": 0, "cell": 2, "label": "lymphocyte", "reviewer": reviewer}).encode()
+        if token:
+            headers["X-Review-Token"] = token
+        return self.request("/decide", body, {"Content-Type": "application/json", **headers})
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    out = make_out_dir(tmp_path_factory.mktemp("review"), PATIENTS)
+    process, url = start_review(out)
+    yield out, process, url
+    stop(process)
+
+
+def test_every_request_needs_the_token_and_every_change_needs_it_again(served):
+    out, _, url = served
+    assert url.startswith("http://127.0.0.1:") and "?token=" in url
+    base, token = url.split("/?token=")
+    stranger = Client(base)
+    assert stranger.request("/")[0] == 403
+    assert stranger.request("/patient/0")[0] == 403
+    assert stranger.request("/scan/0/cell/2/crop.jpg")[0] == 403
+    assert stranger.request("/?token=" + "x" * len(token))[0] == 403
+    assert stranger.decide(token)[0] == 403  # the header alone, without the cookie of a visit
+
+    reviewer = Client(base)
+    status, page = reviewer.request("/?token=" + token)  # sets the cookie, then the worklist without the token
+    assert status == 200 and b"Worklist" in page and b">P1</a>" in page
+    assert reviewer.request("/patient/0")[0] == 200
+    assert reviewer.decide(None)[0] == 403  # cookie only: a cross-site form could send that
+    assert reviewer.decide(token, Origin="http://evil.example")[0] == 403
+    assert reviewer.decide(token, reviewer=" ")[0] == 400
+    assert not sqlite3.connect(out / DATABASE).execute("SELECT COUNT(*) FROM decisions").fetchone()[0]
+
+    status, body = reviewer.decide(token, Origin=base)
+    assert status == 200 and json.loads(body)["label"] == "lymphocyte"
+    rows = sqlite3.connect(out / DATABASE).execute("SELECT scan, cell_id, label, reviewer FROM decisions").fetchall()
+    assert rows == [("patient0/a.tif", 2, "lymphocyte", "Dr T")]
+
+
+def test_urls_take_cell_ids_never_paths(served):
+    _, _, url = served
+    base, token = url.split("/?token=")
+    client = Client(base)
+    client.request("/?token=" + token)
+    status, crop = client.request("/scan/0/cell/2/crop.jpg")
+    assert status == 200 and crop[:2] == b"\xff\xd8"  # a JPEG
+    for path in ("/scan/0/cell/..%2F..%2Fetc%2Fpasswd/crop.jpg", "/scan/patient0%2Fa.tif/cell/2/crop.jpg",
+                 "/scan/0/cell/999/crop.jpg", "/scan/9/thumbnail.jpg", "/patient/..%2Frun.json"):
+        assert client.request(path)[0] == 404, path
+
+
+def test_sign_off_writes_patients_csv_and_the_pdf(served):
+    out, _, url = served
+    base, token = url.split("/?token=")
+    client = Client(base)
+    client.request("/?token=" + token)
+    form = urllib.parse.urlencode({"token": token, "reviewer": "Dr S", "conclusion": "inconclusive",
+                                   "comment": "smear thin"}).encode()
+    status, page = client.request("/patient/1/sign-off", form)  # P2: 8 normal cells
+    assert status == 200 and b"Signed off by Dr S" in page
+    patients = pd.read_csv(out / "patients.csv", dtype=str, keep_default_na=False).set_index("patient_id")
+    assert patients.loc["P2", ["verified_by", "verified_cells", "verified_blasts", "verified_pct_blasts"]].tolist() == [
+        "Dr S", "8", "0", "0.0"]
+    assert patients.loc["P1", "verified_flag"] == "unverified" and patients.loc["P1", "verified_by"] == ""
+    assert "Dr S" in pdf_text(out / "reports" / "P2.pdf") and not (out / "reports" / "P1.pdf").exists()
+
+    result = CliRunner().invoke(main, ["report", str(out)])  # every report again, the sign-off kept
+    assert result.exit_code == 0, result.output
+    p2 = pdf_text(out / "reports" / "P2.pdf")
+    assert "Signed off" in p2 and "Dr S" in p2 and "0 blasts of 8 white cells" in p2 and "smear thin" in p2
+    assert "NOT VERIFIED" in pdf_text(out / "reports" / "P1.pdf") and "NOT VERIFIED" not in p2
+    assert pd.read_csv(out / "patients.csv").set_index("patient_id").loc["P2", "verified_by"] == "Dr S"
+
+
+def pdf_text(path: Path) -> str:
+    return "\n".join(page.extract_text() for page in pypdf.PdfReader(path).pages)
+
+
+def test_cli_import_export_and_one_line_errors(tmp_path):
+    out = make_out_dir(tmp_path, PATIENTS)
+    cells = pd.read_csv(out / "cells.csv")
+    decisions = cells[cells.patient_id == "P1"].head(2)[["scan", "cell_id"]].assign(label=["blast", "unsure"],
+                                                                                     reviewer="LIS")
+    decisions.to_csv(tmp_path / "decisions.csv", index=False)
+    runner = CliRunner()
+    result = runner.invoke(main, ["review", str(out), "--import", str(tmp_path / "decisions.csv"),
+                                  "--export", str(tmp_path / "verified.csv")])
+    assert result.exit_code == 0, result.output
+    verified = pd.read_csv(tmp_path / "verified.csv", keep_default_na=False)
+    assert len(verified) == len(cells) and sorted(verified.label) == [""] * (len(cells) - 2) + ["blast", "unsure"]
+
+    (tmp_path / "bad.csv").write_text("scan,cell_id,label,reviewer\npatient0/a.tif,1,blastoid,LIS\n")
+    result = runner.invoke(main, ["review", str(out), "--import", str(tmp_path / "bad.csv")])
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines() == [f"bcscan: error: {tmp_path / 'bad.csv'}:2: unknown label 'blastoid' "
+                                                   "(one of: blast, lymphocyte, neutrophil, monocyte, eosinophil, "
+                                                   "basophil, other white cell, not a white cell, unsure)"]
+    result = runner.invoke(main, ["review", str(tmp_path)])
+    assert result.exit_code == 2 and result.output.count("\n") == 1 and "run.json" in result.output
+
+
+def test_host_keeps_the_token_and_says_so(tmp_path):
+    out = make_out_dir(tmp_path, PATIENTS)
+    process, url = start_review(out, "--host", "0.0.0.0", "--port", "0")
+    port = url.split(":")[2].split("/")[0]
+    try:
+        assert "?token=" in url
+        assert Client(f"http://127.0.0.1:{port}").request("/")[0] == 403
+    finally:
+        err = stop(process)
+    assert "the access token in the URL is still required" in err
