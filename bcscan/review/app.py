@@ -149,7 +149,8 @@ def _security_headers(response):
                                                    "script-src 'self'; frame-ancestors 'none'; form-action 'self'")
     response.headers["X-Frame-Options"] = "DENY"
     response.headers["X-Content-Type-Options"] = "nosniff"
-    response.headers["Referrer-Policy"] = "no-referrer"  # the token must not leak to another site
+    # nothing to another site (the first URL holds the token); same-origin, so forms still send their Origin
+    response.headers["Referrer-Policy"] = "same-origin"
     response.headers["Cache-Control"] = "no-store"
     return response
 
