@@ -113,7 +113,8 @@ def test_summary_csv_and_pdf(out_dir):
     summary = pd.read_csv(out_dir / "summary.csv", dtype={"patient_id": str}, keep_default_na=False)
     assert list(summary.patient_id) == list(patients.index)
     merged = summary.set_index("patient_id")
-    for column in ("n_cells", "n_leukemic", "pct_leukemic", "ci_low", "ci_high", "flag"):
+    for column in ("n_cells", "n_leukemic", "pct_leukemic", "ci_low", "ci_high", "flag", "n_scans_failed",
+                   "n_scans_outside", "n_scans_low_quality"):
         assert list(merged[column]) == list(patients[column]), column
     assert all((out_dir / r).is_file() for r in summary.report)
     assert "broken.svs" in merged.loc["FAIL-004", "failed_scans"]
@@ -121,6 +122,16 @@ def test_summary_csv_and_pdf(out_dir):
     assert "Failed scans (1)" in text and "broken.svs" in text
     for flag in patients.flag:
         assert flag in text
+
+
+def test_summary_csv_counts_the_scans_outside_and_of_low_quality(tmp_path):
+    out = make_out_dir(tmp_path, {"P": [{"name": "a.png", "kind": "field", "n": 5, "leukemic": 0.0}]})
+    patients = pd.read_csv(out / "patients.csv", dtype=str, keep_default_na=False)
+    patients[["n_scans_outside", "n_scans_low_quality"]] = ["2", "1"]  # as a run with such scans writes them
+    patients.to_csv(out / "patients.csv", index=False)
+    write_reports(out)
+    summary = pd.read_csv(out / "summary.csv")
+    assert summary[["n_scans_failed", "n_scans_outside", "n_scans_low_quality"]].values.tolist() == [[0, 2, 1]]
 
 
 def test_gallery_is_capped_and_long_ids_wrap(tmp_path):

@@ -150,3 +150,16 @@ def test_a_missing_default_config_is_one_line_naming_it(tmp_path, monkeypatch):
     monkeypatch.setattr(config, "packaged", lambda name: tmp_path / "site-packages" / "bcscan" / name)
     with pytest.raises(ConfigError, match=r"site-packages/bcscan/default.yaml: the default configuration is missing"):
         load_settings()
+
+
+def test_an_empty_scan_folder_exits_2_in_one_line_unless_allowed(tmp_path, untrained_model):
+    (tmp_path / "empty").mkdir()
+    args = ["scan", tmp_path / "empty", "--out", tmp_path / "out", "--model", untrained_model, "--quiet"]
+    refused = run(args)
+    assert refused.exit_code == 2
+    assert refused.output.splitlines() == [f"bcscan: error: {tmp_path / 'empty'}: no scans found (slides, DICOM "
+                                           "series or field images); --allow-empty runs on an empty folder"]
+    assert not (tmp_path / "out").exists()
+    allowed = run(args + ["--allow-empty"])
+    assert allowed.exit_code == 0, allowed.output
+    assert pd.read_csv(tmp_path / "out" / "scans.csv").empty

@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 import numpy as np
 import pandas as pd
 
-from bcscan.errors import BcscanError, LockedError
+from bcscan.errors import BcscanError
 from bcscan.results.aggregation import FLAG_NEGATIVE, FLAG_REVIEW
 from bcscan.results.reports import RunData
 from bcscan.results.reports.pictures import class_hex, marked_thumbnail
@@ -304,15 +304,17 @@ def _sign_off(number: int):
 
     review = _review()
     pid = str(review.patient(number)["patient_id"])
-    try:
-        with review.lock:
+    with review.lock:
+        try:
             v = review.store.sign_off(pid, request.form.get("reviewer", ""), request.form.get("conclusion", ""),
                                       request.form.get("comment", ""))
+        except BcscanError as exc:
+            flash(f"Not signed off: {exc}")
+            return redirect(url_for("patient", number=number))
+        signed = f"Signed off by {v.reviewer}: {v.counts.n_blasts} blasts of {v.counts.n_cells} white cells."
+        try:
             publish_locked(review.out_dir, review.store, [pid])
-        flash(f"Signed off by {v.reviewer}: {v.counts.n_blasts} blasts of {v.counts.n_cells} white cells. "
-              "patients.csv and the patient's PDF are updated.")
-    except LockedError as exc:
-        flash(f"Signed off, but {exc}")
-    except BcscanError as exc:
-        flash(f"Not signed off: {exc}")
+            flash(f"{signed} patients.csv and the patient's PDF are updated.")
+        except BcscanError as exc:  # the sign-off stands; `bcscan report` publishes it later
+            flash(f"{signed} The reports were not updated: {exc}")
     return redirect(url_for("patient", number=number))

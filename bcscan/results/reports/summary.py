@@ -24,8 +24,8 @@ from bcscan.results.reports.params import ReportingParams
 from bcscan.results.reports.report_files import REPORTS_DIR
 from bcscan.results.reports.run_data import RunData
 
-SUMMARY_COLUMNS = ["patient_id", "n_scans", "n_scans_failed", "n_cells", "n_leukemic", "n_normal", "pct_leukemic",
-                   "ci_low", "ci_high", "flag", "report", "failed_scans"]
+SUMMARY_COLUMNS = ["patient_id", "n_scans", "n_scans_failed", "n_scans_outside", "n_scans_low_quality", "n_cells",
+                   "n_leukemic", "n_normal", "pct_leukemic", "ci_low", "ci_high", "flag", "report", "failed_scans"]
 
 
 def summary_table(data: RunData, names: dict[str, str]) -> pd.DataFrame:
@@ -37,6 +37,8 @@ def summary_table(data: RunData, names: dict[str, str]) -> pd.DataFrame:
         rows.append({
             "patient_id": pid, "n_scans": as_int(patient.n_scans),
             "n_scans_failed": as_int(getattr(patient, "n_scans_failed", len(failed))),
+            "n_scans_outside": as_int(getattr(patient, "n_scans_outside", 0)),
+            "n_scans_low_quality": as_int(getattr(patient, "n_scans_low_quality", 0)),
             "n_cells": as_int(patient.n_cells), "n_leukemic": as_int(patient.n_leukemic),
             "n_normal": as_int(patient.n_normal), "pct_leukemic": patient.pct_leukemic,
             "ci_low": patient.ci_low, "ci_high": patient.ci_high, "flag": patient.flag,
