@@ -11,7 +11,6 @@ import cv2
 import pandas as pd
 import pytest
 from click.testing import CliRunner
-from helpers import make_out_dir
 
 from bcscan.results.aggregation import (
     FLAG_INCOMPLETE,
@@ -20,6 +19,7 @@ from bcscan.results.aggregation import (
     FLAG_REVIEW,
 )
 from bcscan.results.reports import ReportingParams, report_names, write_reports
+from bcscan.testing.runs import make_out_dir
 from bcscan.testing.synthetic import draw_smear
 
 pypdf = pytest.importorskip("pypdf")

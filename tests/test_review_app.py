@@ -16,10 +16,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from click.testing import CliRunner
-from helpers import make_out_dir
 
 from bcscan.cli.main import main
 from bcscan.review.store import DATABASE
+from bcscan.testing.runs import make_out_dir
 
 pypdf = pytest.importorskip("pypdf")
 

@@ -8,13 +8,13 @@ import threading
 
 import pandas as pd
 import pytest
-from helpers import make_out_dir
 
 from bcscan.errors import ReviewError
 from bcscan.results.reports import load_run
 from bcscan.results.tables import CELL_COLUMNS, atomic_write_csv
 from bcscan.review.publish import open_review
 from bcscan.review.store import DATABASE, ReviewStore
+from bcscan.testing.runs import make_out_dir
 
 PATIENTS = {"P1": [{"name": "a.png", "kind": "field", "n": 20, "leukemic": 0.25}],
             "P2": [{"name": "b.png", "kind": "field", "n": 12, "leukemic": 0.0}]}
