@@ -18,6 +18,7 @@ import pytest
 from click.testing import CliRunner
 
 from bcscan.cli.main import main
+from bcscan.results.tables import CELL_COLUMNS, atomic_write_csv, atomic_write_json
 from bcscan.review.store import DATABASE
 from bcscan.testing.runs import make_out_dir
 
@@ -169,3 +170,25 @@ def test_host_keeps_the_token_and_says_so(tmp_path):
     finally:
         err = stop(process)
     assert "the access token in the URL is still required" in err
+
+
+def test_a_rerun_while_the_review_is_open_sets_aside_the_decisions_of_cells_it_lost(tmp_path):
+    out = make_out_dir(tmp_path, PATIENTS)
+    process, url = start_review(out)
+    try:
+        base, token = url.split("/?token=")
+        client = Client(base)
+        client.request("/?token=" + token)
+        assert client.decide(token)[0] == 200  # scan 0, cell 2
+        cells = pd.read_csv(out / "cells.csv", dtype={"patient_id": str})
+        atomic_write_csv(out / "cells.csv", cells[cells.cell_id != 2], CELL_COLUMNS)  # the re-run lost the cell
+        run = json.loads((out / "run.json").read_text())
+        atomic_write_json(out / "run.json", {**run, "run_id": "20261206T000000Z-rerun"})
+        status, page = client.request("/")
+        assert status == 200 and b"20261206T000000Z-rerun" in page
+        assert client.decide(token)[0] == 400  # no cell 2 in this run
+    finally:
+        stop(process)
+    db = sqlite3.connect(out / DATABASE)
+    assert db.execute("SELECT d.cell_id, r.run_id FROM decisions d JOIN dropped r ON r.decision_id = d.id").fetchall() \
+        == [(2, "20261206T000000Z-rerun")]

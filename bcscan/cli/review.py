@@ -47,9 +47,10 @@ def review_command(out_dir, host, port, reviewer, scan_dir, import_csv, export_c
     Labels: blast, lymphocyte, neutrophil, monocyte, eosinophil, basophil,
     "other white cell", "not a white cell", unsure.
     """
-    from bcscan.review.app import Review, create_app, new_token
+    from bcscan.review.app import Review, create_app, new_token, run_stamp
     from bcscan.review.publish import open_review, publish_locked
 
+    seen = run_stamp(out_dir)
     with reported_errors():
         data, store, reconciliation = open_review(out_dir, scan_dir)
     say_reconciled(reconciliation)
@@ -67,7 +68,7 @@ def review_command(out_dir, host, port, reviewer, scan_dir, import_csv, export_c
         store.close()
         sys.exit(ExitCode.OK)
 
-    review = Review(out_dir, data, store, new_token(), reviewer.strip())
+    review = Review(out_dir, data, store, new_token(), reviewer.strip(), scan_dir, seen)
     try:
         server = _server(host, port, create_app(review))
     except OSError as exc:

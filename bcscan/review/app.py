@@ -20,7 +20,7 @@ import pandas as pd
 
 from bcscan.errors import BcscanError
 from bcscan.results.aggregation import FLAG_NEGATIVE, FLAG_REVIEW
-from bcscan.results.reports import RunData
+from bcscan.results.reports import RunData, load_run
 from bcscan.results.reports.pictures import class_hex, marked_thumbnail
 from bcscan.results.reports.scan_pictures import cell_crop, open_recorded_scan
 from bcscan.results.verification import CONCLUSIONS, REVIEW_LABELS, verified_counts
@@ -47,9 +47,24 @@ class Review:
     store: ReviewStore
     token: str
     reviewer: str = ""
+    scan_dir: Path | None = None                                          # --scan-dir, else run.json's
+    run_seen: int = 0                                                     # run_stamp() of the run read
     lock: threading.Lock = field(default_factory=threading.Lock)          # the store's one connection
     scans: OrderedDict = field(default_factory=OrderedDict)               # scan number → (handle, lock)
     scans_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def follow_reruns(self) -> None:
+        """A `bcscan scan` run into the folder while the review is open (run.json is written last):
+        read its tables and reconcile the decisions with its cells before answering."""
+        stamp = run_stamp(self.out_dir)
+        if stamp == self.run_seen:
+            return
+        with self.lock, self.scans_lock:
+            data = load_run(self.out_dir, self.scan_dir)
+            self.store.use_run(data.cells, data.run_id)
+            self.store.reconcile()
+            self._close_scans()
+            self.data, self.run_seen = data, stamp
 
     def scan_row(self, number: int) -> pd.Series:
         from flask import abort
@@ -76,9 +91,13 @@ class Review:
         with lock:
             return use(handle)
 
-    def close(self) -> None:
+    def _close_scans(self) -> None:
         for handle, _ in self.scans.values():
             handle.close()
+        self.scans.clear()
+
+    def close(self) -> None:
+        self._close_scans()
         self.store.close()
 
     def patient(self, number: int) -> pd.Series:
@@ -93,6 +112,14 @@ def new_token() -> str:
     return secrets.token_urlsafe(24)
 
 
+def run_stamp(out_dir: Path) -> int:
+    """When the folder's run.json was last written (0 without one)."""
+    try:
+        return (Path(out_dir) / "run.json").stat().st_mtime_ns
+    except OSError:
+        return 0
+
+
 def create_app(review: Review):
     from flask import Flask
 
@@ -101,6 +128,7 @@ def create_app(review: Review):
     app.config.update(SESSION_COOKIE_HTTPONLY=True, SESSION_COOKIE_SAMESITE="Strict", MAX_CONTENT_LENGTH=64 * 1024)
     app.extensions["review"] = review
     app.before_request(_check_token)
+    app.before_request(review.follow_reruns)
     app.after_request(_security_headers)
     app.add_url_rule("/", "worklist", _worklist)
     app.add_url_rule("/patient/<int:number>", "patient", _patient_page)

@@ -88,9 +88,7 @@ class ReviewStore:
 
     def __init__(self, out_dir: Path, cells: pd.DataFrame, run_id: str):
         self.path = Path(out_dir) / DATABASE
-        self.run_id = run_id
-        cells = cells.assign(cell_id=cells["cell_id"].astype(int))
-        self.cells = cells.set_axis(pd.MultiIndex.from_arrays([cells["scan"], cells["cell_id"]], names=[None, None]))
+        self.use_run(cells, run_id)
         try:
             self.db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None,
                                       check_same_thread=False)
@@ -101,6 +99,12 @@ class ReviewStore:
             self.db.executescript(SCHEMA)
         except sqlite3.Error as exc:
             raise ReviewError(f"{self.path}: cannot open the review database ({exc})") from exc
+
+    def use_run(self, cells: pd.DataFrame, run_id: str) -> None:
+        """Decide on the cells of this run from now on (reconcile() then sets aside what it lost)."""
+        self.run_id = run_id
+        cells = cells.assign(cell_id=cells["cell_id"].astype(int))
+        self.cells = cells.set_axis(pd.MultiIndex.from_arrays([cells["scan"], cells["cell_id"]], names=[None, None]))
 
     def close(self) -> None:
         self.db.close()
