@@ -3,6 +3,7 @@ failure isolation, reuse of finished scans, provenance."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import cv2
 import pandas as pd
@@ -163,3 +164,27 @@ def test_an_empty_scan_folder_exits_2_in_one_line_unless_allowed(tmp_path, untra
     allowed = run(args + ["--allow-empty"])
     assert allowed.exit_code == 0, allowed.output
     assert pd.read_csv(tmp_path / "out" / "scans.csv").empty
+
+
+def test_the_domain_distance_is_written_and_printed_beside_its_threshold(batch, untrained_model, tmp_path):
+    """The untrained model given the shipped model's validated range."""
+    from helpers import SHIPPED_MODEL
+    from pypdf import PdfReader
+
+    from bcscan.model.network import load_model_info, metadata_path
+
+    reference = load_model_info(SHIPPED_MODEL).domain
+    model = tmp_path / "with-domain.keras"
+    shutil.copyfile(untrained_model, model)
+    metadata = json.loads(metadata_path(untrained_model).read_text())
+    metadata_path(model).write_text(json.dumps({**metadata, "domain": reference}))
+    out = tmp_path / "out"
+    result = run(["scan", batch["scans"], "--out", out, "--model", model, "--mpp", 0.25, "--quiet"])
+    assert result.exit_code == 1, result.output  # the broken scan
+    scans = pd.read_csv(out / "scans.csv").set_index("scan")
+    ok = scans[scans.status == "ok"]
+    assert ((ok.domain == "outside") == (ok.domain_distance > ok.domain_threshold)).all()
+    assert (ok.domain_threshold == reference["threshold"]).all() and scans.domain_threshold.isna().sum() == 1
+    text = " ".join(" ".join(p.extract_text().split()) for p in PdfReader(out / "reports" / "P1.pdf").pages)
+    distance = ok.loc["P1/field.png", "domain_distance"]
+    assert f"appearance distance {distance:.2f}; outside above {reference['threshold']:.2f}" in text

@@ -106,12 +106,14 @@ def _quality_notes(view: PatientView, row: pd.Series, index: int, pic: ScanPictu
 def _check_notes(row: pd.Series) -> list[str]:
     """The scan's quality figures and whether its cells look like those the model was validated on."""
     notes = []
+    distance = (f"appearance distance {fmt_num(row.get('domain_distance'))}; outside above "
+                f"{fmt_num(row.get('domain_threshold'))}")
     if str(row.get("domain", "")) == "outside":
-        notes.append(f"WARNING: stain or scanner outside the validated range (appearance distance "
-                     f"{fmt_num(row.get('domain_distance'))}): the cells' stain colour or strength, background or "
-                     "sharpness differ from the labs the model was validated on; its calls here are not reliable")
+        notes.append(f"WARNING: stain or scanner outside the validated range ({distance}): the cells' stain colour or "
+                     "strength, background or sharpness differ from the labs the model was validated on; its calls "
+                     "here are not reliable")
     elif str(row.get("domain", "")) == "inside":
-        notes.append(f"cells' appearance inside the validated range (distance {fmt_num(row.get('domain_distance'))})")
+        notes.append(f"cells' appearance inside the validated range ({distance})")
     if "readable_fraction" not in row or pd.isna(row.get("readable_fraction")):
         return notes
     excluded = ", ".join(f"{as_int(row.get(f'tiles_{reason}'))} {reason.replace('_', ' ')}" for reason in REASONS
