@@ -124,6 +124,31 @@ def test_summary_csv_and_pdf(out_dir):
         assert flag in text
 
 
+def test_new_user_wording_footer_on_one_line_tile_counts_scale_and_gallery_title(out_dir):
+    names = report_names(list(read_patients(out_dir).index))
+    pages = [page.extract_text() for page in pypdf.PdfReader(out_dir / "reports" / names["LEUK-001"]).pages]
+    footer = "Patient LEUK-001 · Decision support: to be verified by a qualified reviewer."
+    assert all(footer in page for page in pages), pages[0][-300:]  # not wrapped onto a second line
+    text = " ".join(" ".join(page.split()) for page in pages)
+    assert "4 tiles read in" in text
+    assert "0.5000 µm/px as scanned; cells found on a copy at 0.400 µm/px, read from pyramid level 0" in text
+    assert "Most suspicious cells: the 24 highest p_leukemic of 46" in text
+    normal = " ".join(" ".join(p.extract_text().split()) for p in pypdf.PdfReader(
+        out_dir / "reports" / names["NORM-002"]).pages)
+    assert "Most suspicious" not in normal
+    assert re.search(r"Cells of highest p_leukemic: the 24 highest of 30; none is called leukemic \(highest p "
+                     r"0\.4\d\d, called leukemic from 0\.5\)", normal)
+
+
+def test_one_tile_is_one_tile(tmp_path):
+    out = make_out_dir(tmp_path, {"P": [{"name": "a.png", "kind": "field", "n": 5, "leukemic": 0.0}]})
+    scans = pd.read_csv(out / "scans.csv", dtype=str, keep_default_na=False)
+    scans["tiles_read"] = "1"
+    scans.to_csv(out / "scans.csv", index=False)
+    write_reports(out)
+    assert "1 tile read in" in " ".join(pdf_text(out / "reports" / "P.pdf").split())
+
+
 def test_summary_csv_counts_the_scans_outside_and_of_low_quality(tmp_path):
     out = make_out_dir(tmp_path, {"P": [{"name": "a.png", "kind": "field", "n": 5, "leukemic": 0.0}]})
     patients = pd.read_csv(out / "patients.csv", dtype=str, keep_default_na=False)

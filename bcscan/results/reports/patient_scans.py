@@ -72,9 +72,10 @@ def _read_scan_facts(view: PatientView, row: pd.Series, index: int, pic: ScanPic
     block = [kv_table([
         ("Cells", f"{as_int(row['n_cells']):,} (leukemic {as_int(row['n_leukemic']):,}, "
                   f"normal {as_int(row['n_normal']):,})"),
-        ("Scale", escape(f"{fmt_num(row['mpp'], 4)} µm/px at level 0; segmented at {fmt_num(row['working_mpp'], 3)} "
-                         f"µm/px (pyramid level {as_int(row['level'])})")),
-        ("Size, time", escape(f"{tiles_read:,} tiles read in {fmt_num(row['seconds'], 1)} s")),
+        ("Scale", escape(f"{fmt_num(row['mpp'], 4)} µm/px as scanned; cells found on a copy at "
+                         f"{fmt_num(row['working_mpp'], 3)} µm/px, read from pyramid level {as_int(row['level'])}")),
+        ("Size, time", escape(f"{tiles_read:,} tile{'' if tiles_read == 1 else 's'} read in "
+                              f"{fmt_num(row['seconds'], 1)} s")),
         ("Quality notes", markup("; ".join(_quality_notes(view, row, index, pic)))),
     ], view.st)]
     if pic is not None and pic.thumb is not None:
