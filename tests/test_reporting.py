@@ -140,6 +140,21 @@ def test_new_user_wording_footer_on_one_line_tile_counts_scale_and_gallery_title
                      r"0\.4\d\d, called leukemic from 0\.5\)", normal)
 
 
+def test_page_one_lists_every_flag_of_the_patient(tmp_path):
+    out = make_out_dir(tmp_path, {"P": [{"name": "a.png", "kind": "field", "n": 5, "leukemic": 0.0},
+                                        {"name": "b.svs", "kind": "broken"}]})
+    patients = pd.read_csv(out / "patients.csv", dtype=str, keep_default_na=False)
+    assert patients.flag.tolist() == [FLAG_INCOMPLETE]
+    patients["n_scans_outside"] = "1"  # as if its read scan were outside the validated range
+    patients.to_csv(out / "patients.csv", index=False)
+    write_reports(out)
+    page_one = " ".join(pypdf.PdfReader(out / "reports" / "P.pdf").pages[0].extract_text().split())
+    assert "Incomplete: a scan failed or is pending" in page_one
+    assert "Also: Stain or scanner outside the validated range — review; no negative call." in page_one
+    assert "Also: Insufficient cells for a reliable count — no negative call. Only 5 cells were found; at least 10" \
+        in page_one
+
+
 def test_one_tile_is_one_tile(tmp_path):
     out = make_out_dir(tmp_path, {"P": [{"name": "a.png", "kind": "field", "n": 5, "leukemic": 0.0}]})
     scans = pd.read_csv(out / "scans.csv", dtype=str, keep_default_na=False)

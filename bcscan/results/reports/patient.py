@@ -14,7 +14,7 @@ from xml.sax.saxutils import escape
 import pandas as pd
 
 from bcscan import __version__
-from bcscan.results.reports.flags import FLAG_TEXT, flag_reason
+from bcscan.results.reports.flags import FLAG_TEXT, every_flag, flag_reason
 from bcscan.results.reports.fonts import register_fonts
 from bcscan.results.reports.formatting import as_int, fmt_num, report_date
 from bcscan.results.reports.gallery import gallery_section, select_gallery
@@ -142,9 +142,14 @@ def _flag_box(view: PatientView):
 
     st, flag = view.st, str(view.patient["flag"])
     text, fg, bg = FLAG_TEXT.get(flag, (f"Flag: {flag}", "#333333", "#eeeeee"))
-    box = Table([[Paragraph(f'<font color="{fg}">{escape(text)}</font>', st["flag"])],
-                 [Paragraph(escape(flag_reason(flag, view.patient, view.agg)), st["body"])],
-                 [Paragraph(f"flag: {markup(flag)}", st["small"])]], colWidths=[view.width])
+    rows = [[Paragraph(f'<font color="{fg}">{escape(text)}</font>', st["flag"])],
+            [Paragraph(escape(flag_reason(flag, view.patient, view.agg)), st["body"])]]
+    for also in every_flag(view.patient, view.agg)[1:]:  # what else holds: every flag on page 1
+        also_text = FLAG_TEXT.get(also, (also, "", ""))[0]
+        rows.append([Paragraph(f"<b>Also: {escape(also_text)}.</b> {escape(flag_reason(also, view.patient, view.agg))}",
+                               st["body"])])
+    rows.append([Paragraph(f"flag: {markup(flag)}", st["small"])])
+    box = Table(rows, colWidths=[view.width])
     box.setStyle(TableStyle([("BACKGROUND", (0, 0), (-1, -1), colors.HexColor(bg)),
                              ("BOX", (0, 0), (-1, -1), 1.2, colors.HexColor(fg))]))
     return box
