@@ -188,3 +188,17 @@ def test_the_domain_distance_is_written_and_printed_beside_its_threshold(batch, 
     text = " ".join(" ".join(p.extract_text().split()) for p in PdfReader(out / "reports" / "P1.pdf").pages)
     distance = ok.loc["P1/field.png", "domain_distance"]
     assert f"appearance distance {distance:.2f}; outside above {reference['threshold']:.2f}" in text
+
+
+@pytest.mark.parametrize("args, message", [
+    (["scan"], "Missing argument 'SCAN_DIR'. (see 'bcscan scan --help')"),
+    (["scan", ".", "--out", "x", "--batch-size", "0"],
+     "Invalid value for '--batch-size': 0 is not in the range x>=1. (see 'bcscan scan --help')"),
+    (["review", "/no/such/folder"],
+     "Invalid value for 'OUT_DIR': Directory '/no/such/folder' does not exist. (see 'bcscan review --help')"),
+    (["nosuch"], "No such command 'nosuch'. (see 'bcscan --help')"),
+])
+def test_usage_errors_are_one_line_with_exit_2(args, message):
+    result = CliRunner().invoke(main, args, prog_name="bcscan")
+    assert result.exit_code == 2
+    assert result.output.splitlines() == [f"bcscan: error: {message}"]
