@@ -78,14 +78,21 @@ class Review:
 
     def with_scan(self, number: int, use):
         """use(handle) on the scan, opened once and kept among the last OPEN_SCANS used."""
+        from flask import abort
+
         row = self.scan_row(number)
         with self.scans_lock:
             if number not in self.scans:
                 if self.data.scan_dir is None:
-                    raise BcscanError("the run recorded no scan folder: give --scan-dir")
-                self.scans[number] = (open_recorded_scan(self.data, row), threading.Lock())
+                    abort(404, "the run recorded no scan folder: start bcscan review with --scan-dir")
+                try:
+                    self.scans[number] = (open_recorded_scan(self.data, row), threading.Lock())
+                except (BcscanError, OSError) as exc:
+                    abort(404, f"scan {number} cannot be opened: {exc}")
                 while len(self.scans) > OPEN_SCANS:
-                    self.scans.popitem(last=False)[1][0].close()
+                    old, old_lock = self.scans.popitem(last=False)[1]
+                    with old_lock:  # not while another request cuts from it
+                        old.close()
             self.scans.move_to_end(number)
             handle, lock = self.scans[number]
         with lock:
