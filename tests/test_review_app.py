@@ -13,8 +13,11 @@ import urllib.request
 from http.cookiejar import CookieJar
 from pathlib import Path
 
+import cv2
+import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from click.testing import CliRunner
 
 from bcscan.cli.main import main
@@ -192,3 +195,34 @@ def test_a_rerun_while_the_review_is_open_sets_aside_the_decisions_of_cells_it_l
     db = sqlite3.connect(out / DATABASE)
     assert db.execute("SELECT d.cell_id, r.run_id FROM decisions d JOIN dropped r ON r.decision_id = d.id").fetchall() \
         == [(2, "20261206T000000Z-rerun")]
+
+
+def test_export_training_writes_one_cell_per_image_in_folders_bcscan_train_reads(tmp_path):
+    from bcscan.scan.pipeline import cells_in_field
+    from bcscan.scan.segmentation import SegmentationParams
+    from bcscan.training.recipe import SourceSpec
+    from bcscan.training.samples import centre_cell, list_images
+
+    out = make_out_dir(tmp_path, PATIENTS)
+    cells = pd.read_csv(out / "cells.csv")
+    chosen = cells[cells.patient_id == "P1"].head(4)
+    chosen[["scan", "cell_id"]].assign(label=["blast", "lymphocyte", "lymphocyte", "not a white cell"],
+                                       reviewer="Dr E").to_csv(tmp_path / "decisions.csv", index=False)
+    dest = tmp_path / "local-cells"
+    args = ["review", str(out), "--import", str(tmp_path / "decisions.csv"), "--export-training", str(dest)]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in dest.iterdir()) == ["SOURCE.txt", "blast", "lymphocyte", "sources.yaml"]
+    sources = [SourceSpec(**s) for s in yaml.safe_load((dest / "sources.yaml").read_text())["sources"]]
+    assert [(s.path, s.label, s.mpp, s.single_cell) for s in sources] == [("blast", "leukemic", 0.4, True),
+                                                                          ("lymphocyte", "normal", 0.4, True)]
+    images = list_images(dest / "lymphocyte")
+    assert len(images) == 2 and len(list_images(dest / "blast")) == 1
+    rgb = cv2.cvtColor(cv2.imread(str(images[0])), cv2.COLOR_BGR2RGB)
+    assert rgb.shape == (100, 100, 3)  # 2 × the 20 µm crop at 0.4 µm/px
+    field = cells_in_field(rgb, 0.4, SegmentationParams(), 20.0)  # what training's single-cell path does
+    centre = centre_cell(field.centres, rgb.shape)
+    assert len(field.centres) >= 1 and np.hypot(*(centre[0] - 50)) < 3  # the verified cell, at the centre
+
+    again = CliRunner().invoke(main, ["review", str(out), "--export-training", str(dest)])
+    assert again.exit_code == 2 and "not an empty folder" in again.output

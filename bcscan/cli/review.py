@@ -29,7 +29,10 @@ LOCAL = "127.0.0.1"
               help="Record the decisions of a CSV (scan,cell_id,label,reviewer[,time]) and exit; all rows or none.")
 @click.option("--export", "export_csv", type=click.Path(dir_okay=False, path_type=Path),
               help="Write every cell with its verified label and sign-off to this CSV and exit (after --import).")
-def review_command(out_dir, host, port, reviewer, scan_dir, import_csv, export_csv):
+@click.option("--export-training", "training_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Write the cells reviewers labelled as white cells to this new folder, one subfolder per label, "
+                   "with the recipe lines (sources.yaml) for `bcscan train`, and exit (after --import).")
+def review_command(out_dir, host, port, reviewer, scan_dir, import_csv, export_csv, training_dir):
     """Verify the model's cell calls of a finished `bcscan scan` run in OUT_DIR.
 
     \b
@@ -46,15 +49,21 @@ def review_command(out_dir, host, port, reviewer, scan_dir, import_csv, export_c
     \b
     Labels: blast, lymphocyte, neutrophil, monocyte, eosinophil, basophil,
     "other white cell", "not a white cell", unsure.
+
+    \b
+    For scripts and lab systems: --import records decisions from a CSV,
+    --export writes every cell with its verified label, --export-training
+    writes the verified white cells as folders `bcscan train` reads.
     """
     from bcscan.review.app import Review, create_app, new_token, run_stamp
     from bcscan.review.publish import open_review, publish_locked
+    from bcscan.review.training_export import export_training
 
     seen = run_stamp(out_dir)
     with reported_errors():
         data, store, reconciliation = open_review(out_dir, scan_dir)
     say_reconciled(reconciliation)
-    if import_csv or export_csv:
+    if import_csv or export_csv or training_dir:
         with reported_errors():
             if import_csv:
                 signed = len(store.verifications())
@@ -65,6 +74,11 @@ def review_command(out_dir, host, port, reviewer, scan_dir, import_csv, export_c
             if export_csv:
                 n = store.export_verified(export_csv)
                 click.echo(f"{len(data.cells)} cells ({n} decided) → {export_csv}", err=True)
+            if training_dir:
+                counts = export_training(data, store, training_dir)
+                click.echo(f"{sum(counts.values())} verified white cells ("
+                           + ", ".join(f"{n} {label}" for label, n in counts.items())
+                           + f") → {training_dir}; recipe lines in {training_dir / 'sources.yaml'}", err=True)
         store.close()
         sys.exit(ExitCode.OK)
 
