@@ -68,7 +68,7 @@ def main() -> None:
             start = time.perf_counter()
             page = opener.open(base + "/patient/0").read()
             html.append(time.perf_counter() - start)
-        n_cells = page.count(b'<figure class="cell"')
+        n_cells = page.count(b'<figure class="cell ')
         loads = []
         if shutil.which("chromium") and shutil.which("chromedriver"):
             driver = browser()
