@@ -226,3 +226,37 @@ def test_export_training_writes_one_cell_per_image_in_folders_bcscan_train_reads
 
     again = CliRunner().invoke(main, ["review", str(out), "--export-training", str(dest)])
     assert again.exit_code == 2 and "not an empty folder" in again.output
+
+
+def test_a_scan_rerun_into_a_reviewed_folder_keeps_the_sign_off_and_says_what_it_dropped(tmp_path, untrained_model):
+    from bcscan.review.publish import open_review
+    from bcscan.testing.synthetic import draw_smear, write_field_png
+
+    scans, out = tmp_path / "scans", tmp_path / "out"
+    for patient, seed in (("A", 1), ("B", 2)):
+        (scans / patient).mkdir(parents=True)
+        write_field_png(scans / patient / "field.png", draw_smear(900, 700, 0.25, 4, seed=seed)[0], 0.25)
+    scan = ["scan", str(scans), "--out", str(out), "--model", str(untrained_model), "--tile-workers", "0", "--quiet"]
+    assert CliRunner().invoke(main, scan).exit_code == 0
+    _, store, _ = open_review(out)
+    with store:
+        for patient in ("A", "B"):
+            cell = store.cells[store.cells.patient_id == patient].iloc[0]
+            store.decide(cell.scan, cell.cell_id, "monocyte", "Dr R")
+            store.sign_off(patient, "Dr R", "negative")
+
+    again = CliRunner().invoke(main, scan + ["--force"])  # the same cells again
+    assert again.exit_code == 0 and "set aside" not in again.output
+    verified = pd.read_csv(out / "patients.csv").set_index("patient_id")["verified_by"]
+    assert verified.to_dict() == {"A": "Dr R", "B": "Dr R"}
+    assert "Dr R" in pdf_text(out / "reports" / "A.pdf")
+
+    (scans / "B" / "field.png").unlink()  # B's scan is gone: its decision and sign-off cannot stand
+    (scans / "B" / "other.png").write_bytes((scans / "A" / "field.png").read_bytes()[:100])
+    rerun = CliRunner().invoke(main, scan)
+    assert rerun.exit_code == 1  # the truncated scan fails
+    assert ("bcscan: review: 1 cell decision(s) set aside, their cells are not in this run any more (1 kept; all in "
+            "the history); 1 sign-off(s) reopened") in rerun.output
+    patients = pd.read_csv(out / "patients.csv", keep_default_na=False).set_index("patient_id")
+    assert patients.loc["A", "verified_by"] == "Dr R" and patients.loc["B", "verified_flag"] == "unverified"
+    assert "NOT VERIFIED" in pdf_text(out / "reports" / "B.pdf")
