@@ -134,6 +134,10 @@ def test_sign_off_writes_patients_csv_and_the_pdf(served):
     assert "Signed off" in p2 and "Dr S" in p2 and "0 blasts of 8 white cells" in p2 and "smear thin" in p2
     assert "NOT VERIFIED" in pdf_text(out / "reports" / "P1.pdf") and "NOT VERIFIED" not in p2
     assert pd.read_csv(out / "patients.csv").set_index("patient_id").loc["P2", "verified_by"] == "Dr S"
+    summary = pd.read_csv(out / "summary.csv").set_index("patient_id")["verified_flag"]
+    assert summary.to_dict() == {"P1": "unverified",
+                                 "P2": "verified: inconclusive, new smear or manual differential"}
+    assert "verified: inconclusive" in " ".join(pdf_text(out / "summary.pdf").split())
 
 
 def pdf_text(path: Path) -> str:
