@@ -83,6 +83,7 @@ def test_every_request_needs_the_token_and_every_change_needs_it_again(served):
     assert stranger.request("/")[0] == 403
     assert stranger.request("/patient/0")[0] == 403
     assert stranger.request("/scan/0/cell/2/crop.jpg")[0] == 403
+    assert stranger.request("/static/review.js")[0] == 403
     assert stranger.request("/?token=" + "x" * len(token))[0] == 403
     assert stranger.decide(token)[0] == 403  # the header alone, without the cookie of a visit
 
@@ -165,6 +166,16 @@ def test_cli_import_export_and_one_line_errors(tmp_path):
                                                    "basophil, other white cell, not a white cell, unsure)"]
     result = runner.invoke(main, ["review", str(tmp_path)])
     assert result.exit_code == 2 and result.output.count("\n") == 1 and "run.json" in result.output
+
+
+def test_a_port_in_use_is_one_line_and_exit_2(served):
+    out, _, url = served
+    port = url.split(":")[2].split("/")[0]
+    result = subprocess.run([sys.executable, "-m", "bcscan.cli", "review", str(out), "--port", port],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.startswith(f"bcscan: error: cannot listen on 127.0.0.1:{port} (")
+    assert result.stderr.count("\n") == 1
 
 
 def test_host_keeps_the_token_and_says_so(tmp_path):

@@ -89,7 +89,7 @@ def review_command(out_dir, host, port, reviewer, scan_dir, import_csv, export_c
         store.close()
         fail(f"cannot listen on {host}:{port} ({exc.strerror or exc})")
     shown = socket.gethostname() if host in ("0.0.0.0", "::") else host
-    click.echo(f"http://{shown}:{server.server_port}/?token={review.token}")
+    click.echo(f"http://{shown}:{server.port}/?token={review.token}")
     sys.stdout.flush()
     if host != LOCAL:
         click.echo(f"bcscan: listening on {host}, reachable from the network: the access token in the URL is still "
@@ -108,11 +108,17 @@ def review_command(out_dir, host, port, reviewer, scan_dir, import_csv, export_c
 
 
 def _server(host: str, port: int, app):
-    """werkzeug's threaded WSGI server, quiet about each request."""
-    from werkzeug.serving import make_server
+    """werkzeug's threaded WSGI server, quiet about each request, on a socket bound here: a port in
+    use is an OSError to tell in one line (werkzeug would print its own lines and exit 1)."""
+    from werkzeug.serving import get_sockaddr, make_server, select_address_family
 
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
-    return make_server(host, port, app, threaded=True)
+    family = select_address_family(host, port)
+    with socket.socket(family, socket.SOCK_STREAM) as listening:
+        listening.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listening.bind(get_sockaddr(host, port, family))
+        listening.listen(64)
+        return make_server(host, port, app, threaded=True, fd=listening.fileno())  # serves a duplicate of it
 
 
 def _interrupt(signum, frame):
