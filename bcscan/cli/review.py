@@ -36,7 +36,7 @@ def review_command(out_dir, host, port, reviewer, scan_dir, import_csv, export_c
     """Verify the model's cell calls of a finished `bcscan scan` run in OUT_DIR.
 
     \b
-    Without --import/--export: serves a local web page. The first line of
+    Without --import/--export*: serves a local web page. The first line of
     output is its URL with a random access token; open it in a browser.
     Worklist of patients (flagged first); per patient a gallery of cells by
     the model's call, most suspicious first. Keys 1-9 (or b l n m e a o x u)
@@ -45,10 +45,6 @@ def review_command(out_dir, host, port, reviewer, scan_dir, import_csv, export_c
     move; c shows the context. Each decision is stored at once in
     OUT_DIR/review.sqlite, with its history. Signing a patient off writes
     the verified counts into patients.csv and the patient's PDF.
-
-    \b
-    Labels: blast, lymphocyte, neutrophil, monocyte, eosinophil, basophil,
-    "other white cell", "not a white cell", unsure.
 
     \b
     For scripts and lab systems: --import records decisions from a CSV,
