@@ -100,6 +100,9 @@ def test_every_request_needs_the_token_and_every_change_needs_it_again(served):
     assert status == 200 and json.loads(body)["label"] == "lymphocyte"
     rows = sqlite3.connect(out / DATABASE).execute("SELECT scan, cell_id, label, reviewer FROM decisions").fetchall()
     assert rows == [("patient0/a.tif", 2, "lymphocyte", "Dr T")]
+    status, history = reviewer.request("/scan/0/cell/2/history")
+    assert status == 200 and [(h["label"], h["previous_label"], h["reviewer"]) for h in json.loads(history)] == [
+        ("lymphocyte", None, "Dr T")]
 
 
 def test_urls_take_cell_ids_never_paths(served):

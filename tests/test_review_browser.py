@@ -102,6 +102,9 @@ def test_reclassify_by_keyboard_and_sign_off_in_a_real_browser(scanned, browser)
         first = gallery[0]
         assert first.find_element(By.CLASS_NAME, "review-label").text == "not a white cell"
         assert "selected" in gallery[1].get_attribute("class")  # moved on to the next cell
+        body.send_keys(Keys.ARROW_LEFT)  # back: the cell's history says who changed it
+        WebDriverWait(browser, 10).until(until.text_to_be_present_in_element(
+            (By.ID, "history"), "Dr Browser: model's call → not a white cell"))
         browser.find_element(By.CSS_SELECTOR, "input[name=conclusion][value=inconclusive]").click()
         browser.find_element(By.ID, "sign-button").click()
         WebDriverWait(browser, 30).until(until.text_to_be_present_in_element((By.CSS_SELECTOR, ".flash"),

@@ -143,6 +143,7 @@ def create_app(review: Review):
     app.add_url_rule("/scan/<int:scan>/thumbnail.jpg", "thumbnail", _thumbnail)
     app.add_url_rule("/scan/<int:scan>/cell/<int:cell>/crop.jpg", "crop", _crop)
     app.add_url_rule("/scan/<int:scan>/cell/<int:cell>/context.jpg", "context", _context)
+    app.add_url_rule("/scan/<int:scan>/cell/<int:cell>/history", "history", _history)
     app.add_url_rule("/decide", "decide", _decide, methods=["POST"])
     return app
 
@@ -304,6 +305,18 @@ def _thumbnail(scan: int):
         return marked_thumbnail(handle.thumbnail(THUMBNAIL_PX), cells, handle.dimensions[0], handle.mpp)[0]
 
     return _jpeg(review.with_scan(scan, draw))
+
+
+def _history(scan: int, cell: int):
+    """Every decision on the cell, oldest first (set-aside ones too): who changed what, when."""
+    from flask import jsonify
+
+    review = _review()
+    c = _cell(review, scan, cell)
+    with review.lock:
+        rows = review.store.history(str(c["scan"]), int(c["cell_id"]))
+    return jsonify([{k: r[k] for k in ("label", "previous_label", "reviewer", "decided_at", "source", "dropped_at")}
+                    for r in rows])
 
 
 # ----------------------------------------------------------------------------------------------- changes

@@ -38,6 +38,17 @@
       scan.hidden = false;
     }
     if (!document.getElementById("context").hidden) showContext();
+    showHistory(cell);
+  }
+
+  async function showHistory(cell) {
+    const line = document.getElementById("history");
+    const response = await fetch(`/scan/${cell.dataset.scan}/cell/${cell.dataset.cell}/history`, { credentials: "same-origin" });
+    if (!response.ok || cells[current] !== cell) return;
+    const rows = await response.json();
+    line.textContent = rows.length
+      ? `Cell #${cell.dataset.cell}: ` + rows.map((r) => `${r.decided_at} ${r.reviewer}: ${r.previous_label || "model's call"} → ${r.label}${r.dropped_at ? " (set aside)" : ""}`).join("; ")
+      : `Cell #${cell.dataset.cell}: no decision yet (the model's call stands).`;
   }
 
   function showContext() {
