@@ -90,7 +90,8 @@ def test_every_request_needs_the_token_and_every_change_needs_it_again(served):
     reviewer = Client(base)
     status, page = reviewer.request("/?token=" + token)  # sets the cookie, then the worklist without the token
     assert status == 200 and b"Worklist" in page and b">P1</a>" in page
-    assert reviewer.request("/patient/0")[0] == 200
+    status, page = reviewer.request("/patient/0")
+    assert status == 200 and b"Flag: <b>review: leukemic cells detected</b>" in page
     assert reviewer.decide(None)[0] == 403  # cookie only: a cross-site form could send that
     assert reviewer.decide(token, Origin="http://evil.example")[0] == 403
     assert reviewer.decide(token, reviewer=" ")[0] == 400

@@ -21,6 +21,7 @@ import pandas as pd
 from bcscan.errors import BcscanError
 from bcscan.results.aggregation import FLAG_NEGATIVE, FLAG_REVIEW
 from bcscan.results.reports import RunData, load_run
+from bcscan.results.reports.flags import every_flag
 from bcscan.results.reports.pictures import marked_thumbnail
 from bcscan.results.reports.scan_pictures import cell_crop, open_recorded_scan
 from bcscan.results.verification import CONCLUSIONS, REVIEW_LABELS, verified_counts
@@ -238,6 +239,7 @@ def _patient_page(number: int):
     return render_template(
         "patient.html", review=review, number=number, patient=patient, pid=pid, groups=groups, scans=mine,
         counts=verified_counts(cells["label"], cells["review_label"]), signoff=sign, history=history,
+        flags=every_flag(patient, review.data.config("aggregation")),
         label_keys=LABEL_KEYS, conclusions=CONCLUSIONS, crop_px=CROP_PX,
         context_factor=CONTEXT_FACTOR, positions=_positions(review, mine, cells))
 
