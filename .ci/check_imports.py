@@ -19,6 +19,7 @@ LAYERS = [
     ["bcscan.model"],                                                # the VGG-16 and its classifier
     ["bcscan.results"],                                              # patients, tables, reports
     ["bcscan.batch", "bcscan.training"],                             # the batch; training and evaluation
+    ["bcscan.review"],                                               # the pathologist's review of a run
     ["bcscan.testing"],                                              # helpers for tests and benchmarks
     ["bcscan.cli"],                                                  # the command line
 ]

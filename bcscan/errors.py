@@ -66,6 +66,10 @@ class StageError(BcscanError):
         self.stage = stage
 
 
+class ReviewError(BcscanError):
+    """A review decision, sign-off, import or review folder that cannot be used."""
+
+
 class ReportError(BcscanError):
     """Reports that cannot be made."""
 

@@ -3,13 +3,11 @@ patient IDs render as written and stay inside OUT_DIR, failed scans and too few 
 reported as such, missing scans give a note instead of a crash, `bcscan report` CLI."""
 from __future__ import annotations
 
-import datetime as dt
 import json
 import re
 from pathlib import Path
 
 import cv2
-import numpy as np
 import pandas as pd
 import pytest
 from click.testing import CliRunner
@@ -19,76 +17,14 @@ from bcscan.results.aggregation import (
     FLAG_INSUFFICIENT,
     FLAG_NEGATIVE,
     FLAG_REVIEW,
-    AggregationParams,
-    summarise_patients,
 )
 from bcscan.results.reports import ReportingParams, report_names, write_reports
-from bcscan.results.tables import CELL_COLUMNS, FAILURE_COLUMNS, SCAN_COLUMNS, atomic_write_csv, atomic_write_json
-from bcscan.testing.synthetic import draw_smear, write_pyramidal_tiff
+from bcscan.testing.runs import make_out_dir
+from bcscan.testing.synthetic import draw_smear
 
 pypdf = pytest.importorskip("pypdf")
 
-MPP = 0.5
 HOSTILE = "<b>P&amp;\"q'</b> ../../etc/患者-Ø"
-
-
-def make_out_dir(root: Path, patients: dict[str, list[dict]], seed: int = 0) -> Path:
-    """A scan folder and the OUT_DIR a `bcscan scan` run would leave, without the model.
-
-    `patients`: patient_id → list of scans, each {"name", "kind": "slide"|"field"|"broken",
-    "n": white cells, "leukemic": fraction called leukemic, "size": (w, h)}.
-    """
-    rng = np.random.default_rng(seed)
-    scan_dir, out = root / "scans", root / "out"
-    scan_rows, cell_rows, inputs = [], [], []
-    for p_index, (pid, scans) in enumerate(patients.items()):
-        folder = scan_dir / f"patient{p_index}"
-        folder.mkdir(parents=True, exist_ok=True)
-        for s_index, spec in enumerate(scans):
-            rel = f"patient{p_index}/{spec['name']}"
-            path = scan_dir / rel
-            if spec["kind"] == "broken":
-                path.write_text("not a slide")
-                scan_rows.append({"scan": rel, "patient_id": pid, "status": "failed", "stage": "read",
-                                  "sha256": "0" * 64, "error": f"{path}: cannot open slide: not a <b>slide</b> & co"})
-                inputs.append({"scan": rel, "sha256": "0" * 64, "status": "failed"})
-                continue
-            w, h = spec.get("size", (1600, 1200))
-            img, drawn = draw_smear(w, h, MPP, spec["n"], seed=seed * 100 + p_index * 10 + s_index)
-            if spec["kind"] == "slide":
-                write_pyramidal_tiff(path, img, MPP)
-            else:
-                cv2.imwrite(str(path), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
-            n_leuk = int(round(spec["leukemic"] * len(drawn)))
-            p = np.concatenate([rng.uniform(0.5, 1.0, n_leuk), rng.uniform(0.0, 0.5, len(drawn) - n_leuk)])
-            for i, (c, pl) in enumerate(zip(drawn, p)):
-                x0, y0, x1, y1 = c.box
-                cell_rows.append({"scan": rel, "patient_id": pid, "cell_id": i, "x": round(c.x, 1), "y": round(c.y, 1),
-                                  "x0": x0, "y0": y0, "x1": x1, "y1": y1, "area_um2": 110.0,
-                                  "label": "leukemic" if pl >= 0.5 else "normal", "p_leukemic": round(float(pl), 4)})
-            sha = f"{p_index:02d}{s_index:02d}" + "ab" * 30
-            scan_rows.append({"scan": rel, "patient_id": pid, "status": "ok", "n_cells": len(drawn),
-                              "n_leukemic": n_leuk, "n_normal": len(drawn) - n_leuk, "mpp": MPP, "level": 0,
-                              "working_mpp": 0.4, "tiles_read": 4, "tiles_skipped": 2, "seconds": 1.5,
-                              "sha256": sha, "error": ""})
-            inputs.append({"scan": rel, "sha256": sha, "status": "ok"})
-    scans = pd.DataFrame(scan_rows).reindex(columns=SCAN_COLUMNS + ["stage"])
-    cells = pd.DataFrame(cell_rows, columns=CELL_COLUMNS)
-    agg = AggregationParams(review_threshold_pct=5.0, min_cells=10)
-    table = summarise_patients(scans, cells, agg)
-    atomic_write_csv(out / "cells.csv", cells, CELL_COLUMNS)
-    atomic_write_csv(out / "scans.csv", scans, SCAN_COLUMNS)
-    atomic_write_csv(out / "patients.csv", table, list(table.columns))
-    atomic_write_csv(out / "failures.csv", scans[scans.status == "failed"], FAILURE_COLUMNS)
-    now = dt.datetime.now(dt.timezone.utc)
-    atomic_write_json(out / "run.json", {
-        "run_id": "20261128T000000Z-abc123", "bcscan_version": "0.1.0", "started": now.isoformat(),
-        "finished": (now + dt.timedelta(seconds=5)).isoformat(), "scan_dir": str(scan_dir),
-        "config": {"classification": {"threshold": 0.5}, "aggregation": {"review_threshold_pct": 5.0, "min_cells": 10},
-                   "reading": {}},
-        "config_digest": "deadbeef", "inputs": inputs,
-        "model": {"name": "test-model", "sha256": "f" * 64, "path": "models/x.keras", "crop_um": 20.0}})
-    return out
 
 
 PATIENTS = {
@@ -177,7 +113,8 @@ def test_summary_csv_and_pdf(out_dir):
     summary = pd.read_csv(out_dir / "summary.csv", dtype={"patient_id": str}, keep_default_na=False)
     assert list(summary.patient_id) == list(patients.index)
     merged = summary.set_index("patient_id")
-    for column in ("n_cells", "n_leukemic", "pct_leukemic", "ci_low", "ci_high", "flag"):
+    for column in ("n_cells", "n_leukemic", "pct_leukemic", "ci_low", "ci_high", "flag", "n_scans_failed",
+                   "n_scans_outside", "n_scans_low_quality"):
         assert list(merged[column]) == list(patients[column]), column
     assert all((out_dir / r).is_file() for r in summary.report)
     assert "broken.svs" in merged.loc["FAIL-004", "failed_scans"]
@@ -185,6 +122,56 @@ def test_summary_csv_and_pdf(out_dir):
     assert "Failed scans (1)" in text and "broken.svs" in text
     for flag in patients.flag:
         assert flag in text
+
+
+def test_new_user_wording_footer_on_one_line_tile_counts_scale_and_gallery_title(out_dir):
+    names = report_names(list(read_patients(out_dir).index))
+    pages = [page.extract_text() for page in pypdf.PdfReader(out_dir / "reports" / names["LEUK-001"]).pages]
+    footer = "Patient LEUK-001 · Decision support: to be verified by a qualified reviewer."
+    assert all(footer in page for page in pages), pages[0][-300:]  # not wrapped onto a second line
+    text = " ".join(" ".join(page.split()) for page in pages)
+    assert "4 tiles read in" in text
+    assert "0.5000 µm/px as scanned; cells found on a copy at 0.400 µm/px, read from pyramid level 0" in text
+    assert "Most suspicious cells: the 24 highest p_leukemic of 46" in text
+    normal = " ".join(" ".join(p.extract_text().split()) for p in pypdf.PdfReader(
+        out_dir / "reports" / names["NORM-002"]).pages)
+    assert "Most suspicious" not in normal
+    assert re.search(r"Cells of highest p_leukemic: the 24 highest of 30; none is called leukemic \(highest p "
+                     r"0\.4\d\d, called leukemic from 0\.5\)", normal)
+
+
+def test_page_one_lists_every_flag_of_the_patient(tmp_path):
+    out = make_out_dir(tmp_path, {"P": [{"name": "a.png", "kind": "field", "n": 5, "leukemic": 0.0},
+                                        {"name": "b.svs", "kind": "broken"}]})
+    patients = pd.read_csv(out / "patients.csv", dtype=str, keep_default_na=False)
+    assert patients.flag.tolist() == [FLAG_INCOMPLETE]
+    patients["n_scans_outside"] = "1"  # as if its read scan were outside the validated range
+    patients.to_csv(out / "patients.csv", index=False)
+    write_reports(out)
+    page_one = " ".join(pypdf.PdfReader(out / "reports" / "P.pdf").pages[0].extract_text().split())
+    assert "Incomplete: a scan failed or is pending" in page_one
+    assert "Also: Stain or scanner outside the validated range — review; no negative call." in page_one
+    assert "Also: Insufficient cells for a reliable count — no negative call. Only 5 cells were found; at least 10" \
+        in page_one
+
+
+def test_one_tile_is_one_tile(tmp_path):
+    out = make_out_dir(tmp_path, {"P": [{"name": "a.png", "kind": "field", "n": 5, "leukemic": 0.0}]})
+    scans = pd.read_csv(out / "scans.csv", dtype=str, keep_default_na=False)
+    scans["tiles_read"] = "1"
+    scans.to_csv(out / "scans.csv", index=False)
+    write_reports(out)
+    assert "1 tile read in" in " ".join(pdf_text(out / "reports" / "P.pdf").split())
+
+
+def test_summary_csv_counts_the_scans_outside_and_of_low_quality(tmp_path):
+    out = make_out_dir(tmp_path, {"P": [{"name": "a.png", "kind": "field", "n": 5, "leukemic": 0.0}]})
+    patients = pd.read_csv(out / "patients.csv", dtype=str, keep_default_na=False)
+    patients[["n_scans_outside", "n_scans_low_quality"]] = ["2", "1"]  # as a run with such scans writes them
+    patients.to_csv(out / "patients.csv", index=False)
+    write_reports(out)
+    summary = pd.read_csv(out / "summary.csv")
+    assert summary[["n_scans_failed", "n_scans_outside", "n_scans_low_quality"]].values.tolist() == [[0, 2, 1]]
 
 
 def test_gallery_is_capped_and_long_ids_wrap(tmp_path):

@@ -3,6 +3,7 @@ failure isolation, reuse of finished scans, provenance."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import cv2
 import pandas as pd
@@ -150,3 +151,54 @@ def test_a_missing_default_config_is_one_line_naming_it(tmp_path, monkeypatch):
     monkeypatch.setattr(config, "packaged", lambda name: tmp_path / "site-packages" / "bcscan" / name)
     with pytest.raises(ConfigError, match=r"site-packages/bcscan/default.yaml: the default configuration is missing"):
         load_settings()
+
+
+def test_an_empty_scan_folder_exits_2_in_one_line_unless_allowed(tmp_path, untrained_model):
+    (tmp_path / "empty").mkdir()
+    args = ["scan", tmp_path / "empty", "--out", tmp_path / "out", "--model", untrained_model, "--quiet"]
+    refused = run(args)
+    assert refused.exit_code == 2
+    assert refused.output.splitlines() == [f"bcscan: error: {tmp_path / 'empty'}: no scans found (slides, DICOM "
+                                           "series or field images); --allow-empty runs on an empty folder"]
+    assert not (tmp_path / "out").exists()
+    allowed = run(args + ["--allow-empty"])
+    assert allowed.exit_code == 0, allowed.output
+    assert pd.read_csv(tmp_path / "out" / "scans.csv").empty
+
+
+def test_the_domain_distance_is_written_and_printed_beside_its_threshold(batch, untrained_model, tmp_path):
+    """The untrained model given the shipped model's validated range."""
+    from helpers import SHIPPED_MODEL
+    from pypdf import PdfReader
+
+    from bcscan.model.network import load_model_info, metadata_path
+
+    reference = load_model_info(SHIPPED_MODEL).domain
+    model = tmp_path / "with-domain.keras"
+    shutil.copyfile(untrained_model, model)
+    metadata = json.loads(metadata_path(untrained_model).read_text())
+    metadata_path(model).write_text(json.dumps({**metadata, "domain": reference}))
+    out = tmp_path / "out"
+    result = run(["scan", batch["scans"], "--out", out, "--model", model, "--mpp", 0.25, "--quiet"])
+    assert result.exit_code == 1, result.output  # the broken scan
+    scans = pd.read_csv(out / "scans.csv").set_index("scan")
+    ok = scans[scans.status == "ok"]
+    assert ((ok.domain == "outside") == (ok.domain_distance > ok.domain_threshold)).all()
+    assert (ok.domain_threshold == reference["threshold"]).all() and scans.domain_threshold.isna().sum() == 1
+    text = " ".join(" ".join(p.extract_text().split()) for p in PdfReader(out / "reports" / "P1.pdf").pages)
+    distance = ok.loc["P1/field.png", "domain_distance"]
+    assert f"appearance distance {distance:.2f}; outside above {reference['threshold']:.2f}" in text
+
+
+@pytest.mark.parametrize("args, message", [
+    (["scan"], "Missing argument 'SCAN_DIR'. (see 'bcscan scan --help')"),
+    (["scan", ".", "--out", "x", "--batch-size", "0"],
+     "Invalid value for '--batch-size': 0 is not in the range x>=1. (see 'bcscan scan --help')"),
+    (["review", "/no/such/folder"],
+     "Invalid value for 'OUT_DIR': Directory '/no/such/folder' does not exist. (see 'bcscan review --help')"),
+    (["nosuch"], "No such command 'nosuch'. (see 'bcscan --help')"),
+])
+def test_usage_errors_are_one_line_with_exit_2(args, message):
+    result = CliRunner().invoke(main, args, prog_name="bcscan")
+    assert result.exit_code == 2
+    assert result.output.splitlines() == [f"bcscan: error: {message}"]

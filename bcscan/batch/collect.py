@@ -16,6 +16,7 @@ from bcscan import __version__
 from bcscan.batch.plan import BatchRun, ScanJob
 from bcscan.batch.store import ResultStore
 from bcscan.errors import ExitCode, ReportError
+from bcscan.model.domain import INSIDE, OUTSIDE
 from bcscan.model.network import ModelInfo, resolve_model_path
 from bcscan.results.aggregation import summarise_patients
 from bcscan.results.reports import write_reports
@@ -30,6 +31,7 @@ from bcscan.results.tables import (
     cells_geojson,
     safe_filename,
 )
+from bcscan.results.verification import with_verified_columns
 
 log = logging.getLogger("bcscan")
 
@@ -68,10 +70,14 @@ def collect_outputs(run: BatchRun, model_info: ModelInfo, jobs: list[ScanJob], m
     scans = pd.DataFrame(metas).reindex(columns=SCAN_COLUMNS + ["stage"])
     for column in COUNT_COLUMNS:
         scans[column] = scans[column].astype("Int64")  # failed scans leave these empty, not NaN floats
+    judged = scans["domain"].isin([INSIDE, OUTSIDE])  # the distance means something only beside the threshold
+    scans["domain_threshold"] = scans["domain_threshold"].astype(float)
+    scans.loc[judged, "domain_threshold"] = model_info.domain.get("threshold")
     cells = pd.concat(cell_tables, ignore_index=True) if cell_tables else pd.DataFrame(columns=CELL_COLUMNS)
     excluded = (pd.concat(excluded_tables, ignore_index=True) if excluded_tables
                 else pd.DataFrame(columns=EXCLUDED_TILE_COLUMNS))
-    patients = summarise_patients(scans, cells, run.settings.aggregation)
+    # unverified until a reviewer signs off (`bcscan review`; a re-run's sign-offs are restored by the CLI)
+    patients = with_verified_columns(summarise_patients(scans, cells, run.settings.aggregation), {})
     failures = scans[scans["status"] == "failed"].reindex(columns=FAILURE_COLUMNS)
 
     atomic_write_csv(out_dir / "cells.csv", cells, CELL_COLUMNS)

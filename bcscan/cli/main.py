@@ -10,7 +10,9 @@ import os
 import click
 
 from bcscan import __version__
+from bcscan.cli.common import OneLineErrors
 from bcscan.cli.report import report_command
+from bcscan.cli.review import review_command
 from bcscan.cli.scan import scan_command
 from bcscan.cli.train import evaluate_command, train_command
 from bcscan.errors import EXIT_CODES_HELP
@@ -19,7 +21,7 @@ from bcscan.errors import EXIT_CODES_HELP
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+@click.group(cls=OneLineErrors, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
              epilog=EXIT_CODES_HELP)
 @click.version_option(__version__, prog_name="bcscan")
 def main():
@@ -33,6 +35,7 @@ def main():
 
 main.add_command(scan_command)
 main.add_command(report_command)
+main.add_command(review_command)
 main.add_command(train_command)
 main.add_command(evaluate_command)
 

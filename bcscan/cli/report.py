@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from bcscan.cli.common import fail, reported_errors
+from bcscan.cli.common import fail, reported_errors, say_reconciled
 from bcscan.errors import EXIT_CODES_HELP, ExitCode
 
 
@@ -25,7 +25,9 @@ from bcscan.errors import EXIT_CODES_HELP, ExitCode
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors.")
 def report_command(out_dir, scan_dir, config_path, patients, quiet):
     """Write OUT_DIR/reports/<patient>.pdf, summary.pdf and summary.csv from the tables of a
-    finished `bcscan scan` run, without rerunning the model.
+    finished `bcscan scan` run, without rerunning the model.  Where the run was reviewed
+    (`bcscan review`), patients.csv gets the signed-off verified counts and each PDF its
+    Verified section.
 
     Scans that cannot be found any more get a note instead of their pictures. Exit code 1
     when some patients' reports failed (named on stderr; the others were written).
@@ -33,6 +35,7 @@ def report_command(out_dir, scan_dir, config_path, patients, quiet):
     from bcscan.batch.store import RunLock
     from bcscan.config import load_yaml, section
     from bcscan.results.reports import ReportingParams, write_reports
+    from bcscan.review.publish import republish
 
     params = None
     if config_path is not None:
@@ -49,7 +52,12 @@ def report_command(out_dir, scan_dir, config_path, patients, quiet):
         fail(f"{out_dir}: a bcscan run is using this output folder (lock {lock.path})", ExitCode.LOCKED)
     try:
         with reported_errors():
-            written = write_reports(out_dir, scan_dir=scan_dir, params=params, patients=list(patients) or None)
+            reviewed = republish(out_dir, scan_dir, params, list(patients) or None)
+            if reviewed is None:
+                written = write_reports(out_dir, scan_dir=scan_dir, params=params, patients=list(patients) or None)
+            else:
+                written = reviewed[1]
+                say_reconciled(reviewed[0])
     except OSError as exc:
         fail(f"{out_dir}: cannot write reports ({exc.strerror or exc})")
     finally:

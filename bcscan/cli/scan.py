@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from bcscan.cli.common import fail, renamed_option, reported_errors
+from bcscan.cli.common import fail, renamed_option, reported_errors, say_reconciled
 from bcscan.errors import EXIT_CODES_HELP, ExitCode
 
 
@@ -41,8 +41,11 @@ from bcscan.errors import EXIT_CODES_HELP, ExitCode
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True,
               help="Console and log file format; json = one object per line.")
 @click.option("--quiet", "-q", is_flag=True, help="Only errors on the console (the log file keeps everything).")
+@click.option("--allow-empty", is_flag=True,
+              help="A SCAN_DIR without any scan is a run of 0 scans (exit 0), not an error (exit 2).")
 def scan_command(scan_dir, out_dir, config_path, mpp, model, manifest, patient_pattern, batch_size, device, force,
-                 tile_workers, dask_scheduler, dask_workers, old_scheduler, old_workers, log_format, quiet):
+                 tile_workers, dask_scheduler, dask_workers, old_scheduler, old_workers, log_format, quiet,
+                 allow_empty):
     """Scan every smear in SCAN_DIR and write the results to --out.
 
     \b
@@ -59,6 +62,7 @@ def scan_command(scan_dir, out_dir, config_path, mpp, model, manifest, patient_p
     from bcscan.batch.settings import load_settings
     from bcscan.batch.store import RunLock
     from bcscan.logs import setup_logging
+    from bcscan.review.publish import republish
     from bcscan.scan.reading import find_scans
 
     dask_scheduler = renamed_option("--scheduler", "--dask-scheduler", old_scheduler, dask_scheduler)
@@ -68,6 +72,10 @@ def scan_command(scan_dir, out_dir, config_path, mpp, model, manifest, patient_p
         "patients": {"manifest": str(manifest) if manifest else None, "filename_pattern": patient_pattern},
         "pipeline": {"workers": tile_workers},
     }
+    n_found = len(find_scans(scan_dir))
+    if not n_found and not allow_empty:  # a nightly job pointed at the wrong folder must not report success
+        fail(f"{scan_dir}: no scans found (slides, DICOM series or field images); "
+             "--allow-empty runs on an empty folder")
     with reported_errors():
         settings = load_settings(config_path, overrides)
         executor = executor_for(settings, dask_scheduler, dask_workers)
@@ -86,10 +94,13 @@ def scan_command(scan_dir, out_dir, config_path, mpp, model, manifest, patient_p
 
         # with a bar, log lines are printed above it instead of through it
         redirect = logging_redirect_tqdm(loggers=[logging.getLogger("bcscan")]) if show_bar else contextlib.nullcontext()
-        with tqdm(total=len(find_scans(scan_dir)), unit="scan", disable=not show_bar, file=sys.stderr) as bar, \
+        with tqdm(total=n_found, unit="scan", disable=not show_bar, file=sys.stderr) as bar, \
                 redirect, reported_errors():
             run = BatchRun(scan_dir, out_dir, settings, mpp=mpp, force=force, argv=sys.argv, progress=bar.update)
             result = run_batch(run, executor)
+            reviewed = republish(out_dir, run.scan_dir, settings.reporting, signed_only=True)
+        if reviewed is not None:
+            say_reconciled(reviewed[0])
     finally:
         lock.release()
     if not quiet:

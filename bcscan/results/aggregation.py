@@ -42,17 +42,16 @@ def patient_flag(n_cells: int, n_leukemic: int, n_failed: int, params: Aggregati
                  n_low_quality: int = 0) -> str:
     """A positive signal is always shown; a negative call needs every scan read, each inside the range
     the model was validated on and fit to count, and enough cells."""
-    if n_cells and 100.0 * n_leukemic / n_cells >= params.review_threshold_pct:
-        return FLAG_REVIEW
-    if n_failed:
-        return FLAG_INCOMPLETE
-    if n_outside:
-        return FLAG_OUTSIDE
-    if n_low_quality:
-        return FLAG_LOW_QUALITY
-    if n_cells < params.min_cells:
-        return FLAG_INSUFFICIENT
-    return FLAG_NEGATIVE
+    return patient_flags(n_cells, n_leukemic, n_failed, params, n_outside, n_low_quality)[0]
+
+
+def patient_flags(n_cells: int, n_leukemic: int, n_failed: int, params: AggregationParams, n_outside: int = 0,
+                  n_low_quality: int = 0) -> list[str]:
+    """Every flag that holds, the one patients.csv shows first; [negative] when none does."""
+    holds = [(FLAG_REVIEW, n_cells and 100.0 * n_leukemic / n_cells >= params.review_threshold_pct),
+             (FLAG_INCOMPLETE, n_failed), (FLAG_OUTSIDE, n_outside), (FLAG_LOW_QUALITY, n_low_quality),
+             (FLAG_INSUFFICIENT, n_cells < params.min_cells)]
+    return [flag for flag, held in holds if held] or [FLAG_NEGATIVE]
 
 
 def summarise_patients(scans: pd.DataFrame, cells: pd.DataFrame, params: AggregationParams) -> pd.DataFrame:

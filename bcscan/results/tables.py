@@ -22,7 +22,8 @@ from bcscan.scan.quality import SUMMARY_COLUMNS as QUALITY_COLUMNS
 CELL_COLUMNS = ["scan", "patient_id", "cell_id", "x", "y", "x0", "y0", "x1", "y1", "area_um2", "label", "p_leukemic"]
 SCAN_BASE_COLUMNS = ["scan", "patient_id", "status", "n_cells", "n_leukemic", "n_normal", "mpp", "level",
                      "working_mpp", "tiles_read", "tiles_skipped", "seconds", "sha256", "error"]  # every version's
-SCAN_CHECK_COLUMNS = ["quality", *QUALITY_COLUMNS, "domain", "domain_distance"]  # since 0.2: fit to count, validated range
+SCAN_CHECK_COLUMNS = ["quality", *QUALITY_COLUMNS, "domain", "domain_distance",  # since 0.2: fit to count, validated
+                      "domain_threshold"]                                          # range (outside above threshold)
 SCAN_COLUMNS = SCAN_BASE_COLUMNS[:11] + SCAN_CHECK_COLUMNS + SCAN_BASE_COLUMNS[11:]
 COUNT_COLUMNS = ["n_cells", "n_leukemic", "n_normal", "level", "tiles_read", "tiles_skipped"] + \
     [c for c in QUALITY_COLUMNS if c.startswith("tiles_")]  # whole numbers, empty for a scan without a result

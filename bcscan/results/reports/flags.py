@@ -1,6 +1,7 @@
 """How a patient's flag is shown: its headline and colours, and the reason in the patient's own numbers."""
 from __future__ import annotations
 
+from dataclasses import fields
 from typing import Any
 
 import pandas as pd
@@ -12,6 +13,8 @@ from bcscan.results.aggregation import (
     FLAG_NEGATIVE,
     FLAG_OUTSIDE,
     FLAG_REVIEW,
+    AggregationParams,
+    patient_flags,
 )
 from bcscan.results.reports.formatting import as_int, fmt_num
 
@@ -26,6 +29,20 @@ FLAG_TEXT = {
     FLAG_INSUFFICIENT: ("Insufficient cells for a reliable count — no negative call", "#8a5a00", "#fff4e0"),
     FLAG_NEGATIVE: ("Negative: leukemic cells below the review threshold", "#1b5e20", "#e8f5e9"),
 }
+
+
+def every_flag(patient: pd.Series, agg: dict[str, Any]) -> list[str]:
+    """Every flag that holds for the patient, in patients.csv's order of precedence (its `flag` first)."""
+    known = {f.name for f in fields(AggregationParams)}
+    try:
+        params = AggregationParams(**{k: v for k, v in agg.items() if k in known})
+    except (TypeError, ValueError):
+        params = AggregationParams()
+    flags = patient_flags(as_int(patient["n_cells"]), as_int(patient["n_leukemic"]),
+                          as_int(patient.get("n_scans_failed")), params, as_int(patient.get("n_scans_outside")),
+                          as_int(patient.get("n_scans_low_quality")))
+    shown = str(patient["flag"])
+    return [shown] + [f for f in flags if f != shown]
 
 
 def flag_reason(flag: str, patient: pd.Series, agg: dict[str, Any]) -> str:

@@ -38,12 +38,20 @@ def gallery_section(view: PatientView, suspicious: pd.DataFrame, normal: pd.Data
         f"the same coordinates as cells.csv and the QuPath GeoJSON in geojson/. All {len(cells):,} cells of "
         f"this patient are in cells.csv."), st["small"])]
     n_normal_cells = int((cells["label"] == "normal").sum())
-    for title, chosen in ((f"Most suspicious cells: the {len(suspicious)} highest p_leukemic of {len(cells):,}",
-                           suspicious),
+    for title, chosen in ((_suspicious_title(view, suspicious), suspicious),
                           (f"Sample of normal cells: {len(normal)} of {n_normal_cells:,}, chosen at random", normal)):
         story.append(Paragraph(escape(title), st["h3"]))
         story.append(_gallery_table(view, chosen, pictures) if len(chosen) else Paragraph("None.", st["body"]))
     return story
+
+
+def _suspicious_title(view: PatientView, suspicious: pd.DataFrame) -> str:
+    """'Most suspicious' only where some cell is called leukemic; otherwise what the highest p is."""
+    n, cells = len(suspicious), view.cells
+    if (cells["label"] == "leukemic").any():
+        return f"Most suspicious cells: the {n} highest p_leukemic of {len(cells):,}"
+    return (f"Cells of highest p_leukemic: the {n} highest of {len(cells):,}; none is called leukemic "
+            f"(highest p {cells['p_leukemic'].max():.3f}, called leukemic from {view.threshold:g})")
 
 
 def _gallery_table(view: PatientView, chosen: pd.DataFrame, pictures: dict[str, ScanPicture]):

@@ -121,12 +121,15 @@ def _numbered_canvas(footer_left: str, footer_right: str, st):
             self.setStrokeColor(colors.HexColor("#999999"))
             self.setLineWidth(0.5)
             self.line(42, 34, width - 42, 34)
+            block = width - 84
             right = Paragraph(f"{footer_right} · Page {self._pageNumber} of {total}",
                               st["small"].clone("fr", alignment=2))
-            _, rh = right.wrap(width * 0.42, 30)
-            right.drawOn(self, width - 42 - width * 0.42, 30 - rh)
+            right.wrap(block / 2, 30)
+            right_width = max(right.getActualLineWidths0()) + 2  # as wide as its text: the rest is the left's
+            _, rh = right.wrap(right_width, 30)
+            right.drawOn(self, width - 42 - right_width, 30 - rh)
             left = Paragraph(footer_left, st["small"])
-            _, lh = left.wrap(width * 0.45, 30)
+            _, lh = left.wrap(block - right_width - 12, 30)
             left.drawOn(self, 42, 30 - lh)
             self.restoreState()
 

@@ -14,7 +14,7 @@ from xml.sax.saxutils import escape
 import pandas as pd
 
 from bcscan import __version__
-from bcscan.results.reports.flags import FLAG_TEXT, flag_reason
+from bcscan.results.reports.flags import FLAG_TEXT, every_flag, flag_reason
 from bcscan.results.reports.fonts import register_fonts
 from bcscan.results.reports.formatting import as_int, fmt_num, report_date
 from bcscan.results.reports.gallery import gallery_section, select_gallery
@@ -26,13 +26,15 @@ from bcscan.results.reports.patient_view import PatientView
 from bcscan.results.reports.pictures import histogram_png, rl_image
 from bcscan.results.reports.run_data import RunData
 from bcscan.results.reports.scan_pictures import patient_pictures
+from bcscan.results.reports.verified import verified_section
 
 
 def render_patient_report(data: RunData, patient: pd.Series, params: ReportingParams) -> bytes:
     """One patient's report as PDF bytes."""
     register_fonts(params)
     view = PatientView.of(data, patient, params)
-    story = _front_matter(view) + _result_at_a_glance(view) + scans_at_a_glance(view) + _distribution(view)
+    story = _front_matter(view) + _result_at_a_glance(view) + verified_section(view) + scans_at_a_glance(view)
+    story += _distribution(view)
     # gallery selection first: crops are cut while each scan is open for its thumbnail
     suspicious, normal = select_gallery(view.cells, params)
     pictures = patient_pictures(data, view.scans, view.cells, pd.concat([suspicious, normal]), params, view.crop_um)
@@ -140,9 +142,14 @@ def _flag_box(view: PatientView):
 
     st, flag = view.st, str(view.patient["flag"])
     text, fg, bg = FLAG_TEXT.get(flag, (f"Flag: {flag}", "#333333", "#eeeeee"))
-    box = Table([[Paragraph(f'<font color="{fg}">{escape(text)}</font>', st["flag"])],
-                 [Paragraph(escape(flag_reason(flag, view.patient, view.agg)), st["body"])],
-                 [Paragraph(f"flag: {markup(flag)}", st["small"])]], colWidths=[view.width])
+    rows = [[Paragraph(f'<font color="{fg}">{escape(text)}</font>', st["flag"])],
+            [Paragraph(escape(flag_reason(flag, view.patient, view.agg)), st["body"])]]
+    for also in every_flag(view.patient, view.agg)[1:]:  # what else holds: every flag on page 1
+        also_text = FLAG_TEXT.get(also, (also, "", ""))[0]
+        rows.append([Paragraph(f"<b>Also: {escape(also_text)}.</b> {escape(flag_reason(also, view.patient, view.agg))}",
+                               st["body"])])
+    rows.append([Paragraph(f"flag: {markup(flag)}", st["small"])])
+    box = Table(rows, colWidths=[view.width])
     box.setStyle(TableStyle([("BACKGROUND", (0, 0), (-1, -1), colors.HexColor(bg)),
                              ("BOX", (0, 0), (-1, -1), 1.2, colors.HexColor(fg))]))
     return box

@@ -72,9 +72,10 @@ def _read_scan_facts(view: PatientView, row: pd.Series, index: int, pic: ScanPic
     block = [kv_table([
         ("Cells", f"{as_int(row['n_cells']):,} (leukemic {as_int(row['n_leukemic']):,}, "
                   f"normal {as_int(row['n_normal']):,})"),
-        ("Scale", escape(f"{fmt_num(row['mpp'], 4)} µm/px at level 0; segmented at {fmt_num(row['working_mpp'], 3)} "
-                         f"µm/px (pyramid level {as_int(row['level'])})")),
-        ("Size, time", escape(f"{tiles_read:,} tiles read in {fmt_num(row['seconds'], 1)} s")),
+        ("Scale", escape(f"{fmt_num(row['mpp'], 4)} µm/px as scanned; cells found on a copy at "
+                         f"{fmt_num(row['working_mpp'], 3)} µm/px, read from pyramid level {as_int(row['level'])}")),
+        ("Size, time", escape(f"{tiles_read:,} tile{'' if tiles_read == 1 else 's'} read in "
+                              f"{fmt_num(row['seconds'], 1)} s")),
         ("Quality notes", markup("; ".join(_quality_notes(view, row, index, pic)))),
     ], view.st)]
     if pic is not None and pic.thumb is not None:
@@ -106,12 +107,14 @@ def _quality_notes(view: PatientView, row: pd.Series, index: int, pic: ScanPictu
 def _check_notes(row: pd.Series) -> list[str]:
     """The scan's quality figures and whether its cells look like those the model was validated on."""
     notes = []
+    distance = (f"appearance distance {fmt_num(row.get('domain_distance'))}; outside above "
+                f"{fmt_num(row.get('domain_threshold'))}")
     if str(row.get("domain", "")) == "outside":
-        notes.append(f"WARNING: stain or scanner outside the validated range (appearance distance "
-                     f"{fmt_num(row.get('domain_distance'))}): the cells' stain colour or strength, background or "
-                     "sharpness differ from the labs the model was validated on; its calls here are not reliable")
+        notes.append(f"WARNING: stain or scanner outside the validated range ({distance}): the cells' stain colour or "
+                     "strength, background or sharpness differ from the labs the model was validated on; its calls "
+                     "here are not reliable")
     elif str(row.get("domain", "")) == "inside":
-        notes.append(f"cells' appearance inside the validated range (distance {fmt_num(row.get('domain_distance'))})")
+        notes.append(f"cells' appearance inside the validated range ({distance})")
     if "readable_fraction" not in row or pd.isna(row.get("readable_fraction")):
         return notes
     excluded = ", ".join(f"{as_int(row.get(f'tiles_{reason}'))} {reason.replace('_', ' ')}" for reason in REASONS

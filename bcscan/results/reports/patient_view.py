@@ -37,5 +37,5 @@ class PatientView:
             cells=data.cells[data.cells["patient_id"] == pid], scans=scans,
             scan_ids={str(s): f"S{i + 1}" for i, s in enumerate(scans["scan"])},
             model=model, threshold=float(data.config("classification").get("threshold", 0.5)),
-            agg=data.config("aggregation"), crop_um=params.crop_um or float(model.get("crop_um") or 20.0),
+            agg=data.config("aggregation"), crop_um=params.crop_um or data.model_crop_um,
             st=styles(), width=text_width())

@@ -3,7 +3,7 @@ failures.csv, excluded_tiles.csv), read back for the reports."""
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ from bcscan.results.tables import (
     QUALITY_COLUMNS,
     SCAN_BASE_COLUMNS,
 )
+from bcscan.results.verification import Verification
 
 
 @dataclass
@@ -31,10 +32,16 @@ class RunData:
     patients: pd.DataFrame
     failures: pd.DataFrame
     excluded_tiles: pd.DataFrame   # EXCLUDED_TILE_COLUMNS; no rows from a run made before they were kept
+    verifications: dict[str, Verification] = field(default_factory=dict)  # patient → standing sign-off
 
     @property
     def run_id(self) -> str:
         return str(self.run.get("run_id", "unknown"))
+
+    @property
+    def model_crop_um(self) -> float:
+        """The side of the crop the model judged each cell on (20 µm for a run that did not record it)."""
+        return float((self.run.get("model") or {}).get("crop_um") or 20.0)
 
     def config(self, section: str) -> dict[str, Any]:
         value = (self.run.get("config") or {}).get(section)
@@ -75,10 +82,11 @@ def load_run(out_dir: Path, scan_dir: Path | None = None) -> RunData:
                         ["cell_id", "x", "y", "x0", "y0", "x1", "y1", "area_um2", "p_leukemic"])
     scans = _read_table(out_dir / "scans.csv", SCAN_BASE_COLUMNS,
                         ["n_cells", "n_leukemic", "n_normal", "mpp", "level", "working_mpp", "tiles_read",
-                         "tiles_skipped", "seconds", *QUALITY_COLUMNS, "domain_distance"])
+                         "tiles_skipped", "seconds", *QUALITY_COLUMNS, "domain_distance", "domain_threshold"])
     patients = _read_table(out_dir / "patients.csv", PATIENT_COLUMNS[:9],
                            ["n_scans", "n_cells", "n_leukemic", "n_normal", "pct_leukemic", "ci_low", "ci_high",
-                            "n_scans_failed", "n_scans_outside", "n_scans_low_quality"])
+                            "n_scans_failed", "n_scans_outside", "n_scans_low_quality", "verified_cells",
+                            "verified_blasts", "verified_pct_blasts"])
     if (out_dir / "failures.csv").is_file():
         failures = _read_table(out_dir / "failures.csv", FAILURE_COLUMNS, [])
     else:

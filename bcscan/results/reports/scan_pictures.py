@@ -27,14 +27,35 @@ class ScanPicture:
     """pictures.excluded_shares of the tiles hatched on `thumb`; None where they are not drawn."""
 
 
+def open_recorded_scan(data: RunData, scan_row: pd.Series):
+    """The scan of a scans.csv row, opened as the run read it (its reading settings and scale), so
+    that cells.csv's level-0 positions fall on the same pixels.  Raises ScanError or OSError."""
+    from bcscan.scan.reading import ReadingParams, open_scan
+
+    mpp = scan_row.get("mpp")
+    mpp = float(mpp) if mpp is not None and not pd.isna(mpp) and float(mpp) > 0 else None
+    try:
+        reading = ReadingParams(**data.config("reading"))
+    except (TypeError, ValueError):
+        reading = ReadingParams()
+    return open_scan(data.scan_dir / str(scan_row["scan"]), reading, mpp=mpp)
+
+
+def cell_crop(handle, x: float, y: float, crop_um: float, crop_px: int) -> np.ndarray:
+    """A `crop_um`-wide square of the scan centred on level-0 (x, y), resized to `crop_px`: the cell
+    at the physical size the model judged it, for the report's gallery and the review screen."""
+    import cv2
+
+    side = max(8, int(round(crop_um / handle.mpp)))
+    region = handle.read(0, int(round(x)) - side // 2, int(round(y)) - side // 2, side, side)
+    return cv2.resize(region, (crop_px, crop_px), interpolation=cv2.INTER_AREA if side > crop_px else cv2.INTER_LINEAR)
+
+
 def scan_pictures(data: RunData, scan_row: pd.Series, cells: pd.DataFrame, gallery: pd.DataFrame,
                   params: ReportingParams, crop_um: float, want_thumbnail: bool) -> ScanPicture:
     """Open one scan once: its marked thumbnail, with the tiles not counted for quality hatched where
     the run recorded them all, and the gallery crops that lie on it."""
-    import cv2
-
     from bcscan.errors import ScanError
-    from bcscan.scan.reading import ReadingParams, open_scan
 
     scan = str(scan_row["scan"])
     if data.scan_dir is None:
@@ -42,12 +63,6 @@ def scan_pictures(data: RunData, scan_row: pd.Series, cells: pd.DataFrame, galle
     path = data.scan_dir / scan
     if not path.exists():
         return ScanPicture(None, 0.0, f"scan file not found at {path}: pictures omitted", {})
-    mpp = scan_row.get("mpp")
-    mpp = float(mpp) if mpp is not None and not pd.isna(mpp) and float(mpp) > 0 else None
-    try:
-        reading = ReadingParams(**data.config("reading"))
-    except (TypeError, ValueError):
-        reading = ReadingParams()
     excluded = data.excluded_tiles[data.excluded_tiles["scan"] == scan]
     if len(excluded) != as_int(scan_row.get("tiles_low_quality")):
         excluded = None  # a result stored before excluded tiles were kept: counted, but not drawn
@@ -60,20 +75,15 @@ def scan_pictures(data: RunData, scan_row: pd.Series, cells: pd.DataFrame, galle
     except (OSError, ValueError):
         pass
     try:
-        with open_scan(path, reading, mpp=mpp) as handle:
+        with open_recorded_scan(data, scan_row) as handle:
             thumb, bar_um, shares = None, 0.0, None
             if want_thumbnail:
                 raw = handle.thumbnail(params.thumbnail_px)
                 thumb, bar_um = marked_thumbnail(raw, cells, handle.dimensions[0], handle.mpp, excluded)
                 if excluded is not None:
                     shares = excluded_shares(excluded, float(handle.dimensions[0]) * float(handle.dimensions[1]))
-            crops = {}
-            side = max(8, int(round(crop_um / handle.mpp)))
-            for row in gallery.itertuples(index=False):
-                region = handle.read(0, int(round(row.x)) - side // 2, int(round(row.y)) - side // 2, side, side)
-                crop = cv2.resize(region, (params.crop_px, params.crop_px),
-                                  interpolation=cv2.INTER_AREA if side > params.crop_px else cv2.INTER_LINEAR)
-                crops[(scan, int(row.cell_id))] = crop
+            crops = {(scan, int(row.cell_id)): cell_crop(handle, row.x, row.y, crop_um, params.crop_px)
+                     for row in gallery.itertuples(index=False)}
             return ScanPicture(thumb, bar_um, note, crops, shares)
     except Exception as exc:  # pictures are optional: a scan that cannot give them gets a note
         log.warning("report pictures of %s: %s", scan, exc)

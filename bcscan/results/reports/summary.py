@@ -23,9 +23,11 @@ from bcscan.results.reports.markup import markup
 from bcscan.results.reports.params import ReportingParams
 from bcscan.results.reports.report_files import REPORTS_DIR
 from bcscan.results.reports.run_data import RunData
+from bcscan.results.verification import UNVERIFIED
 
-SUMMARY_COLUMNS = ["patient_id", "n_scans", "n_scans_failed", "n_cells", "n_leukemic", "n_normal", "pct_leukemic",
-                   "ci_low", "ci_high", "flag", "report", "failed_scans"]
+SUMMARY_COLUMNS = ["patient_id", "n_scans", "n_scans_failed", "n_scans_outside", "n_scans_low_quality", "n_cells",
+                   "n_leukemic", "n_normal", "pct_leukemic", "ci_low", "ci_high", "flag", "verified_flag", "report",
+                   "failed_scans"]
 
 
 def summary_table(data: RunData, names: dict[str, str]) -> pd.DataFrame:
@@ -37,9 +39,12 @@ def summary_table(data: RunData, names: dict[str, str]) -> pd.DataFrame:
         rows.append({
             "patient_id": pid, "n_scans": as_int(patient.n_scans),
             "n_scans_failed": as_int(getattr(patient, "n_scans_failed", len(failed))),
+            "n_scans_outside": as_int(getattr(patient, "n_scans_outside", 0)),
+            "n_scans_low_quality": as_int(getattr(patient, "n_scans_low_quality", 0)),
             "n_cells": as_int(patient.n_cells), "n_leukemic": as_int(patient.n_leukemic),
             "n_normal": as_int(patient.n_normal), "pct_leukemic": patient.pct_leukemic,
             "ci_low": patient.ci_low, "ci_high": patient.ci_high, "flag": patient.flag,
+            "verified_flag": getattr(patient, "verified_flag", "") or UNVERIFIED,
             "report": f"{REPORTS_DIR}/{names[pid]}",
             "failed_scans": "; ".join(f"{s}: {e}" for s, e in zip(failed["scan"], failed["error"])),
         })
@@ -94,7 +99,7 @@ def _patients(summary: pd.DataFrame, st) -> list:
                      Paragraph(f"{r.n_cells:,}", st["small"]), Paragraph(f"{r.n_leukemic:,}", st["small"]),
                      Paragraph(f"{r.n_normal:,}", st["small"]), Paragraph(fmt_num(r.pct_leukemic), st["small"]),
                      Paragraph(f"{fmt_num(r.ci_low)}–{fmt_num(r.ci_high)}", st["small"]),
-                     Paragraph(markup(r.flag), st["small"])])
+                     Paragraph(f"{markup(r.flag)}<br/><i>{markup(r.verified_flag)}</i>", st["small"])])
         if r.flag != FLAG_NEGATIVE:
             background = FLAG_TEXT.get(str(r.flag), ("", "#333333", "#ffffff"))[2]
             style.append(("BACKGROUND", (0, i), (-1, i), colors.HexColor(background)))

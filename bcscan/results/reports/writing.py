@@ -16,19 +16,24 @@ from bcscan.results.reports.report_files import REPORTS_DIR, report_names
 from bcscan.results.reports.run_data import load_run
 from bcscan.results.reports.summary import SUMMARY_COLUMNS, render_summary, summary_table
 from bcscan.results.tables import atomic_write_bytes, atomic_write_csv
+from bcscan.results.verification import Verification
 
 log = logging.getLogger("bcscan")
 
 
 def write_reports(out_dir: Path, scan_dir: Path | None = None, params: ReportingParams | None = None,
-                  patients: list[str] | None = None) -> list[Path]:
+                  patients: list[str] | None = None, verifications: dict[str, Verification] | None = None
+                  ) -> list[Path]:
     """Write reports/<patient>.pdf for every patient (or those in `patients`), summary.pdf and
-    summary.csv into `out_dir`, from its tables.  Returns the files written.
+    summary.csv into `out_dir`, from its tables.  Returns the files written.  `verifications`:
+    the reviewers' standing sign-offs by patient (bcscan.review); a patient without one is reported
+    as not verified.
 
     Raises ReportError when the tables cannot be read, or, after writing every report it could,
     when some patient's report failed (the message names them)."""
     out_dir = Path(out_dir)
     data = load_run(out_dir, scan_dir)
+    data.verifications = dict(verifications or {})
     params = params_from(data.run, params)
     ids = [str(p) for p in data.patients["patient_id"]]
     names = report_names(ids)
