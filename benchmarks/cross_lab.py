@@ -15,7 +15,7 @@ Everything model-related goes through the `bcscan` CLI (subprocesses); only the 
 reads the training cache in-process (`colour_baseline_left_out`, skipped with --no-colour-baseline).
 A fold whose model and evaluation already exist is not redone (delete its folder to redo it).
 
-    python benchmarks/cross_lab.py [DATA_DIR] [--config configs/train-default.yaml] [--out runs/cross-lab/NAME]
+    python benchmarks/cross_lab.py [DATA_DIR] [--config configs/train-fourlabs.yaml] [--out runs/cross-lab/NAME]
         [--work runs/cross-lab/work] [--max-minutes 20] [--labs ghaderzadeh-all,mll-bone-marrow] [--mll-mpp 0.075]
         [--init-model M.keras --learning-rate 0.0003]   (a further stage of a model trained on the fold's split)
         [--set augmentation.blur_um=0.5 ...]           (change the recipe without a new config file)
@@ -354,7 +354,7 @@ def folder_table(results: list[dict]) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("data_dir", nargs="?", default=ROOT.parent / "shared" / "data", type=Path)
-    ap.add_argument("--config", type=Path, default=ROOT / "configs" / "train-default.yaml")
+    ap.add_argument("--config", type=Path, default=ROOT / "configs" / "train-fourlabs.yaml")
     ap.add_argument("--out", type=Path, default=None, help="[runs/cross-lab/<config stem>]")
     ap.add_argument("--work", type=Path, default=ROOT / "runs" / "cross-lab" / "work")
     ap.add_argument("--max-minutes", type=float, default=20.0)
@@ -362,7 +362,7 @@ def main() -> None:
     ap.add_argument("--mll-mpp", type=float, default=LABS[M]["mpp"])
     ap.add_argument("--init-model", type=Path, default=None,
                     help="continue this model (bcscan train --init-model; refused unless trained on the fold's split, "
-                         "e.g. models/bcscan-vgg16.keras for the mll-bone-marrow fold of train-default)")
+                         "e.g. models/bcscan-vgg16.keras for a fold of the same recipe and seed)")
     ap.add_argument("--learning-rate", type=float, default=None, help="bcscan train --learning-rate")
     ap.add_argument("--set", dest="settings", action="append", default=[], metavar="SECTION.KEY=VALUE",
                     help="change the recipe, e.g. augmentation.blur_um=0.5 (repeatable; recorded in each fold's config)")

@@ -9,8 +9,8 @@ into a fresh OUT_DIR), so each figure includes what `bcscan scan --dask-workers 
 starting the worker processes, importing TensorFlow and loading the model once per worker.
 Also prints the summed per-scan compute seconds (scans.csv), which shows how much each scan
 slows down when the workers compete for the same cores, and checks that every run wrote the
-same cells.csv.  Without --model, an untrained VGG-16 (64 px input, batch norm, as
-configs/train-default.yaml) stands in: timing does not depend on the weights.
+same cells.csv.  Without --model, an untrained full-width VGG-16 (64 px input, batch
+norm) stands in: timing does not depend on the weights.
 """
 from __future__ import annotations
 

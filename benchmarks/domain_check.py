@@ -3,7 +3,7 @@ labs' own held-out images outside the validated range (should be rare), and how 
 and re-stained, greyish, faded, over-stained or blurred cells (should be nearly always).
 
     python benchmarks/domain_check.py ../shared/data [--model models/bcscan-vgg16.keras]
-        [--config configs/train-default.yaml] [--splits models/bcscan-vgg16/splits.csv] [--write]
+        [--config configs/train-fourlabs.yaml] [--splits models/bcscan-vgg16/splits.csv] [--write]
 
 Cells are cut exactly as `bcscan train` and `bcscan scan` cut them (cached under --work).  The
 reference is fitted on the model's own training split (splits.csv), as `bcscan train` fits it;
@@ -75,7 +75,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("data_dir", type=Path)
     parser.add_argument("--model", type=Path, default=Path("models/bcscan-vgg16.keras"))
-    parser.add_argument("--config", type=Path, default=Path("configs/train-default.yaml"))
+    parser.add_argument("--config", type=Path, default=Path("configs/train-fourlabs.yaml"))
     parser.add_argument("--splits", type=Path, default=Path("models/bcscan-vgg16/splits.csv"))
     parser.add_argument("--work", type=Path, default=Path("runs/domain-work"))
     parser.add_argument("--write", action="store_true", help="store the fitted reference in the model's metadata")

@@ -96,7 +96,7 @@ def test_config_refuses_unknown_keys_and_missing_scale(tmp_path):
         load_train_config(cfg)
 
 
-@pytest.mark.parametrize("name", ["paper.yaml", "train-default.yaml", "train-hed.yaml", "train-crosslab.yaml",
+@pytest.mark.parametrize("name", ["paper.yaml", "train-hed.yaml", "train-crosslab.yaml",
                                   "train-crosslab-grey.yaml", "train-fourlabs.yaml"])
 def test_shipped_configs_load(name):
     cfg = load_train_config(REPO / "configs" / name, {"epochs": 1})

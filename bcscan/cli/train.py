@@ -16,7 +16,7 @@ from bcscan.errors import EXIT_CODES_HELP, ExitCode
 @click.command("train", context_settings={"show_default": True}, epilog=EXIT_CODES_HELP)
 @click.argument("data_dir", type=click.Path(path_type=Path))
 @click.option("--config", "config_path", required=True, type=click.Path(path_type=Path),
-              help="Training recipe (YAML), e.g. configs/train-default.yaml or configs/paper.yaml.")
+              help="Training recipe (YAML), e.g. configs/train-fourlabs.yaml or configs/paper.yaml.")
 @click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path),
               help="Folder for NAME.keras, NAME.json, NAME.md and the report folder NAME/.")
 @click.option("--weights", type=click.Path(path_type=Path), default=None,
