@@ -25,7 +25,8 @@ def _title(cfg: TrainConfig, metrics: dict[str, Any], config_path: Path) -> list
     lines = [
         f"# Model card: `{cfg.name}`",
         "",
-        f"VGG-16{' with batch normalisation after every convolution' if cfg.model.batch_norm else ''} "
+        f"VGG-16{f' at {cfg.model.width:g} of its channels' if cfg.model.width != 1 else ''}"
+        f"{' with batch normalisation after every convolution' if cfg.model.batch_norm else ''} "
         f"classifying {'white-cell crops' if cfg.mode == 'cells' else 'whole images'} of peripheral blood smears "
         f"as **leukemic** or **normal**. Trained by `bcscan train` (config `{config_path}`).",
         "",
@@ -140,14 +141,17 @@ def _recipe(cfg: TrainConfig, metrics: dict[str, Any]) -> list[str]:
     return [
         "## Recipe",
         "",
-        f"- VGG-16 conv base ({'batch norm after each conv, ' if cfg.model.batch_norm else ''}"
+        f"- VGG-16 conv base ({f'channels × {cfg.model.width:g}, ' if cfg.model.width != 1 else ''}"
+        f"{'batch norm after each conv, ' if cfg.model.batch_norm else ''}"
         f"{'initialised from ' + metrics['weights'] if metrics.get('weights') else 'from scratch: no ImageNet weights offline'}) "
-        f"→ flatten → dense {cfg.model.hidden_units} ReLU → dropout {cfg.model.dropout} → softmax(2)",
+        f"→ flatten → dense {cfg.model.hidden_units} ReLU → dropout {cfg.model.dropout} → "
+        f"{'softmax over the cell types, blast types summed' if cfg.model.head == 'cell_types' else 'softmax(2)'}",
         f"- input {cfg.input_size}×{cfg.input_size}, rescale 1/255"
         f"{'; luminance only (fixed grey layer)' if cfg.model.grey_input else ''}"
         f"{'; optical density standardised per crop and channel (StainStandardisation layer)' if cfg.model.stain_standardise else ''}"
         f"; Adam lr {tp.learning_rate:g}, "
-        f"schedule `{tp.lr_schedule}`, batch {tp.batch_size}, ≤ {tp.epochs} epochs, "
+        f"schedule `{tp.lr_schedule}`, batch {tp.batch_size}, ≤ {tp.epochs} epochs"
+        f"{f' of {tp.epoch_cells} cells' if tp.epoch_cells else ''}, input pipeline `{tp.input_pipeline}`, "
         f"early stopping patience {tp.early_stopping_patience or 'off'}, "
         f"time budget {tp.max_minutes or 'none'} min; best epoch by validation loss: "
         f"{metrics['best_epoch']} of {metrics['epochs_run']} run",
