@@ -11,7 +11,7 @@ Per fold, adaptation and blast share: normal cells called leukemic, blasts calle
 and the ROC AUC of the pooled cells.
 
     python benchmarks/scan_adaptation.py runs/cross-lab/fourlabs-s0 [runs/cross-lab/fourlabs-s1 ...]
-        [--work runs/cross-lab/work] [--scans 10] [--cells 200] [--json F]
+        [--work runs/cross-lab/work] [--labs mll-bone-marrow,...] [--scans 10] [--cells 200] [--json F]
 """
 from __future__ import annotations
 
@@ -92,13 +92,14 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=ROOT / "runs" / "cross-lab" / "work")
     ap.add_argument("--scans", type=int, default=10)
     ap.add_argument("--cells", type=int, default=200)
+    ap.add_argument("--labs", default=",".join(LABS), help="left-out labs to score (comma-separated)")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     rows = ["| fold (run) | adaptation | blasts in scan | scans | normal cells called leukemic | blasts called leukemic "
             "| ROC AUC |", "|---|---|---|---|---|---|---|"]
     result = []
     for run in args.runs:
-        for lab in [lab for lab in LABS if (run / lab / "model").is_dir()]:
+        for lab in [lab for lab in args.labs.split(",") if (run / lab / "model").is_dir()]:
             model, info, x, blast, (ref_mean, ref_std) = fold_cells(run, lab, args.work, args.data_dir)
             adapted = BatchNormOnScan(model)
             score = {"none": lambda s: predict_probs(model, s),
