@@ -106,7 +106,7 @@ def colour_baseline_left_out(data_dir: Path, cfg_path: Path, splits_csv: Path, w
     from bcscan.scan.segmentation import SegmentationParams
     from bcscan.training.baselines import LogisticRegression, hsv_histograms
     from bcscan.training.metrics import image_level, metrics_block
-    from bcscan.training.recipe import SourceSpec, load_train_config
+    from bcscan.training.recipe import load_train_config
     from bcscan.training.samples import collect_samples
     from bcscan.training.splits import balance_indices
 
@@ -121,11 +121,8 @@ def colour_baseline_left_out(data_dir: Path, cfg_path: Path, splits_csv: Path, w
     train_idx = train_idx[balance_indices(tr.label[train_idx], np.random.default_rng(cfg.seed), cfg.balance,
                                           tr.dataset[train_idx])]
     clf = LogisticRegression().fit(hsv_histograms(tr.x[train_idx]), (tr.label[train_idx] == 0).astype(float))
-    spec = LABS[lab]
-    sources = [SourceSpec(path=p, label=c, mpp=spec["mpp"], single_cell=spec.get("single_cell", False))
-               for c in ("leukemic", "normal") for p in spec[c]]
     seg = SegmentationParams(working_mpp=cfg.segmentation.working_mpp)
-    te = collect_samples(data_dir, sources, "cells", cfg.input_size, cfg.crop_um, 1.0, seg, cache_dir=work)
+    te = collect_samples(data_dir, lab_sources(lab), "cells", cfg.input_size, cfg.crop_um, 1.0, seg, cache_dir=work)
     p = clf.predict_proba(hsv_histograms(te.x))
     _, iy, ip = image_level(te.image, te.label, p)
     cells, images = metrics_block(te.label, p), metrics_block(iy, ip)
@@ -133,6 +130,24 @@ def colour_baseline_left_out(data_dir: Path, cfg_path: Path, splits_csv: Path, w
     images["called_normal"] = float(np.mean(ip < 0.5))
     return {"model": "logistic regression on HSV histograms of the fold's balanced training cells",
             "train_cells": int(len(train_idx)), "cells": cells, "images": images}
+
+
+def lab_sources(lab: str) -> list:
+    """The source folders of a both-class lab, as SourceSpecs (its scale; single-cell labs score the centre cell)."""
+    from bcscan.training.recipe import SourceSpec
+
+    spec = LABS[lab]
+    return [SourceSpec(path=p, label=c, mpp=spec["mpp"], single_cell=spec.get("single_cell", False))
+            for c in ("leukemic", "normal") for p in spec[c]]
+
+
+def left_out_cells(data_dir: Path, lab: str, info, work: Path):
+    """Every cell of a lab, cut as the model `info` (a ModelInfo) cuts them at scan time (cached in `work`)."""
+    from bcscan.scan.segmentation import SegmentationParams
+    from bcscan.training.samples import collect_samples
+
+    return collect_samples(data_dir, lab_sources(lab), "cells", info.input_size, info.crop_um, 1.0,
+                           SegmentationParams(working_mpp=info.working_mpp), cache_dir=work)
 
 
 def domain_left_out(data_dir: Path, model: Path, work: Path, lab: str) -> dict:
@@ -144,16 +159,9 @@ def domain_left_out(data_dir: Path, model: Path, work: Path, lab: str) -> dict:
 
     from bcscan.model.domain import distances
     from bcscan.model.network import load_model_info
-    from bcscan.scan.segmentation import SegmentationParams
-    from bcscan.training.recipe import SourceSpec
-    from bcscan.training.samples import collect_samples
 
     info = load_model_info(model)
-    spec = LABS[lab]
-    sources = [SourceSpec(path=p, label=c, mpp=spec["mpp"], single_cell=spec.get("single_cell", False))
-               for c in ("leukemic", "normal") for p in spec[c]]
-    s = collect_samples(data_dir, sources, "cells", info.input_size, info.crop_um, 1.0,
-                        SegmentationParams(working_mpp=info.working_mpp), cache_dir=work)
+    s = left_out_cells(data_dir, lab, info, work)
     images = np.nonzero(s.n_cells > 0)[0]
     threshold = info.domain["threshold"]
     d_img = distances(info.domain, per_image(s.x, s.image, images))

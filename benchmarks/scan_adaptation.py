@@ -25,15 +25,14 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # this checkout's bcscan, not an installed one
 
-from cross_lab import LABS  # noqa: E402
+from cross_lab import LABS, left_out_cells  # noqa: E402
 
 from bcscan.model.classifier import calibrate  # noqa: E402
 from bcscan.model.network import load_keras_model  # noqa: E402
-from bcscan.scan.segmentation import SegmentationParams  # noqa: E402
 from bcscan.training.baselines import lab_stats  # noqa: E402
 from bcscan.training.metrics import roc_auc  # noqa: E402
 from bcscan.training.predict import predict_probs  # noqa: E402
-from bcscan.training.recipe import SourceSpec, load_train_config  # noqa: E402
+from bcscan.training.recipe import load_train_config  # noqa: E402
 from bcscan.training.samples import collect_samples  # noqa: E402
 
 BLAST_SHARES = (0.0, 0.02, 0.2, 0.8)
@@ -73,11 +72,7 @@ def fold_cells(run: Path, lab: str, work: Path, data_dir: Path):
     """(model, info, left-out lab's crops, is_blast, training labs' CIELAB reference) of one fold."""
     model_file = next((run / lab / "model").glob("*.keras"))
     model, info = load_keras_model(model_file)
-    spec = LABS[lab]
-    sources = [SourceSpec(path=p, label=c, mpp=spec["mpp"], single_cell=spec.get("single_cell", False))
-               for c in ("leukemic", "normal") for p in spec[c]]
-    seg = SegmentationParams(working_mpp=info.working_mpp)
-    left_out = collect_samples(data_dir, sources, "cells", info.input_size, info.crop_um, 1.0, seg, cache_dir=work)
+    left_out = left_out_cells(data_dir, lab, info, work)
     cfg = load_train_config(run / lab / "config.yaml")
     train = collect_samples(data_dir, cfg.sources, cfg.mode, cfg.input_size, cfg.crop_um, cfg.margin,
                             cfg.segmentation, hash_size=cfg.split.hash_size, cache_dir=work)

@@ -123,7 +123,7 @@ def _training_batches(cfg: TrainConfig, x_margin: np.ndarray, labels: np.ndarray
             self.order = self._shuffled()
 
         def _shuffled(self):
-            return np.random.default_rng([seed, self.epoch]).permutation(draw(self.epoch))
+            return epoch_order(seed, self.epoch, draw)
 
         def __len__(self):
             return math.ceil(len(self.order) / batch_size)
@@ -139,9 +139,14 @@ def _training_batches(cfg: TrainConfig, x_margin: np.ndarray, labels: np.ndarray
     return AugmentedBatches()
 
 
+def epoch_order(seed: int, epoch: int, draw) -> np.ndarray:
+    """The training samples of `epoch` in the order both input pipelines batch them."""
+    return np.random.default_rng([seed, epoch]).permutation(draw(epoch))
+
+
 def _tf_data_batches(cfg: TrainConfig, x_margin: np.ndarray, labels: np.ndarray, draw):
     """The training batches as an endless tf.data stream (the caller sets steps per epoch): a Python generator
-    gathers each batch's margin crops from memory in the order `_training_batches` would, and
+    gathers each batch's margin crops from memory in `epoch_order`, as `_training_batches` does, and
     `tf_augment` augments them on tf.data's threads, a few batches ahead of the model."""
     import tensorflow as tf
 
@@ -153,7 +158,7 @@ def _tf_data_batches(cfg: TrainConfig, x_margin: np.ndarray, labels: np.ndarray,
     def batches():
         epoch = 0
         while True:
-            order = np.random.default_rng([seed, epoch]).permutation(draw(epoch))
+            order = epoch_order(seed, epoch, draw)
             for index in range(math.ceil(len(order) / batch_size)):
                 take = order[index * batch_size:(index + 1) * batch_size]
                 yield x_margin[take], labels[take], np.array([seed, epoch * 1_000_000 + index], np.int64)

@@ -155,18 +155,15 @@ def collect_samples(data_dir: Path, sources: list[SourceSpec], mode: str, input_
     if not files:
         raise TrainingError(f"{data_dir}: no images selected")
     margin = margin if mode == "cells" else 1.0
-    msize = int(round(input_size * margin))
     parts = []
     for si, source in enumerate(sources):
         rel = [f for f, s in files if s == si]
         if rel:
             parts.append(_source_samples(data_dir, rel, source, mode, input_size, crop_um, margin, seg_params,
                                          hash_size, cache_dir, workers, progress))
-    n_cells = np.concatenate([p["n_cells"] for p in parts])
-    x = np.concatenate([p["x"] for p in parts]) if n_cells.sum() else np.zeros((0, input_size, input_size, 3), np.uint8)
-    xm = np.concatenate([p["x_margin"] for p in parts]) if n_cells.sum() else np.zeros((0, msize, msize, 3), np.uint8)
-    return Samples(x, xm, np.repeat(np.arange(len(files)), n_cells), [f for f, _ in files],
-                   np.array([s for _, s in files]), np.concatenate([p["ahash"] for p in parts]), n_cells,
+    joined = {k: np.concatenate([p[k] for p in parts]) for k in ("x", "x_margin", "ahash", "n_cells")}
+    return Samples(joined["x"], joined["x_margin"], np.repeat(np.arange(len(files)), joined["n_cells"]),
+                   [f for f, _ in files], np.array([s for _, s in files]), joined["ahash"], joined["n_cells"],
                    list(sources))
 
 
