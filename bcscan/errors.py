@@ -17,6 +17,7 @@ class ExitCode(IntEnum):
     CANNOT_RUN = 2       # nothing could run: bad arguments, config, model, data or patient list
     LOCKED = 3           # another bcscan run holds the lock on the output folder
     DID_NOT_LEARN = 4    # train: everything was written, but the model stayed at chance
+    NOT_BETTER = 5       # train, fine-tuning: the new model did worse on the held-back verified cells; not written
 
 
 EXIT_CODES_HELP = """\b
@@ -25,7 +26,8 @@ Exit codes (every bcscan command):
   1  completed, but some scans or reports failed (listed in failures.csv / on stderr)
   2  nothing could run (bad arguments, config, model, data or patient list)
   3  another bcscan run holds the lock on the output folder
-  4  train only: the model did not learn (validation at chance); everything was written"""
+  4  train only: the model did not learn (validation at chance); everything was written
+  5  train, fine-tuning: worse than the init model on the held-back verified cells; not written"""
 
 
 class BcscanError(Exception):
@@ -47,6 +49,11 @@ class PatientError(BcscanError, ValueError):
 
 class TrainingError(BcscanError):
     """A training or evaluation run that cannot proceed."""
+
+
+class NotBetterError(TrainingError):
+    """A fine-tuned model that does worse on the lab's held-back verified cells than its init model."""
+    exit_code = ExitCode.NOT_BETTER
 
 
 class LockedError(BcscanError):

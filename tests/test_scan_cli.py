@@ -140,7 +140,7 @@ def test_every_command_documents_the_same_exit_codes():
     for command in ("scan", "report", "train", "evaluate"):
         result = run([command, "--help"])
         assert result.exit_code == 0 and "the model did not learn" in result.output, command
-    assert EXIT_CODES_HELP.count("\n") == 6
+    assert EXIT_CODES_HELP.count("\n") == 7 and "5  train, fine-tuning" in EXIT_CODES_HELP  # a line per code
 
 
 def test_a_missing_default_config_is_one_line_naming_it(tmp_path, monkeypatch):

@@ -22,7 +22,11 @@ from bcscan.errors import EXIT_CODES_HELP, ExitCode
 @click.option("--weights", type=click.Path(path_type=Path), default=None,
               help="Local Keras VGG-16 'notop' weights file (e.g. ImageNet); default: train from scratch.")
 @click.option("--init-model", type=click.Path(path_type=Path), default=None,
-              help="Continue training a bcscan model (.keras) trained earlier with the same config and seed.")
+              help="Continue training a bcscan model (.keras) trained earlier with the same config and seed; "
+                   "with a fine-tuning recipe (configs/finetune-local.yaml), the model to fine-tune.")
+@click.option("--replay-data", type=click.Path(path_type=Path), default=None,
+              help="Fine-tuning: the data folder the --init-model was trained on (its training cells are "
+                   "replayed beside the verified ones in DATA_DIR).")
 @click.option("--epochs", type=click.IntRange(min=1), default=None, help="Override the config's epochs.")
 @click.option("--seed", type=int, default=None, help="Override the config's seed (splits, sampling, init).")
 @click.option("--max-images-per-source", type=click.IntRange(min=1), default=None,
@@ -36,9 +40,14 @@ from bcscan.errors import EXIT_CODES_HELP, ExitCode
 @click.option("--card-section", "card_sections", multiple=True, type=click.Path(path_type=Path),
               help="Markdown file to copy into the model card, e.g. the leave-one-lab-out tables that "
                    "benchmarks/cross_lab.py wrote (repeatable).")
-def train_command(data_dir, config_path, out_dir, weights, init_model, epochs, seed, max_images_per_source,
-                  max_minutes, learning_rate, work_dir, device, card_sections):
+def train_command(data_dir, config_path, out_dir, weights, init_model, replay_data, epochs, seed,
+                  max_images_per_source, max_minutes, learning_rate, work_dir, device, card_sections):
     """Train the VGG-16 leukemic/normal classifier on labelled folders under DATA_DIR.
+
+    Fine-tuning on a lab's own verified cells: DATA_DIR is the folder `bcscan review OUT
+    --export-training DATA_DIR` wrote, with --config configs/finetune-local.yaml, --init-model and
+    --replay-data; the new model is written only if it does better on the held-back verified cells
+    (exit status 5 otherwise).
 
     Writes the model and its metadata (read by `bcscan scan`), metrics.json, a classification
     report, confusion matrix and learning-curve PNGs and a model card.  Exits with status 4
@@ -55,7 +64,7 @@ def train_command(data_dir, config_path, out_dir, weights, init_model, epochs, s
         metrics = train(data_dir, config_path, out_dir, weights=weights, init_model=init_model, epochs=epochs,
                         seed=seed, max_images_per_source=max_images_per_source, work_dir=work_dir,
                         max_minutes=max_minutes, learning_rate=learning_rate, device=device,
-                        card_sections=card_sections, echo=click.echo)
+                        card_sections=card_sections, replay_data=replay_data, echo=click.echo)
     name = metrics["config"].get("name", "bcscan-vgg16")
     click.echo(f"[train] test accuracy {_f(metrics['accuracy'])}, balanced accuracy {_f(metrics['balanced_accuracy'])}, "
                f"ROC AUC {_f(metrics['roc_auc'])}, ECE {_f(metrics['calibration'].get('ece_test_images_before'))} → "

@@ -58,10 +58,11 @@ def export_training(data: RunData, store: ReviewStore, dest: Path) -> dict[str, 
                 "dataset": "local-verified", "single_cell": True} for label, n in counts.items() if n]
     atomic_write_text(dest / "sources.yaml", "# the `sources:` of a recipe, DATA_DIR = this folder\n"
                       + yaml.safe_dump({"sources": sources}, sort_keys=False))
-    atomic_write_text(dest / "SOURCE.txt", (
-        f"White cells verified with `bcscan review` in {data.out_dir.resolve()} (run {data.run_id}), exported "
-        f"{now()}. One cell per image, at its centre, {mpp:g} um/px, {side_um:g} um wide. Labels are the "
-        f"reviewers' (review.sqlite keeps who decided each and when). Patient data of this lab: keep it inside.\n"))
+    atomic_write_text(dest / "SOURCE.txt", (  # the headings a model card quotes (training.card.source_notes)
+        f"DATASET: White cells verified with `bcscan review` in {data.out_dir.resolve()} (run {data.run_id}), "
+        f"exported {now()}. One cell per image, at its centre, {mpp:g} um/px, {side_um:g} um wide. Labels are the "
+        f"reviewers' (review.sqlite keeps who decided each and when).\n"
+        "LICENCE: patient data of this lab; keep it, and models trained on it, inside the lab.\n"))
     return {label: n for label, n in counts.items() if n}
 
 

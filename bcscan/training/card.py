@@ -95,13 +95,42 @@ def _provenance(cfg: TrainConfig, data_dir: Path) -> list[str]:
     CC BY require the citation in the card of any model trained on the data."""
     lines = ["", "Data sources and licences (each dataset's `SOURCE.txt`):", ""]
     for dataset in sorted({s.dataset_name for s in cfg.sources}):
-        notes = source_notes(Path(data_dir) / dataset / "SOURCE.txt")
+        notes = source_notes(_source_txt(cfg, dataset, Path(data_dir)))
         if not notes:
             lines.append(f"- `{dataset}`: no SOURCE.txt; origin and licence not recorded.")
             continue
         lines.append(f"- `{dataset}`: {notes.get('DATASET', 'origin not stated')} Licence: "
                      f"{notes.get('LICENCE', 'not stated')}")
     return lines
+
+
+def _finetune_lines(cfg: TrainConfig, finetune: dict[str, Any], init: dict[str, Any]) -> list[str]:
+    ft, verdict, replay = cfg.finetune, finetune["verdict"], finetune["replay"]
+    before, after = verdict["init_model"]["balanced_accuracy"], verdict["new_model"]["balanced_accuracy"]
+    return [f"- fine-tuned from `{init['path']}` (SHA-256 {init['sha256'][:12]}…) on a lab's verified cells "
+            f"(`bcscan review --export-training`), split {ft.train:g} / {ft.val:g} / {ft.holdout:g} (train / "
+            f"validation / held back), with a replay of that model's own training data from "
+            f"`{finetune['replay_data']}` ({ft.replay_per_source} training images of each of its "
+            f"{replay['sources']} sources: {replay['train_samples']} training and {replay['val_samples']} validation "
+            "cells; its split kept, so none of its test images is trained on)",
+            f"- on the {verdict['cells']} held-back verified cells ({verdict['blasts']} blasts): balanced accuracy "
+            f"{before:.3f} before, {after:.3f} after (written only if ≥ before + {verdict['min_gain']:g})"]
+
+
+def _source_txt(cfg: TrainConfig, dataset: str, data_dir: Path) -> Path:
+    """The dataset's SOURCE.txt: the nearest one above any of its source folders (a dataset folder's, or the
+    folder `bcscan review --export-training` wrote)."""
+    for source in cfg.sources:
+        if source.dataset_name == dataset:
+            base = source.base(data_dir)
+            folder = base / source.path
+            while True:
+                if (folder / "SOURCE.txt").is_file():
+                    return folder / "SOURCE.txt"
+                if folder == base or folder == folder.parent:
+                    break
+                folder = folder.parent
+    return data_dir / dataset / "SOURCE.txt"
 
 
 BALANCE_WORDS = {
@@ -116,12 +145,18 @@ SINGLE_CELL_WORDS = (" Single-cell sources (one labelled cell per image) give on
                      "centre, or a crop at the centre when the segmentation misses it.")
 
 
+def _verified_split(cfg: TrainConfig) -> str:
+    ft = cfg.finetune
+    return (f" (a fine-tuning's verified cells: {ft.train:.0%}/{ft.val:.0%}/{ft.holdout:.0%}, the last held back to "
+            "judge it against the model it started from)") if ft else ""
+
+
 def _splits(cfg: TrainConfig, metrics: dict[str, Any], rel: str) -> list[str]:
     d = metrics["data"]
     lines = [
         "",
         f"Splits: {cfg.split.train:.0%}/{cfg.split.val:.0%}/{cfg.split.test:.0%} of the images of each source "
-        f"folder, seed {cfg.seed}. Near-duplicates (16×16 average hash, Hamming ≤ {cfg.split.max_hamming}, "
+        f"folder{_verified_split(cfg)}, seed {cfg.seed}. Near-duplicates (16×16 average hash, Hamming ≤ {cfg.split.max_hamming}, "
         f"transitively) are kept in one split ({d['near_duplicate_groups_gt1']} groups of ≥2 images); in cells "
         "mode all crops of an image stay in its split. Image split lists: "
         f"`{rel}/splits.csv`. Training samples: {BALANCE_WORDS[d['balance']]}, "
@@ -137,12 +172,14 @@ def _splits(cfg: TrainConfig, metrics: dict[str, Any], rel: str) -> list[str]:
 
 def _recipe(cfg: TrainConfig, metrics: dict[str, Any]) -> list[str]:
     a, tp, cal = cfg.augmentation, cfg.training, metrics["calibration"]
-    init = metrics.get("init_model")
+    init, finetune = metrics.get("init_model"), metrics.get("finetune")
     return [
         "## Recipe",
         "",
         f"- VGG-16 conv base ({f'channels × {cfg.model.width:g}, ' if cfg.model.width != 1 else ''}"
-        f"{'batch norm after each conv, ' if cfg.model.batch_norm else ''}"
+        f"{'batch norm after each conv' if cfg.model.batch_norm else ''}"
+        f"{f' (momentum {cfg.model.batch_norm_momentum:g})' if cfg.model.batch_norm and cfg.model.batch_norm_momentum != 0.99 else ''}"
+        f"{', ' if cfg.model.batch_norm else ''}"
         f"{'initialised from ' + metrics['weights'] if metrics.get('weights') else 'from scratch: no ImageNet weights offline'}) "
         f"→ flatten → dense {cfg.model.hidden_units} ReLU → dropout {cfg.model.dropout} → "
         f"{'softmax over the cell types, blast types summed' if cfg.model.head == 'cell_types' else 'softmax(2)'}",
@@ -158,7 +195,8 @@ def _recipe(cfg: TrainConfig, metrics: dict[str, Any]) -> list[str]:
         *([f"- second stage: continued from `{init['path']}` (SHA-256 "
            f"{init['sha256'][:12]}…, {init['epochs_before']} epochs before, same "
            "data, seed and split) with the settings above; epochs counted in this stage"]
-          if init else []),
+          if init and not finetune else []),
+        *(_finetune_lines(cfg, finetune, init) if finetune else []),
         f"- augmentation: flips (h {a.horizontal_flip}, v {a.vertical_flip}), rotation ±{a.rotation_deg:g}°, "
         f"scale ±{a.scale:g}, shift ±{a.translate:g}, hue ±{a.hue:g}, saturation ±{a.saturation:g}, "
         f"brightness ±{a.brightness:g}, contrast ±{a.contrast:g}, channel gain ±{a.channel_gain:g}, "

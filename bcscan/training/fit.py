@@ -57,7 +57,8 @@ def fit_model(cfg: TrainConfig, samples: Samples, labels: np.ndarray, draw: Call
     type_classes = cell_type_table(cfg.sources)[1] if cfg.model.head == "cell_types" else None
     model = build_vgg16(cfg.input_size, len(CLASSES), cfg.model.hidden_units, cfg.model.dropout,
                         cfg.model.batch_norm, weights, cfg.seed, cfg.model.grey_input,
-                        cfg.model.stain_standardise, cfg.model.width, type_classes)
+                        cfg.model.stain_standardise, cfg.model.width, type_classes,
+                        batch_norm_momentum=cfg.model.batch_norm_momentum)
     init_info = continue_from(model, Path(init_model), cfg, split_sha256) if init_model else None
     # the layers fitted: up to the cell-type softmax when the head has one (its fixed sum is not trained)
     trainee = keras.Model(model.input, model.get_layer("cell_type").output) if type_classes else model
@@ -68,7 +69,8 @@ def fit_model(cfg: TrainConfig, samples: Samples, labels: np.ndarray, draw: Call
     else:
         train_batches, steps = _training_batches(cfg, samples.x_margin, labels, draw, dev), None
     validation = (samples.x[val_idx].astype(np.float32) * np.float32(1 / 255), labels[val_idx])
-    start = (f"continuing {init_model} ({init_info.training.get('epochs_run')} epochs)" if init_info
+    start = (f"{'fine-tuning' if cfg.finetune else 'continuing'} {init_model} "
+             f"({init_info.training.get('epochs_run')} epochs)" if init_info
              else f"weights {weights}" if weights else "from scratch")
     echo(f"[train] VGG-16{' + batch norm' if cfg.model.batch_norm else ''} {cfg.input_size}×{cfg.input_size}, "
          f"{start}, {tp.epochs} epochs max, device {dev}")

@@ -23,6 +23,7 @@ class SourceSpec:
     dataset: str = ""          # name used for per-dataset reports; default: first path component
     single_cell: bool = False  # each image is one labelled cell at its centre: only that cell is a sample
     cell_type: str = ""        # what the images show (e.g. myeloblast, neutrophil): the targets of model.head cell_types
+    root: str = ""             # folder `path` is relative to, when not DATA_DIR (a fine-tuning's replay data)
 
     def __post_init__(self):
         if self.label not in CLASSES:
@@ -33,6 +34,10 @@ class SourceSpec:
     @property
     def dataset_name(self) -> str:
         return self.dataset or Path(self.path).parts[0]
+
+    def base(self, data_dir: Path) -> Path:
+        """The folder this source's image paths are relative to."""
+        return Path(self.root) if self.root else Path(data_dir)
 
 
 @dataclass(frozen=True)
@@ -51,6 +56,7 @@ class SplitParams:
 @dataclass(frozen=True)
 class ModelParams:
     batch_norm: bool = True
+    batch_norm_momentum: float = 0.99  # share of the running statistics kept per step (Keras' default)
     hidden_units: int = 256
     dropout: float = 0.5
     grey_input: bool = False       # a fixed luminance layer first: the model cannot use colour (lab cue)
@@ -61,6 +67,8 @@ class ModelParams:
     def __post_init__(self):
         if self.width <= 0:
             raise ValueError("width must be > 0")
+        if not 0 <= self.batch_norm_momentum < 1:
+            raise ValueError("batch_norm_momentum must be in [0, 1)")
         if self.head not in {"binary", "cell_types"}:
             raise ValueError("head must be binary or cell_types")
 
@@ -121,6 +129,29 @@ class AugmentParams:
             raise ValueError("stain_transfer_p must be in [0, 1]")
 
 
+@dataclass(frozen=True)
+class FinetuneParams:
+    """A lab's own verified cells (`bcscan review --export-training`) teaching a trained model (`--init-model`).
+
+    The model's own training images are replayed beside them so it does not forget the other labs; part of
+    the verified cells is held back, and the new model is written only when it does better on them."""
+    replay_per_source: int = 40   # training images of each of the init model's sources (its own training split)
+    train: float = 0.6            # the verified images: trained on ...
+    val: float = 0.15             # ... early stopping ...
+    holdout: float = 0.25         # ... held back to judge the new model against the init model
+    min_gain: float = 0.0         # the new model's balanced accuracy on the held-back cells must beat init + this
+
+    def __post_init__(self):
+        if self.replay_per_source < 0:
+            raise ValueError("replay_per_source must be >= 0")
+        if min(self.train, self.val, self.holdout) <= 0 or abs(self.train + self.val + self.holdout - 1) > 1e-6:
+            raise ValueError("train + val + holdout must be 1 and each > 0")
+
+    @property
+    def local_split(self) -> SplitParams:
+        return SplitParams(train=self.train, val=self.val, test=self.holdout)
+
+
 @dataclass
 class TrainConfig:
     name: str = "bcscan-vgg16"
@@ -137,6 +168,7 @@ class TrainConfig:
     model: ModelParams = field(default_factory=ModelParams)
     training: TrainParams = field(default_factory=TrainParams)
     augmentation: AugmentParams = field(default_factory=AugmentParams)
+    finetune: FinetuneParams | None = None   # a fine-tuning recipe (configs/finetune-local.yaml)
     raw: dict = field(default_factory=dict)
 
     @property
@@ -146,11 +178,14 @@ class TrainConfig:
 
 BALANCE_MODES = ("undersample", "source_class", "none")
 TOP_KEYS = {"name", "mode", "input_size", "crop_um", "crop_margin", "balance", "max_images_per_source",
-            "seed", "sources", "segmentation", "split", "model", "training", "augmentation", "description"}
+            "seed", "sources", "segmentation", "split", "model", "training", "augmentation", "finetune",
+            "description"}
 
 
-def load_train_config(path: Path, overrides: dict[str, Any] | None = None) -> TrainConfig:
-    """Read a training config; `overrides` (epochs, seed, max_images_per_source, ...) win."""
+def load_train_config(path: Path, overrides: dict[str, Any] | None = None,
+                      sources: list[dict[str, Any]] | None = None) -> TrainConfig:
+    """Read a training config; `overrides` (epochs, seed, max_images_per_source, ...) win.  `sources`, when
+    given, are the recipe's source lines (a fine-tuning recipe lists none: they come from its data)."""
     from bcscan.scan.segmentation import SegmentationParams
 
     raw = load_yaml(path)
@@ -165,6 +200,8 @@ def load_train_config(path: Path, overrides: dict[str, Any] | None = None) -> Tr
     for key in ("epochs", "max_minutes", "batch_size", "learning_rate"):
         if overrides.get(key) is not None:
             raw.setdefault("training", {})[key] = overrides[key]
+    if sources is not None:
+        raw["sources"] = json.loads(json.dumps(sources))
     try:
         sources = [section(SourceSpec, s, f"sources[{i}]") for i, s in enumerate(raw.get("sources") or [])]
     except ConfigError as exc:
@@ -190,6 +227,7 @@ def load_train_config(path: Path, overrides: dict[str, Any] | None = None) -> Tr
             model=section(ModelParams, raw.get("model"), "model"),
             training=section(TrainParams, raw.get("training"), "training"),
             augmentation=section(AugmentParams, raw.get("augmentation"), "augmentation"),
+            finetune=section(FinetuneParams, raw["finetune"], "finetune") if "finetune" in raw else None,
             raw=raw,
         )
     except ConfigError as exc:

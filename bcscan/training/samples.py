@@ -34,7 +34,7 @@ class Samples:
     x: np.ndarray            # uint8 N×S×S×3 at input_size, exactly what the model sees at scan time
     x_margin: np.ndarray     # uint8 N×M×M×3 larger crops for augmentation (== x in image mode)
     image: np.ndarray        # int, index into `files` for each sample
-    files: list[str]         # image paths relative to DATA_DIR
+    files: list[str]         # image paths relative to DATA_DIR (or their source's root)
     source: np.ndarray       # int, index into `sources` for each image
     ahash: np.ndarray        # uint8 packed bits of each image's average hash
     n_cells: np.ndarray      # samples per image
@@ -61,13 +61,13 @@ def list_images(folder: Path) -> list[Path]:
 def discover(data_dir: Path, sources: list[SourceSpec], max_per_source: int = 0, seed: int = 0,
              only: set[str] | None = None) -> list[tuple[str, int]]:
     """(relative path, source index) of every image; a seeded subset when max_per_source > 0."""
-    data_dir = Path(data_dir)
     out: list[tuple[str, int]] = []
     for i, src in enumerate(sources):
-        folder = data_dir / src.path
+        base = src.base(data_dir)
+        folder = base / src.path
         if not folder.is_dir():
             raise TrainingError(f"{folder}: source folder not found")
-        files = [p.relative_to(data_dir).as_posix() for p in list_images(folder)]
+        files = [p.relative_to(base).as_posix() for p in list_images(folder)]
         if only is not None:
             files = [f for f in files if f in only]
         if not files and only is None:
@@ -133,14 +133,14 @@ def _extract_one(args):
     return h, x, xm
 
 
-def _cache_key(files, source: SourceSpec, mode, input_size, crop_um, margin, seg_params, hash_size, data_dir) -> str:
+def _cache_key(files, source: SourceSpec, mode, input_size, crop_um, margin, seg_params, hash_size, base) -> str:
     digest = hashlib.sha256()
     meta = {"v": CACHE_VERSION, "mode": mode, "input": input_size, "crop_um": crop_um, "margin": margin,
             "seg": dataclasses.asdict(seg_params) if seg_params is not None else None, "hash": hash_size,
             "mpp": source.mpp, "single_cell": source.single_cell}
     digest.update(json.dumps(meta, sort_keys=True).encode())
     for rel in files:
-        st = (Path(data_dir) / rel).stat()
+        st = (Path(base) / rel).stat()
         digest.update(f"{rel}|{st.st_size}|{int(st.st_mtime)}\n".encode())
     return digest.hexdigest()[:16]
 
@@ -171,15 +171,15 @@ def _source_samples(data_dir: Path, files: list[str], source: SourceSpec, mode, 
                     seg_params, hash_size, cache_dir, workers, progress) -> dict[str, np.ndarray]:
     """The arrays of one source folder's `files`: x, x_margin, ahash and n_cells (read from or written to the
     cache)."""
-    cache = None
+    cache, base = None, source.base(data_dir)
     if cache_dir is not None:
-        key = _cache_key(files, source, mode, input_size, crop_um, margin, seg_params, hash_size, data_dir)
+        key = _cache_key(files, source, mode, input_size, crop_um, margin, seg_params, hash_size, base)
         cache = Path(cache_dir) / f"samples-{mode}-{source.path.replace('/', '_')}-{key}.npz"
         if cache.is_file():
             log.info("sample cache %s", cache)
             with np.load(cache, allow_pickle=False) as z:
                 return {k: z[k] for k in ("x", "x_margin", "ahash", "n_cells")}
-    jobs = [(str(Path(data_dir) / rel), source.mpp, mode, input_size, crop_um, margin, seg_params, hash_size,
+    jobs = [(str(base / rel), source.mpp, mode, input_size, crop_um, margin, seg_params, hash_size,
              source.single_cell) for rel in files]
     workers = workers or min(4, os.cpu_count() or 1)
     results = []

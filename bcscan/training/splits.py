@@ -15,28 +15,32 @@ from bcscan.training.recipe import SplitParams
 from bcscan.training.samples import Samples
 
 
-def split_images(samples: Samples, params: SplitParams, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def split_images(samples: Samples, params: SplitParams, seed: int,
+                 source_params: dict[int, SplitParams] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Split name ('train'/'val'/'test') per image, near-duplicate groups kept together,
-    stratified by source folder; returns (split per image, group per image)."""
+    stratified by source folder; returns (split per image, group per image).  `source_params` splits the
+    named sources otherwise (a fine-tuning's verified cells); a source's split depends only on the sources
+    before it, so appending sources leaves the earlier ones' split as it was."""
     groups = near_duplicate_groups(samples.ahash, params.max_hamming)
     split = np.empty(len(groups), dtype=object)
     uniq = np.unique(groups)
     stratum = {g: samples.source[g] for g in uniq}  # the group's root image decides its stratum
     rng = np.random.default_rng(seed)
     for s in sorted(set(stratum.values())):
+        sp = (source_params or {}).get(int(s), params)
         gs = np.array([g for g in uniq if stratum[g] == s])
         gs = gs[rng.permutation(len(gs))]
         sizes = np.array([np.sum(groups == g) for g in gs])
         total = sizes.sum()
         cum = np.cumsum(sizes)
         # at least one image in each non-empty split when the stratum is tiny
-        n_test = max(params.test * total, 1.0 if params.test > 0 and total >= 3 else 0.0)
-        n_val = max(params.val * total, 1.0 if params.val > 0 and total >= 3 else 0.0)
+        n_test = max(sp.test * total, 1.0 if sp.test > 0 and total >= 3 else 0.0)
+        n_val = max(sp.val * total, 1.0 if sp.val > 0 and total >= 3 else 0.0)
         for g, c, size in zip(gs, cum, sizes):
             before = c - size
-            if before < n_test and params.test > 0:
+            if before < n_test and sp.test > 0:
                 name = "test"
-            elif before < n_test + n_val and params.val > 0:
+            elif before < n_test + n_val and sp.val > 0:
                 name = "val"
             else:
                 name = "train"

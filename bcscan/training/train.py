@@ -25,13 +25,15 @@ from typing import Any
 
 import numpy as np
 
-from bcscan.errors import ConfigError, TrainingError
+from bcscan.config import load_yaml
+from bcscan.errors import ConfigError, NotBetterError, TrainingError
 from bcscan.model.classifier import keras_backend
 from bcscan.model.network import CLASSES, LEUKEMIC
 from bcscan.training.baselines import colour_baseline, stain_swap_check
 from bcscan.training.calibration import fit_image_temperature, fit_temperature
 from bcscan.training.card import write_model_card
 from bcscan.training.domain_fit import fit_domain
+from bcscan.training.finetune import finetune_sources, holdout_verdict, replay_digest, unreplayed_images
 from bcscan.training.fit import Fitted, fit_model, init_summary
 from bcscan.training.metrics import ece, image_level, metrics_block, per_source
 from bcscan.training.predict import predict_probs
@@ -45,16 +47,17 @@ def train(data_dir: Path, config_path: Path, out_dir: Path, *, weights: Path | N
           init_model: Path | None = None, epochs: int | None = None, seed: int | None = None,
           max_images_per_source: int | None = None, work_dir: Path | None = None, max_minutes: float | None = None,
           learning_rate: float | None = None, device: str = "auto", card_sections: tuple[Path, ...] = (),
-          echo=print) -> dict:
+          replay_data: Path | None = None, echo=print) -> dict:
     """Run a training as configured; returns metrics (also written to OUT/<name>/metrics.json).
     `card_sections`: Markdown files copied into the model card (e.g. benchmarks/cross_lab.py's leave-one-lab-out
-    tables, which no single training run can measure)."""
-    cfg = load_train_config(config_path, {"epochs": epochs, "seed": seed, "max_minutes": max_minutes,
-                                          "max_images_per_source": max_images_per_source,
-                                          "learning_rate": learning_rate})
+    tables, which no single training run can measure).  A fine-tuning recipe (`finetune:`) trains `init_model`
+    on the verified cells in `data_dir` with a replay of its own training data from `replay_data`."""
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     if not data_dir.is_dir():
         raise TrainingError(f"{data_dir}: data folder not found")
+    cfg, n_replay = _load_recipe(config_path, {"epochs": epochs, "seed": seed, "max_minutes": max_minutes,
+                                               "max_images_per_source": max_images_per_source,
+                                               "learning_rate": learning_rate}, data_dir, init_model, replay_data)
     card_extra = _read_card_sections(card_sections)
     if cfg.training.lr_schedule == "cosine_time" and keras_backend() != "tensorflow":
         # JAX keeps the optimiser's state on the device during an epoch: a per-batch assignment is lost
@@ -67,14 +70,16 @@ def train(data_dir: Path, config_path: Path, out_dir: Path, *, weights: Path | N
     work_dir.mkdir(parents=True, exist_ok=True)
     t_start = time.time()
 
-    data = _prepare_data(cfg, data_dir, work_dir, report_dir, echo)
+    data = _prepare_data(cfg, data_dir, work_dir, report_dir, echo, n_replay)
     draw = epoch_draws(data.train_pool, data.labels, data.samples.dataset, cfg.balance, cfg.seed, data.train_idx,
                        cfg.training.epoch_cells) if cfg.training.rebalance_each_epoch else lambda epoch: data.train_idx
-    fitted = fit_model(cfg, data.samples, _targets(cfg, data), draw, data.val_idx, split_sha256=data.split_sha256,
-                       weights=weights, init_model=init_model, device=device, work_dir=work_dir,
-                       report_dir=report_dir, echo=echo)
+    fitted = fit_model(cfg, data.samples, _targets(cfg, data), draw, data.val_idx,
+                       split_sha256=data.init_split_sha256, weights=weights, init_model=init_model, device=device,
+                       work_dir=work_dir, report_dir=report_dir, echo=echo)
     history, n_train = fitted.history, len(draw(0))
     assessed = _assess(cfg, data, fitted.model, echo)
+    if cfg.finetune:
+        assessed["finetune"] = _finetune_verdict(cfg, data, fitted.model, init_model, replay_data, echo)
     domain = fit_domain(data.samples, data.split_img) if cfg.mode == "cells" else {}
     primary = assessed["test_images"] or assessed["test_cells"] or {}
     metrics = {**{k: primary.get(k) for k in ("accuracy", "balanced_accuracy", "roc_auc", "ece", "per_class",
@@ -93,10 +98,44 @@ def train(data_dir: Path, config_path: Path, out_dir: Path, *, weights: Path | N
                             "train_images_per_s": round(n_train * len(history.get("loss", [])) / fitted.fit_s, 1)},
                "domain": domain,
                "config": cfg.raw}
+    verdict = (metrics.get("finetune") or {}).get("verdict")
+    if verdict and not verdict["written"]:
+        write_reports(report_dir, metrics, history=fitted.history)
+        write_metrics_json(report_dir / "metrics.json", metrics)
+        raise NotBetterError(
+            f"the fine-tuned model's balanced accuracy on the {verdict['cells']} held-back verified cells is "
+            f"{verdict['new_model']['balanced_accuracy']:.3f}, the init model's "
+            f"{verdict['init_model']['balanced_accuracy']:.3f} (+ min_gain {verdict['min_gain']:g} needed): "
+            f"model not written; report in {report_dir}")
     _save(cfg, fitted, metrics, data.split_sha256, config_path=config_path, data_dir=data_dir, out_dir=out_dir,
           report_dir=report_dir, weights=weights, card_extra=card_extra)
     metrics["wall_s"] = round(time.time() - t_start, 1)
     return metrics
+
+
+# ----------------------------------------------------------------------------- 0. recipe
+
+def _load_recipe(config_path: Path, overrides: dict[str, Any], data_dir: Path, init_model: Path | None,
+                 replay_data: Path | None) -> tuple[TrainConfig, int]:
+    """(the recipe, how many of its sources are replayed).  A fine-tuning recipe takes its sources from the
+    init model's metadata (replayed from `replay_data`) and from the verified cells in `data_dir`, and the
+    init model's seed, which its split depends on."""
+    if "finetune" not in load_yaml(config_path):
+        if replay_data is not None:
+            raise ConfigError(f"--replay-data: {config_path} is not a fine-tuning recipe (no 'finetune' section)")
+        return load_train_config(config_path, overrides), 0
+    if init_model is None or replay_data is None:
+        raise ConfigError(f"{config_path}: a fine-tuning recipe needs --init-model (the model to start from) and "
+                          "--replay-data (the data folder that model was trained on)")
+    if not Path(replay_data).is_dir():
+        raise TrainingError(f"{replay_data}: replay data folder not found")
+    from bcscan.model.network import load_model_info
+
+    info = load_model_info(init_model)
+    sources, n_replay = finetune_sources(init_model, info, Path(replay_data).resolve(), data_dir)
+    seed = overrides.get("seed")
+    overrides = overrides | {"seed": info.training.get("seed", 0) if seed is None else seed}
+    return load_train_config(config_path, overrides, sources), n_replay
 
 
 # ----------------------------------------------------------------------------- 1. data and split
@@ -107,6 +146,8 @@ class PreparedData:
     samples: Samples
     split_img: np.ndarray       # 'train' | 'val' | 'test' per image
     split_sha256: str           # digest of the split (see splits.split_digest)
+    init_split_sha256: str      # the digest an --init-model must have recorded (a fine-tuning's: the replayed images')
+    n_replay: int               # sources replayed from the init model's training data (fine-tuning), first
     labels: np.ndarray          # class index per sample
     train_idx: np.ndarray       # balanced training samples (the first epoch's, see training.rebalance_each_epoch)
     train_pool: np.ndarray      # every training sample
@@ -117,15 +158,19 @@ class PreparedData:
     collect_s: float            # time spent collecting the samples
 
 
-def _prepare_data(cfg: TrainConfig, data_dir: Path, work_dir: Path, report_dir: Path, echo) -> PreparedData:
-    """Collect the samples, split the images (splits.csv), balance the training samples."""
+def _prepare_data(cfg: TrainConfig, data_dir: Path, work_dir: Path, report_dir: Path, echo,
+                  n_replay: int = 0) -> PreparedData:
+    """Collect the samples, split the images (splits.csv), balance the training samples.  A fine-tuning
+    splits its verified images by `finetune` and trains on a sample of the replayed ones."""
     t0 = time.time()
     echo(f"[train] collecting {cfg.mode} samples from {len(cfg.sources)} source folders in {data_dir} ...")
     samples = collect_samples(data_dir, cfg.sources, cfg.mode, cfg.input_size, cfg.crop_um, cfg.margin,
                               cfg.segmentation, max_per_source=cfg.max_images_per_source, seed=cfg.seed,
                               hash_size=cfg.split.hash_size, cache_dir=work_dir, progress=True)
     collect_s = time.time() - t0
-    split_img, groups = split_images(samples, cfg.split, cfg.seed)
+    ft = cfg.finetune
+    verified_split = {i: ft.local_split for i in range(n_replay, len(cfg.sources))} if ft else None
+    split_img, groups = split_images(samples, cfg.split, cfg.seed, verified_split)
     split_sha256 = split_digest(samples.files, split_img)
     split_smp = split_img[samples.image]
     labels = samples.label
@@ -133,22 +178,29 @@ def _prepare_data(cfg: TrainConfig, data_dir: Path, work_dir: Path, report_dir: 
     write_splits_csv(report_dir / "splits.csv", samples, split_img, groups)
 
     rng = np.random.default_rng(cfg.seed)
-    train_pool = np.nonzero(split_smp == "train")[0]
+    in_run = np.ones(len(samples.x), bool)
+    if ft:
+        in_run = ~unreplayed_images(samples, split_img, n_replay, ft, cfg.split, cfg.seed)[samples.image]
+    train_pool = np.nonzero((split_smp == "train") & in_run)[0]
     train_idx = train_pool[balance_indices(labels[train_pool], rng, cfg.balance, samples.dataset[train_pool])]
-    val_idx = np.nonzero(split_smp == "val")[0]
+    val_idx = np.nonzero((split_smp == "val") & in_run)[0]
     test_idx = np.nonzero(split_smp == "test")[0]
     if len(train_idx) == 0 or len(val_idx) == 0:
         raise TrainingError(f"{data_dir}: too few samples for a train/validation split "
                             f"(train {len(train_idx)}, val {len(val_idx)}); add images or lower max_images_per_source")
     summary = _data_summary(cfg, samples, split_img, split_smp, train_idx, n_groups_multi)
     summary["rebalance_each_epoch"] = cfg.training.rebalance_each_epoch
+    if ft:
+        summary["replay"] = {"sources": n_replay, "train_samples": int(np.sum(samples.source[samples.image[
+            train_pool]] < n_replay)), "val_samples": int(np.sum(samples.source[samples.image[val_idx]] < n_replay))}
     echo(f"[train] {len(samples.files)} images, {len(samples.x)} samples; near-duplicate groups with >1 image: "
          f"{n_groups_multi}; train {len(train_idx)} (balanced) / val {len(val_idx)} / test {len(test_idx)} samples")
     shortcut = shortcut_check(cfg.sources)
     for line in shortcut:
         echo(f"[train] WARNING (source shortcut): {line}")
-    return PreparedData(samples, split_img, split_sha256, labels, train_idx, train_pool, val_idx, test_idx, summary,
-                        shortcut, collect_s)
+    init_sha256 = replay_digest(samples, split_img, n_replay) if ft else split_sha256
+    return PreparedData(samples, split_img, split_sha256, init_sha256, n_replay, labels, train_idx, train_pool,
+                        val_idx, test_idx, summary, shortcut, collect_s)
 
 
 def _targets(cfg: TrainConfig, data: PreparedData) -> np.ndarray:
@@ -219,6 +271,18 @@ def _assess(cfg: TrainConfig, data: PreparedData, model, echo) -> dict[str, Any]
             "per_source": by_source, "calibration": calib, "colour_baseline": baseline,
             "stain_swap": stain_swap,
             "did_not_learn": did_not_learn}
+
+
+def _finetune_verdict(cfg: TrainConfig, data: PreparedData, model, init_model: Path, replay_data: Path,
+                      echo) -> dict[str, Any]:
+    """metrics' `finetune`: what was replayed, and both models on the held-back verified cells."""
+    held = data.test_idx[data.samples.source[data.samples.image[data.test_idx]] >= data.n_replay]
+    verdict = holdout_verdict(init_model, model, data.samples.x[held], data.labels[held], cfg.finetune.min_gain)
+    echo(f"[train] held-back verified cells ({verdict['cells']}, {verdict['blasts']} blasts): balanced accuracy "
+         f"{verdict['init_model']['balanced_accuracy']:.3f} before, {verdict['new_model']['balanced_accuracy']:.3f} "
+         f"after fine-tuning")
+    return {"init_model": str(init_model), "replay_data": str(replay_data), "replay": data.summary["replay"],
+            "verdict": verdict}
 
 
 def _shortcut_checks(cfg: TrainConfig, data: PreparedData, predict, echo):
