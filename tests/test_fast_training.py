@@ -28,6 +28,19 @@ def test_width_multiplies_every_blocks_channels():
         build_vgg16(64, weights="vgg16_notop.h5", width=0.5)
 
 
+def test_batch_norm_momentum_reaches_every_layer_and_is_checked():
+    from bcscan.model.network import build_vgg16
+    from bcscan.training.recipe import ModelParams
+
+    def momenta(model):
+        return {layer.momentum for layer in model.layers if layer.name.endswith("_bn")}
+
+    assert momenta(build_vgg16(32, batch_norm=True, width=0.25)) == {0.99}      # Keras' default kept
+    assert momenta(build_vgg16(32, batch_norm=True, width=0.25, batch_norm_momentum=0.9)) == {0.9}
+    with pytest.raises(ValueError, match="batch_norm_momentum"):
+        ModelParams(batch_norm_momentum=1.0)                                    # running statistics never move
+
+
 def _tf(params: AugmentParams, x: np.ndarray, input_size: int, margin: float, seed: int = 0) -> np.ndarray:
     from bcscan.training.tf_augment import make_tf_augmenter
 

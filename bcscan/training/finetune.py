@@ -35,6 +35,9 @@ def finetune_sources(init_model: Path, info: ModelInfo, replay_dir: Path, verifi
     """(the recipe's source lines, how many of them are replay sources)."""
     replay = []
     for line in (info.training or {}).get("sources") or []:
+        if line.get("root"):
+            raise TrainingError(f"{init_model}: a fine-tuned model (its sources lie in two folders); fine-tune the "
+                                "model it started from, on all the verified cells")
         line = {k: v for k, v in line.items() if v not in ("", None)}
         replay.append(line | {"dataset": line.get("dataset") or Path(line["path"]).parts[0],
                               "root": str(replay_dir)})
