@@ -20,19 +20,21 @@ from test_training import synthetic_field, write_config, write_dataset
 
 from bcscan.cli.train import train_command
 from bcscan.errors import ExitCode
+from bcscan.training.finetune import verified_cell_name
 
 HOSPITAL_MPP = 0.4
 
 
 def write_verified(root: Path, per_label: int = 20) -> Path:
-    """An --export-training folder: blast (big nucleus) and lymphocyte (small) single-cell images, bluer stain."""
+    """An --export-training folder: blast (big nucleus) and lymphocyte (small) single-cell images, bluer stain;
+    two cells of each scan (patient), as the exporter names them."""
     rng = np.random.default_rng(7)
     lines = []
     for label, cls, nucleus in (("blast", "leukemic", 5.0), ("lymphocyte", "normal", 3.0)):
         (root / label).mkdir(parents=True)
         for i in range(per_label):
             field = synthetic_field(rng, size=90, mpp=HOSPITAL_MPP, n_wbc=1, nucleus_um=nucleus, tint=(-25, 0, 15))
-            cv2.imwrite(str(root / label / f"scan{i}-cell1.png"), field[..., ::-1])
+            cv2.imwrite(str(root / label / verified_cell_name(f"{label}-scan{i // 2}", i % 2 + 1)), field[..., ::-1])
         lines.append({"path": label, "label": cls, "mpp": HOSPITAL_MPP, "dataset": "local-verified",
                       "single_cell": True})
     (root / "sources.yaml").write_text(yaml.safe_dump({"sources": lines}), encoding="utf-8")
@@ -83,12 +85,18 @@ def test_finetune_keeps_the_replayed_split_holds_back_verified_cells_and_refuses
     assert ft["replay"]["sources"] == 2
     replay_train_cells = ft["replay"]["train_samples"]
     assert 0 < replay_train_cells <= 2 * 5 * 4       # synthetic fields hold about 2 cells each
-    # the verified images: 0.6 / 0.15 / 0.25 of each folder; the held-back ones judge both models
+    # the verified images: 0.6 / 0.15 / 0.25 of each folder, a scan's cells in one split (a patient is trained on
+    # or held back, never both); the held-back ones judge both models
     mine = {f: s for f, s in after.items() if f not in before}
     assert len(mine) == 40
-    assert sorted(mine.values()).count("test") == 10 and sorted(mine.values()).count("val") == 6
+    by_scan = {}
+    for f, split in mine.items():
+        by_scan.setdefault(Path(f).name.split("-cell")[0], set()).add(split)
+    assert len(by_scan) == 20 and all(len(splits) == 1 for splits in by_scan.values())
+    held = [f for f, split in mine.items() if split == "test"]
+    assert len(held) == 12 and sum(f.startswith("blast/") for f in held) == 6   # 3 of each folder's 10 scans
     verdict = ft["verdict"]
-    assert verdict["cells"] == 10 and verdict["blasts"] == 5
+    assert verdict["cells"] == 12 and verdict["blasts"] == 6
     for model in ("init_model", "new_model"):
         assert 0 <= verdict[model]["balanced_accuracy"] <= 1
     assert verdict["written"] and (out / "tiny-local.keras").is_file()
@@ -96,7 +104,7 @@ def test_finetune_keeps_the_replayed_split_holds_back_verified_cells_and_refuses
     info = json.loads((out / "tiny-local.json").read_text())
     assert set(info["domain"]["labs"]) == {"lab", "local-verified"}
     card = (out / "tiny-local.md").read_text()
-    assert f"fine-tuned from `{init}`" in card and "held-back verified cells (5 blasts)" in card
+    assert f"fine-tuned from `{init}`" in card and "held-back verified cells (6 blasts)" in card
     assert "- `local-verified`: Verified with bcscan review at a test hospital. Licence: internal" in card
 
     # a gain nobody can reach: the report is written, the model is not, exit 5

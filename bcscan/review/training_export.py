@@ -20,6 +20,7 @@ from bcscan.results.tables import atomic_write_bytes, atomic_write_text, safe_fi
 from bcscan.results.verification import BLAST, WHITE_CELL_LABELS
 from bcscan.review.store import ReviewStore, now
 from bcscan.scan.segmentation import SegmentationParams
+from bcscan.training.finetune import verified_cell_name
 
 IMAGE_CROPS = 2.0  # an image's side, in model crop widths
 
@@ -51,7 +52,7 @@ def export_training(data: RunData, store: ReviewStore, dest: Path) -> dict[str, 
                 ok, png = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
                 if not ok:
                     raise ReviewError(f"cell {int(cell.cell_id)} of {scan}: cannot encode its image")
-                name = f"{safe_filename(scan)}-cell{int(cell.cell_id)}.png"
+                name = verified_cell_name(safe_filename(scan), int(cell.cell_id))
                 atomic_write_bytes(dest / folder_of(cell.review_label) / name, png.tobytes())
                 counts[cell.review_label] += 1
     sources = [{"path": folder_of(label), "label": "leukemic" if label == BLAST else "normal", "mpp": mpp,

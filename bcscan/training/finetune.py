@@ -26,9 +26,30 @@ from bcscan.training.metrics import metrics_block
 from bcscan.training.predict import predict_probs
 from bcscan.training.recipe import FinetuneParams, SplitParams
 from bcscan.training.samples import Samples
+from bcscan.training.duplicates import near_duplicate_groups
 from bcscan.training.splits import split_digest
 
 VERIFIED_SOURCES = "sources.yaml"
+CELL_SUFFIX = "-cell"
+
+
+def verified_cell_name(scan_stem: str, cell_id: int) -> str:
+    """The file name of a verified cell's image (`bcscan review --export-training`): its scan and cell id."""
+    return f"{scan_stem}{CELL_SUFFIX}{cell_id}.png"
+
+
+def finetune_groups(samples: Samples, n_replay: int, max_hamming: int) -> np.ndarray:
+    """The split groups of a fine-tuning: the replayed images' near-duplicate groups, as the init model's run
+    formed them; the verified cells grouped by scan, so a patient's cells are all trained on or all held back
+    (their images' hashes would join unrelated cells: a small field padded to the crop's width hashes alike)."""
+    replay = np.nonzero(samples.source < n_replay)[0]
+    groups = np.empty(len(samples.files), np.int64)
+    groups[replay] = replay[near_duplicate_groups(samples.ahash[replay], max_hamming)]
+    first: dict[str, int] = {}
+    for i in np.nonzero(samples.source >= n_replay)[0]:
+        scan = Path(samples.files[i]).name.rsplit(CELL_SUFFIX, 1)[0]
+        groups[i] = first.setdefault(scan, int(i))
+    return groups
 
 
 def finetune_sources(init_model: Path, info: ModelInfo, replay_dir: Path, verified_dir: Path) -> tuple[list[dict], int]:

@@ -16,12 +16,15 @@ from bcscan.training.samples import Samples
 
 
 def split_images(samples: Samples, params: SplitParams, seed: int,
-                 source_params: dict[int, SplitParams] | None = None) -> tuple[np.ndarray, np.ndarray]:
+                 source_params: dict[int, SplitParams] | None = None,
+                 groups: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Split name ('train'/'val'/'test') per image, near-duplicate groups kept together,
     stratified by source folder; returns (split per image, group per image).  `source_params` splits the
     named sources otherwise (a fine-tuning's verified cells); a source's split depends only on the sources
-    before it, so appending sources leaves the earlier ones' split as it was."""
-    groups = near_duplicate_groups(samples.ahash, params.max_hamming)
+    before it, so appending sources leaves the earlier ones' split as it was.  `groups` (the group of each
+    image, numbered by its first image) replaces the near-duplicate groups."""
+    if groups is None:
+        groups = near_duplicate_groups(samples.ahash, params.max_hamming)
     split = np.empty(len(groups), dtype=object)
     uniq = np.unique(groups)
     stratum = {g: samples.source[g] for g in uniq}  # the group's root image decides its stratum

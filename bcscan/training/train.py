@@ -33,7 +33,8 @@ from bcscan.training.baselines import colour_baseline, stain_swap_check
 from bcscan.training.calibration import fit_image_temperature, fit_temperature
 from bcscan.training.card import write_model_card
 from bcscan.training.domain_fit import fit_domain
-from bcscan.training.finetune import finetune_sources, holdout_verdict, replay_digest, unreplayed_images
+from bcscan.training.finetune import (finetune_groups, finetune_sources, holdout_verdict, replay_digest,
+                                      unreplayed_images)
 from bcscan.training.fit import Fitted, fit_model, init_summary
 from bcscan.training.metrics import ece, image_level, metrics_block, per_source
 from bcscan.training.predict import predict_probs
@@ -170,7 +171,8 @@ def _prepare_data(cfg: TrainConfig, data_dir: Path, work_dir: Path, report_dir: 
     collect_s = time.time() - t0
     ft = cfg.finetune
     verified_split = {i: ft.local_split for i in range(n_replay, len(cfg.sources))} if ft else None
-    split_img, groups = split_images(samples, cfg.split, cfg.seed, verified_split)
+    split_img, groups = split_images(samples, cfg.split, cfg.seed, verified_split,
+                                     finetune_groups(samples, n_replay, cfg.split.max_hamming) if ft else None)
     split_sha256 = split_digest(samples.files, split_img)
     split_smp = split_img[samples.image]
     labels = samples.label
