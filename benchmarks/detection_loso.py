@@ -1,6 +1,7 @@
 """White-cell detection, leave one source out (issue 13 item 4): do the parameters generalise?
 
     python benchmarks/detection_loso.py [--data ../shared/data] [--step N] [--rounds 3] [--raw-labels]
+                                        [--without-platelet-test]
 
 Sources: BCCD and the four TXL-PBC sources (told apart by image size, see
 bcscan.testing.groundtruth). For each held-out source, coordinate descent over
@@ -24,6 +25,10 @@ of the search must also pass the blast guard (BlastGuard, `--blast-guard-step`):
 on every N-th Ghaderzadeh B-ALL field (no boxes there), WBCs found per field
 and the share of fields with none may not fall behind START's by more than
 GUARD_COUNT_LOSS / GUARD_EMPTY_RISE.
+
+Detections are scored as the pipeline makes them: segment(), then the shipped platelet-clump test
+(bcscan.scan.platelets, not searched); `--without-platelet-test` scores segment() alone (the figures
+before issue 26).
 """
 from __future__ import annotations
 
@@ -36,6 +41,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from bcscan.scan.platelets import PlateletParams, drop_platelet_clumps
 from bcscan.scan.reading import resample
 from bcscan.scan.segmentation import SegmentationParams, segment
 from bcscan.testing import groundtruth as V
@@ -81,21 +87,28 @@ GUARD_EMPTY_RISE = 0.02
 class BlastGuard:
     """WBCs found per Ghaderzadeh B-ALL field (every `step`-th field per folder), against START's."""
 
-    def __init__(self, data: Path, step: int, working_mpp: float):
+    def __init__(self, data: Path, step: int, working_mpp: float, platelets: PlateletParams | None):
         self.fields = {folder: [resample(V.read_rgb(f), V.GHADERZADEH_MPP, working_mpp)
                                 for f in V.ghaderzadeh_fields(data, folder, step)]
                        for folder in BLAST_FOLDERS}
         self.working_mpp = working_mpp
+        self.platelets = platelets
         self._figures: dict[SegmentationParams, dict[str, tuple[float, float]]] = {}
         self.reference = self.figures(START)
 
     def figures(self, params: SegmentationParams) -> dict[str, tuple[float, float]]:
         """Per folder: (WBCs per field, share of fields with none)."""
         if params not in self._figures:
-            counts = {folder: np.array([len(segment(rgb, self.working_mpp, params).cells) for rgb in fields])
+            counts = {folder: np.array([self.count(rgb, params) for rgb in fields])
                       for folder, fields in self.fields.items()}
             self._figures[params] = {folder: (float(c.mean()), float((c == 0).mean())) for folder, c in counts.items()}
         return self._figures[params]
+
+    def count(self, rgb: np.ndarray, params: SegmentationParams) -> int:
+        seg = segment(rgb, self.working_mpp, params)
+        if self.platelets is not None:
+            seg = drop_platelet_clumps(rgb, seg, self.working_mpp, params, self.platelets)
+        return len(seg.cells)
 
     def admits(self, params: SegmentationParams) -> bool:
         return all(per_field >= (1 - GUARD_COUNT_LOSS) * self.reference[folder][0]
@@ -109,8 +122,9 @@ class BlastGuard:
 class Evaluator:
     """Per-field scores of every parameter set tried, kept: the folds' searches share most of them."""
 
-    def __init__(self, fields: list[V.WorkingField]):
+    def __init__(self, fields: list[V.WorkingField], platelets: PlateletParams | None):
         self.fields = fields
+        self.platelets = platelets
         self.sources = np.array([f.sample.source for f in fields])
         self._scores: dict[SegmentationParams, list[V.DetectionScore]] = {}
 
@@ -120,7 +134,7 @@ class Evaluator:
 
     def scores(self, params: SegmentationParams) -> list[V.DetectionScore]:
         if params not in self._scores:
-            self._scores[params] = [f.score(params) for f in self.fields]
+            self._scores[params] = [f.score(params, self.platelets) for f in self.fields]
         return self._scores[params]
 
     def by_source(self, params: SegmentationParams, use: np.ndarray) -> dict[str, V.DetectionScore]:
@@ -188,6 +202,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=3, help="coordinate-descent rounds at most")
     ap.add_argument("--min-gain-cells", type=float, default=0.0,
                     help="a move must gain more mean F1 than this many cells per source would (0: any gain)")
+    ap.add_argument("--without-platelet-test", action="store_true",
+                    help="score segment() alone, without the platelet-clump test the pipeline applies after it")
     ap.add_argument("--blast-guard-step", type=int, default=4,
                     help="the blast guard uses every N-th Ghaderzadeh B-ALL field (0: no guard)")
     args = ap.parse_args(argv)
@@ -200,12 +216,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     cv2.setNumThreads(1)
     working_mpp = SegmentationParams().working_mpp
-    guard = BlastGuard(args.data, args.blast_guard_step, working_mpp) if args.blast_guard_step else None
+    platelets = None if args.without_platelet_test else PlateletParams()
+    guard = BlastGuard(args.data, args.blast_guard_step, working_mpp, platelets) if args.blast_guard_step else None
     samples = itertools.chain(itertools.islice(V.bccd_samples(args.data), 0, None, args.step),
                               itertools.islice(V.txl_samples(args.data, audited=not args.raw_labels), 0, None,
                                                args.step))
     fields = [V.WorkingField.of(s, working_mpp) for s in samples]
-    evaluator = Evaluator(fields)
+    evaluator = Evaluator(fields, platelets)
     hashes = np.array([turned_hashes(f.rgb) for f in fields])
     everything = np.ones(len(fields), bool)
 

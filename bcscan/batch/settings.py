@@ -14,6 +14,7 @@ from bcscan.model.classifier import ClassificationParams
 from bcscan.results.aggregation import AggregationParams
 from bcscan.results.patients import PatientParams
 from bcscan.results.reports import ReportingParams
+from bcscan.scan.platelets import PlateletParams
 from bcscan.scan.quality import QualityParams
 from bcscan.scan.reading import ReadingParams
 from bcscan.scan.segmentation import SegmentationParams
@@ -75,6 +76,7 @@ class Settings:
     tiling: TilingParams = field(default_factory=TilingParams)
     segmentation: SegmentationParams = field(default_factory=SegmentationParams)
     quality: QualityParams = field(default_factory=QualityParams)
+    platelets: PlateletParams = field(default_factory=PlateletParams)
     classification: ClassificationParams = field(default_factory=ClassificationParams)
     patients: PatientParams = field(default_factory=PatientParams)
     aggregation: AggregationParams = field(default_factory=AggregationParams)
@@ -90,12 +92,13 @@ class Settings:
         d = self.as_dict()
         digest = config_digest({"version": __version__, "reading": d["reading"], "tiling": d["tiling"],
                                 "segmentation": d["segmentation"], "quality": d["quality"],
+                                "platelets": d["platelets"],
                                 "threshold": d["classification"]["threshold"]})
         return digest + (f"-mpp{mpp:g}" if mpp else "")
 
 
 SECTIONS = {"batch": BatchParams, "reading": ReadingParams, "tiling": TilingParams, "segmentation": SegmentationParams,
-            "quality": QualityParams,
+            "quality": QualityParams, "platelets": PlateletParams,
             "classification": ClassificationParams, "patients": PatientParams, "aggregation": AggregationParams,
             "reporting": ReportingParams, "pipeline": PipelineParams}
 

@@ -1,7 +1,9 @@
 """Scanning one scan end to end: read → tile → segment → crop → classify.
 
 `cells_in_field` is the same path for a single field image; `bcscan train`
-(cells mode) uses it so that training crops are cut exactly as scan crops.
+(cells mode) uses it so that training crops are cut exactly as scan crops.  Scans then
+drop platelet clumps (`scan.platelets`); training crops keep them for now, as their
+caches are keyed on SegmentationParams alone.
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import pandas as pd
 from bcscan.errors import ScanError, StageError
 from bcscan.scan.appearance import FEATURES, crop_appearance, scan_appearance
 from bcscan.scan.crops import crop_cells, crop_side_px, resize_crops
+from bcscan.scan.platelets import PlateletParams, drop_platelet_clumps
 from bcscan.scan.quality import QualityParams, TileQuality, measure_tile, summarise_quality
 from bcscan.scan.reading import Scan, resample
 from bcscan.scan.segmentation import Segmentation, SegmentationParams, segment
@@ -91,9 +94,10 @@ def plan_scan(scan: Scan, seg_params: SegmentationParams, tiling: TilingParams, 
 
 
 def tile_cells(scan: Scan, plan: TilePlan, tile: Tile, seg_params: SegmentationParams, crop_um: float,
-               input_size: int, quality: QualityParams) -> TileCells:
+               input_size: int, quality: QualityParams, platelets: PlateletParams = PlateletParams()) -> TileCells:
     """Read, segment, check and crop one tile: the cells whose centre lies in its core, crops resized
-    for the model; none when the tile is unfit to count (blurred, badly stained, thick, ...)."""
+    for the model; none when the tile is unfit to count (blurred, badly stained, thick, ...).  Quality
+    is judged on every detection, as its thresholds were set; platelet clumps are dropped after."""
     try:
         rgb = read_tile(scan, plan, tile)
     except ScanError as exc:
@@ -104,6 +108,7 @@ def tile_cells(scan: Scan, plan: TilePlan, tile: Tile, seg_params: SegmentationP
         raise StageError("segment", f"{scan.path}: segmentation failed in tile {tile.core} "
                                     f"({type(exc).__name__}: {exc})") from exc
     tile_quality = measure_tile(rgb, seg, seg_params, quality)
+    seg = drop_platelet_clumps(rgb, seg, seg_params.working_mpp, seg_params, platelets)
     return owned_cells(rgb, seg, plan, tile, crop_side_px(crop_um, seg_params.working_mpp), input_size, tile_quality)
 
 
@@ -166,7 +171,7 @@ def cells_table(geometry: np.ndarray, p_leukemic: np.ndarray, threshold: float) 
 
 
 def scan_cells(scan: Scan, seg_params: SegmentationParams, tiling: TilingParams, classifier: Classifier,
-               quality: QualityParams) -> ScanCells:
+               quality: QualityParams, platelets: PlateletParams = PlateletParams()) -> ScanCells:
     """Find and classify every white cell of a scan, tile by tile in this process, each cell once.
 
     Crops are classified in groups of several batches while tiles stream in, so
@@ -189,7 +194,7 @@ def scan_cells(scan: Scan, seg_params: SegmentationParams, tiling: TilingParams,
             pending_crops.clear()
 
     for tile in plan.tiles:
-        found = tile_cells(scan, plan, tile, seg_params, info.crop_um, info.input_size, quality)
+        found = tile_cells(scan, plan, tile, seg_params, info.crop_um, info.input_size, quality, platelets)
         if len(found.crops):
             pending_crops.append(found.crops)
         tiles.append(found.without_crops())

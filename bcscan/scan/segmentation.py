@@ -128,12 +128,18 @@ def _disk(radius_px: float) -> np.ndarray:
     return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
 
 
-def optical_density(rgb: np.ndarray, background_percentile: float) -> np.ndarray:
-    """OD per channel relative to the glass colour (brightest pixels), clipped at 0."""
+def glass_colour(rgb: np.ndarray, background_percentile: float) -> np.ndarray:
+    """The glass colour (mean of the brightest pixels) + 1: the reference of :func:`optical_density`."""
     brightness = rgb.sum(axis=2, dtype=np.uint16)
     sample = brightness.ravel()[:: max(brightness.size // 20000, 1)]  # percentile of a subsample: fast, same value
     bright = brightness >= np.percentile(sample, background_percentile)
-    glass = rgb[bright].mean(axis=0) + 1.0
+    return rgb[bright].mean(axis=0) + 1.0
+
+
+def optical_density(rgb: np.ndarray, background_percentile: float, glass: np.ndarray | None = None) -> np.ndarray:
+    """OD per channel relative to the glass colour (`glass`, else this image's brightest pixels), clipped at 0."""
+    if glass is None:
+        glass = glass_colour(rgb, background_percentile)
     levels = np.arange(256, dtype=np.float32) + 1.0
     lut = np.maximum(np.log(glass[None, :] / levels[:, None]), 0.0).astype(np.float32)  # 256 x 3
     return cv2.LUT(rgb, lut.reshape(256, 1, 3))

@@ -15,6 +15,7 @@ from typing import Iterable, Iterator, Sequence
 import cv2
 import numpy as np
 
+from bcscan.scan.platelets import PlateletParams, drop_platelet_clumps
 from bcscan.scan.reading import resample
 from bcscan.scan.segmentation import Segmentation, SegmentationParams, segment
 
@@ -312,10 +313,14 @@ class WorkingField:
         fx, fy = rgb.shape[1] / work.shape[1], rgb.shape[0] / work.shape[0]
         return cls(sample, work, working_mpp, np.array([fx, fy, fx, fy]))
 
-    def score(self, params: SegmentationParams) -> DetectionScore:
+    def score(self, params: SegmentationParams, platelets: PlateletParams | None = None) -> DetectionScore:
+        """Scores of segment() and, given `platelets`, of the clump test after it, as the pipeline runs them."""
         if params.working_mpp != self.working_mpp:
             raise ValueError(f"field resampled to {self.working_mpp} µm/px, params work at {params.working_mpp}")
-        boxes = cell_boxes(segment(self.rgb, self.working_mpp, params)) * self.to_original
+        seg = segment(self.rgb, self.working_mpp, params)
+        if platelets is not None:
+            seg = drop_platelet_clumps(self.rgb, seg, self.working_mpp, params, platelets)
+        boxes = cell_boxes(seg) * self.to_original
         return score_boxes(boxes, self.sample.boxes)
 
 
