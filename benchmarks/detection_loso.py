@@ -15,11 +15,10 @@ fields squeezed, some turned first. The same search on all sources gives the set
 that would ship. Prints one markdown table: per source, P / R / F1 (IoU >= 0.5,
 one-to-one) and the fraction of images whose WBC count is exact, for START, the
 leave-one-source-out fit and the all-sources fit (the script says whether it is
-the shipped defaults: since cells labelled twice count once it is not, see
-benchmarks/README.md, eighth session).
+the shipped defaults; benchmarks/README.md, "Detection, leave one source out").
 
 The five sources are normal blood.  A set that finds fewer WBCs in a field
-crowded with blasts would go unnoticed (fifth session: a red-cell level that
+crowded with blasts would go unnoticed (a red-cell level that once
 won 0.02-0.03 F1 here lost half of Ghaderzadeh's Pre-B cells), so every move
 of the search must also pass the blast guard (BlastGuard, `--blast-guard-step`):
 on every N-th Ghaderzadeh B-ALL field (no boxes there), WBCs found per field

@@ -1,9 +1,9 @@
 """Platelet clumps are not white cells: a test applied to the detections of :func:`segmentation.segment`.
 
 A clump of platelets passes the segmenter's violet test like a nucleus and is as large as a small one,
-so no nucleus-area floor drops it without dropping blasts first (benchmarks/README.md, ninth session;
-this test's figures: "Platelet clumps dropped").  What sets it apart is how it looks.  Only detections
-that could be a clump are judged:
+so no nucleus-area floor drops it without dropping blasts first (benchmarks/README.md, "Detection, leave
+one source out"; this test's figures: "Platelet clumps dropped").  What sets it apart is how it looks.  Only
+detections that could be a clump are judged:
 
 - a nucleus smaller than ``max_nucleus_area_um2`` (clumps: 13-30 µm²; lymphocytes: 45-80);
 - not cut by the image's edge (their surroundings are unknown);
