@@ -1,9 +1,8 @@
 """Shipped segmentation defaults, per source of BCCD and TXL-PBC (issue 13 item 4).
 
 Floors sit just under the shipped defaults' figures on every train+val image
-(benchmarks/README.md, eighth and ninth sessions; until the eighth they were also the all-sources
-fit of benchmarks/detection_loso.py); the leave-one-source-out figures are there
-too.  Fields are segmented at the working resolution, as the
+(benchmarks/README.md, "Detection, leave one source out": they are also the all-sources fit of
+benchmarks/detection_loso.py); the leave-one-source-out figures are there too.  Fields are segmented at the working resolution, as the
 pipeline does, which takes seconds for all 1588 images.
 """
 from __future__ import annotations
