@@ -7,6 +7,7 @@ the benchmarks and anyone who wants to score a detector.
 """
 from __future__ import annotations
 
+import csv
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +46,12 @@ TXL_SOURCE_BY_SIZE: dict[tuple[int, int], str] = {
 BCCD_MPP = 0.063
 PBC_MPP = 0.088
 GHADERZADEH_MPP = 0.45
+MLL_MPP = 0.075  # mll-bone-marrow: red cells ~100 px for 7.5 µm (its SOURCE.txt)
+LMU_MPP = 0.117  # lmu-aml-blood: 0.075 at the original 400 px, resized to 256 (its SOURCE.txt)
+# The leukaemic fields boxed by eye (issue 26 item 1; how: the file's header). Scale by the data set, the first folder.
+LEUKAEMIC_BOXES = Path(__file__).resolve().parent / "data" / "leukaemic_boxes.csv"
+LEUKAEMIC_MPP: dict[str, float] = {"ghaderzadeh-all": GHADERZADEH_MPP, "mll-bone-marrow": MLL_MPP,
+                                   "lmu-aml-blood": LMU_MPP}
 # Zheng 2018: the median expert whole-cell mask taken as a 12 µm-diameter disc
 # (113 µm², the convention behind the other sets' scales): Dataset1 median
 # 4405 px² -> 0.160 µm/px, Dataset2 median 19136 px² -> 0.077 µm/px.
@@ -84,6 +91,20 @@ class BoxSample:
     boxes: np.ndarray  # float (N, 4)
     mpp: float
     source: str
+
+
+@dataclass(frozen=True)
+class LeukaemicBox:
+    """One white cell boxed by eye on a leukaemic field (original pixels, x1/y1 exclusive)."""
+
+    image: str  # relative to ../shared/data
+    x0: int
+    y0: int
+    x1: int
+    y1: int
+    kind: str  # blast, normal or unsure
+    edge: bool  # cut by the image edge
+    note: str
 
 
 @dataclass(frozen=True)
@@ -207,6 +228,30 @@ def ghaderzadeh_fields(data: Path = SHARED_DATA, folder: str = "*", step: int = 
     return sorted((Path(data) / "ghaderzadeh-all" / "images").glob(f"{folder}/*.jpg"))[::step]
 
 
+def leukaemic_boxes_by_image(path: Path = LEUKAEMIC_BOXES) -> dict[str, list[LeukaemicBox]]:
+    """The boxed leukaemic fields, image path (relative to ../shared/data) -> its boxes, in file order."""
+    rows = [line for line in Path(path).read_text(encoding="utf-8").splitlines() if not line.startswith("#")]
+    by_image: dict[str, list[LeukaemicBox]] = {}
+    for row in csv.DictReader(rows):
+        box = LeukaemicBox(row["image"], int(row["x0"]), int(row["y0"]), int(row["x1"]), int(row["y1"]),
+                           row["kind"], row["edge"] == "yes", row["note"])
+        by_image.setdefault(box.image, []).append(box)
+    return by_image
+
+
+def leukaemic_source(image: str) -> str:
+    """Scoring source of a boxed leukaemic field: the data set, and the subtype folder for Ghaderzadeh."""
+    parts = image.split("/")
+    return f"ghaderzadeh-{parts[2].lower()}" if parts[0] == "ghaderzadeh-all" else parts[0]
+
+
+def leukaemic_samples(data: Path = SHARED_DATA, path: Path = LEUKAEMIC_BOXES) -> Iterator[BoxSample]:
+    """The boxed leukaemic fields as BoxSamples (every white cell, whatever its kind)."""
+    for image, boxes in leukaemic_boxes_by_image(path).items():
+        coords = np.array([[b.x0, b.y0, b.x1, b.y1] for b in boxes], float).reshape(-1, 4)
+        yield BoxSample(Path(data) / image, coords, LEUKAEMIC_MPP[image.split("/")[0]], leukaemic_source(image))
+
+
 def txl_samples(data: Path = SHARED_DATA, splits: Sequence[str] = ("train", "val"),
                 audited: bool = True) -> Iterator[BoxSample]:
     """TXL-PBC fields with their boxes; `audited`: with the label corrections above (TXL_BOXES_NOT_ON_A_WBC dropped,
@@ -313,15 +358,49 @@ class WorkingField:
         fx, fy = rgb.shape[1] / work.shape[1], rgb.shape[0] / work.shape[0]
         return cls(sample, work, working_mpp, np.array([fx, fy, fx, fy]))
 
-    def score(self, params: SegmentationParams, platelets: PlateletParams | None = None) -> DetectionScore:
-        """Scores of segment() and, given `platelets`, of the clump test after it, as the pipeline runs them."""
+    def detections(self, params: SegmentationParams, platelets: PlateletParams | None = None) -> np.ndarray:
+        """Boxes (original pixels) of segment() and, given `platelets`, of the clump test after it, as the
+        pipeline runs them."""
         if params.working_mpp != self.working_mpp:
             raise ValueError(f"field resampled to {self.working_mpp} µm/px, params work at {params.working_mpp}")
         seg = segment(self.rgb, self.working_mpp, params)
         if platelets is not None:
             seg = drop_platelet_clumps(self.rgb, seg, self.working_mpp, params, platelets)
-        boxes = cell_boxes(seg) * self.to_original
-        return score_boxes(boxes, self.sample.boxes)
+        return cell_boxes(seg) * self.to_original
+
+    def score(self, params: SegmentationParams, platelets: PlateletParams | None = None) -> DetectionScore:
+        """Scores of detections() against the field's ground-truth boxes."""
+        return score_boxes(self.detections(params, platelets), self.sample.boxes)
+
+
+@dataclass(frozen=True)
+class BlastScore:
+    """Detection on the leukaemic fields: every white cell, and the blasts among them."""
+
+    cells: DetectionScore
+    blasts: int
+    blasts_found: int
+
+    @property
+    def blast_recall(self) -> float:
+        return self.blasts_found / self.blasts if self.blasts else 1.0
+
+    def __add__(self, other: "BlastScore") -> "BlastScore":
+        return BlastScore(self.cells + other.cells, self.blasts + other.blasts, self.blasts_found + other.blasts_found)
+
+
+def leukaemic_scores(params: SegmentationParams, platelets: PlateletParams | None = None,
+                     data: Path = SHARED_DATA) -> dict[str, BlastScore]:
+    """Per source, detections (as WorkingField.detections makes them) on the boxed leukaemic fields: white cells
+    one-to-one at IoU >= 0.5, and which of the boxes marked "blast" were matched."""
+    scores: dict[str, BlastScore] = {}
+    for sample, boxes in zip(leukaemic_samples(data), leukaemic_boxes_by_image().values()):
+        found = WorkingField.of(sample, params.working_mpp).detections(params, platelets)
+        matched = {j for _, j, _ in match_boxes(found, sample.boxes)}
+        blasts = {i for i, box in enumerate(boxes) if box.kind == "blast"}
+        field = BlastScore(score_boxes(found, sample.boxes), len(blasts), len(blasts & matched))
+        scores[sample.source] = scores[sample.source] + field if sample.source in scores else field
+    return scores
 
 
 def pooled(scores: Iterable[DetectionScore]) -> DetectionScore:

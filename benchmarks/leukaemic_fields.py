@@ -1,0 +1,37 @@
+"""The shipped white-cell detector on the leukaemic fields boxed by eye (issue 26 item 1): how many blasts does it find?
+
+    python benchmarks/leukaemic_fields.py [--data ../shared/data]
+
+Ground truth: bcscan/testing/data/leukaemic_boxes.csv (every white cell; how it was boxed: its header and
+benchmarks/box_fields.py). Detections as the pipeline makes them: segment() with the shipped SegmentationParams, then
+the shipped platelet-clump test. Prints one markdown table: per source, fields, boxes (of them blasts), detections,
+P / R / F1 (IoU >= 0.5, one-to-one), and blast recall (blast boxes matched); "unsure" boxes count as white cells.
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import operator
+from pathlib import Path
+
+from bcscan.scan.platelets import PlateletParams
+from bcscan.scan.segmentation import SegmentationParams
+from bcscan.testing import groundtruth as G
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=G.SHARED_DATA)
+    args = parser.parse_args()
+    scores = G.leukaemic_scores(SegmentationParams(), PlateletParams(), args.data)
+    scores["all"] = functools.reduce(operator.add, scores.values())
+    print("| source | fields | WBC boxes | blasts | detections | P | R | F1 | blast recall |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for source, s in scores.items():
+        c = s.cells
+        print(f"| {source} | {c.images} | {c.gt} | {s.blasts} | {c.detections} | {c.precision:.3f} | {c.recall:.3f} "
+              f"| {c.f1:.3f} | {s.blast_recall:.3f} ({s.blasts_found}/{s.blasts}) |")
+
+
+if __name__ == "__main__":
+    main()
