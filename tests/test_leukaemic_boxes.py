@@ -12,10 +12,12 @@ from bcscan.scan.platelets import PlateletParams
 from bcscan.scan.segmentation import SegmentationParams
 from bcscan.testing import groundtruth as G
 
-# Issue 26 asks for 60 fields; these are the counts boxed so far (the CSV's header says which fields).
-MIN_FIELDS, MIN_CELLS, MIN_BLASTS = 34, 300, 150
-# source: (WBC recall floor, blast recall floor); measured 2026-12-07: 0.870 / 0.896, 0.394 / 0.452, 0.556 / 0.800
-RECALL_FLOORS = {"ghaderzadeh-early": (0.85, 0.88), "ghaderzadeh-pre": (0.37, 0.43), "mll-bone-marrow": (0.52, 0.79)}
+# Issue 26 asks for 60 fields, 300 white cells, 150 blasts; all 60 drawn fields are boxed (532 boxes, 407 blasts).
+MIN_FIELDS, MIN_CELLS, MIN_BLASTS = 60, 300, 150
+# source: (WBC recall floor, blast recall floor, None where the source has no blasts); measured 2026-12-07:
+# early 0.870 / 0.896, pre 0.400 / 0.457, pro 0.803 / 0.850, benign 0.745 / -, mll 0.556 / 0.800, lmu 0.833 / 0.900
+RECALL_FLOORS = {"ghaderzadeh-early": (0.85, 0.88), "ghaderzadeh-pre": (0.38, 0.44), "ghaderzadeh-pro": (0.78, 0.83),
+                 "ghaderzadeh-benign": (0.72, None), "mll-bone-marrow": (0.52, 0.79), "lmu-aml-blood": (0.80, 0.88)}
 
 
 def test_boxes_are_whole_and_inside_their_images():
@@ -25,6 +27,8 @@ def test_boxes_are_whole_and_inside_their_images():
     assert sum(b.kind == "blast" for b in boxes) >= MIN_BLASTS
     assert {b.kind for b in boxes} <= {"blast", "normal", "unsure"}
     assert all(b.note for b in boxes if b.kind == "unsure"), "every unsure box says why"
+    benign = [b for image, field in by_image.items() if "/Benign/" in image for b in field]
+    assert benign and all(b.kind != "blast" for b in benign), "Benign fields hold hematogones: normal, not blast"
     for image, field in by_image.items():
         height, width = G.read_rgb(shared(image)).shape[:2]
         for b in field:
@@ -39,4 +43,7 @@ def test_shipped_detector_finds_the_blasts_it_finds_today(source):
     scores = G.leukaemic_scores(SegmentationParams(), PlateletParams())
     cells_floor, blasts_floor = RECALL_FLOORS[source]
     assert scores[source].cells.recall >= cells_floor, scores[source]
-    assert scores[source].blast_recall >= blasts_floor, scores[source]
+    if blasts_floor is None:
+        assert scores[source].blasts == 0, scores[source]
+    else:
+        assert scores[source].blast_recall >= blasts_floor, scores[source]

@@ -383,7 +383,8 @@ class BlastScore:
 
     @property
     def blast_recall(self) -> float:
-        return self.blasts_found / self.blasts if self.blasts else 1.0
+        """Share of the blast boxes matched; NaN for a source without blasts (Ghaderzadeh Benign: hematogones)."""
+        return self.blasts_found / self.blasts if self.blasts else float("nan")
 
     def __add__(self, other: "BlastScore") -> "BlastScore":
         return BlastScore(self.cells + other.cells, self.blasts + other.blasts, self.blasts_found + other.blasts_found)
