@@ -106,7 +106,7 @@ class BlastGuard:
     def count(self, rgb: np.ndarray, params: SegmentationParams) -> int:
         seg = segment(rgb, self.working_mpp, params)
         if self.platelets is not None:
-            seg = drop_platelet_clumps(rgb, seg, self.working_mpp, params, self.platelets)
+            seg = drop_platelet_clumps(rgb, seg, params, self.platelets)
         return len(seg.cells)
 
     def admits(self, params: SegmentationParams) -> bool:

@@ -84,7 +84,7 @@ def detections(path: Path, index: int, mpp: float, platelets: PlateletParams) ->
         distances = [np.hypot(c.x - w / 2, c.y - h / 2) * SEG.working_mpp for c in seg.cells]
         nearest = int(np.argmin(distances))
         centre = nearest + 1 if distances[nearest] <= CENTRE_UM else -1
-    tested, features = clump_features(work, seg, SEG.working_mpp, SEG, platelets)
+    tested, features = clump_features(work, seg, SEG, platelets)
     centres = np.array([(c.x, c.y) for c in seg.cells]).reshape(-1, 2)
     return ImageDetections(path, index, len(seg.cells), centres, centre, tested, features)
 
@@ -227,7 +227,7 @@ def cost(data: Path, platelets: PlateletParams, repeats: int = 4) -> tuple[float
         return segment(tile, SEG.working_mpp, SEG)
 
     def tested(tile):
-        return drop_platelet_clumps(tile, segment(tile, SEG.working_mpp, SEG), SEG.working_mpp, SEG, platelets)
+        return drop_platelet_clumps(tile, segment(tile, SEG.working_mpp, SEG), SEG, platelets)
 
     best = {alone: np.inf, tested: np.inf}
     tested(tiles[0])  # warm-up

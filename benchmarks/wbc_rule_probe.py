@@ -222,7 +222,7 @@ RULES: dict[str, Callable[[np.ndarray, SegmentationParams], Segmentation]] = {
 
 def detections(field: G.WorkingField, rule: Callable, p: SegmentationParams, platelets: PlateletParams) -> np.ndarray:
     """Boxes (original pixels) of `rule` then the platelet-clump test, as WorkingField.detections makes them."""
-    seg = drop_platelet_clumps(field.rgb, rule(field.rgb, p), field.working_mpp, p, platelets)
+    seg = drop_platelet_clumps(field.rgb, rule(field.rgb, p), p, platelets)
     return G.cell_boxes(seg) * field.to_original
 
 

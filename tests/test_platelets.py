@@ -68,7 +68,7 @@ def detect(rgb: np.ndarray, mpp: float, params: PlateletParams = PLATELETS):
     """As the pipeline: resampled to the working scale, segmented, clumps dropped."""
     work = resample(rgb, mpp, SEG.working_mpp)
     seg = segment(work, SEG.working_mpp, SEG)
-    return seg, drop_platelet_clumps(work, seg, SEG.working_mpp, SEG, params), work
+    return seg, drop_platelet_clumps(work, seg, SEG, params), work
 
 
 RED_CELLS = [(8, 8), (50, 10), (10, 50), (52, 50), (30, 52)]
@@ -86,7 +86,7 @@ def test_a_clump_is_dropped_and_a_white_cell_kept():
 
 def test_a_small_dense_textured_nucleus_in_its_cytoplasm_is_judged_and_kept():
     before, after, work = detect(draw(60, RED_CELLS, [SMALL_DENSE_CELL], seed=1), FINE_MPP)  # chromatin uneven enough
-    judged, _ = clump_features(work, before, SEG.working_mpp, SEG, PLATELETS)
+    judged, _ = clump_features(work, before, SEG, PLATELETS)
     assert before.cells[0].nucleus_area_um2 < PLATELETS.max_nucleus_area_um2 and list(judged) == [1]
     assert len(after.cells) == 1
 
@@ -96,7 +96,7 @@ def test_a_blurred_clump_is_not_judged():
     rgb = draw(60, RED_CELLS, clumps=[(30, 30)])
     assert len(detect(rgb, FINE_MPP)[1].cells) == 0
     before, after, work = detect(cv2.GaussianBlur(rgb, (0, 0), 0.8 / FINE_MPP), FINE_MPP)
-    assert len(before.cells) == 1 and len(clump_features(work, before, SEG.working_mpp, SEG, PLATELETS)[0]) == 0
+    assert len(before.cells) == 1 and len(clump_features(work, before, SEG, PLATELETS)[0]) == 0
     assert len(after.cells) == 1
 
 

@@ -108,7 +108,7 @@ def tile_cells(scan: Scan, plan: TilePlan, tile: Tile, seg_params: SegmentationP
         raise StageError("segment", f"{scan.path}: segmentation failed in tile {tile.core} "
                                     f"({type(exc).__name__}: {exc})") from exc
     tile_quality = measure_tile(rgb, seg, seg_params, quality)
-    seg = drop_platelet_clumps(rgb, seg, seg_params.working_mpp, seg_params, platelets)
+    seg = drop_platelet_clumps(rgb, seg, seg_params, platelets)
     return owned_cells(rgb, seg, plan, tile, crop_side_px(crop_um, seg_params.working_mpp), input_size, tile_quality)
 
 

@@ -86,10 +86,11 @@ class PlateletParams:
             raise ValueError("max_nucleus_area_um2, min_texture and max_even must be >= 0")
 
 
-def clump_features(rgb: np.ndarray, seg: Segmentation, mpp: float, seg_params: SegmentationParams,
+def clump_features(rgb: np.ndarray, seg: Segmentation, seg_params: SegmentationParams,
                    params: PlateletParams) -> tuple[np.ndarray, np.ndarray]:
     """The labels of the detections judged (small, not cut by the edge, granular, uneven) and their
-    FEATURES, one row each; `rgb` is the image `seg` was cut from, at `mpp` µm/px (the working resolution)."""
+    FEATURES, one row each; `rgb` is the image `seg` was cut from, at the working resolution."""
+    mpp = seg_params.working_mpp
     if seg.cell_labels.shape != rgb.shape[:2]:
         raise ValueError(f"segmentation {seg.cell_labels.shape} does not match the image {rgb.shape[:2]}")
     h, w = seg.cell_labels.shape
@@ -146,15 +147,16 @@ def clump_scores(features: np.ndarray, params: PlateletParams) -> np.ndarray:
     return params.bias + features @ np.asarray(params.weights)
 
 
-def drop_platelet_clumps(rgb: np.ndarray, seg: Segmentation, mpp: float, seg_params: SegmentationParams,
+def drop_platelet_clumps(rgb: np.ndarray, seg: Segmentation, seg_params: SegmentationParams,
                          params: PlateletParams) -> Segmentation:
-    """`seg` without the detections that are platelet clumps (cells renumbered as :func:`segment` numbers them)."""
+    """`seg` of `rgb` at the working resolution, without the detections that are platelet clumps (cells
+    renumbered as :func:`segment` numbers them)."""
     if not params.enabled:
         return seg
-    tested, features = clump_features(rgb, seg, mpp, seg_params, params)
+    tested, features = clump_features(rgb, seg, seg_params, params)
     clumps = tested[clump_scores(features, params) > 0]
     if not len(clumps):
         return seg
     drop = np.zeros(len(seg.cells) + 1, bool)
     drop[clumps] = True
-    return _collect(np.where(drop[seg.cell_labels], 0, seg.cell_labels), seg.nucleus_mask, mpp)
+    return _collect(np.where(drop[seg.cell_labels], 0, seg.cell_labels), seg.nucleus_mask, seg_params.working_mpp)

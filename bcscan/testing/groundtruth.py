@@ -248,8 +248,12 @@ def leukaemic_source(image: str) -> str:
 def leukaemic_samples(data: Path = SHARED_DATA, path: Path = LEUKAEMIC_BOXES) -> Iterator[BoxSample]:
     """The boxed leukaemic fields as BoxSamples (every white cell, whatever its kind)."""
     for image, boxes in leukaemic_boxes_by_image(path).items():
-        coords = np.array([[b.x0, b.y0, b.x1, b.y1] for b in boxes], float).reshape(-1, 4)
-        yield BoxSample(Path(data) / image, coords, LEUKAEMIC_MPP[image.split("/")[0]], leukaemic_source(image))
+        yield _leukaemic_sample(data, image, boxes)
+
+
+def _leukaemic_sample(data: Path, image: str, boxes: list[LeukaemicBox]) -> BoxSample:
+    coords = np.array([[b.x0, b.y0, b.x1, b.y1] for b in boxes], float).reshape(-1, 4)
+    return BoxSample(Path(data) / image, coords, LEUKAEMIC_MPP[image.split("/")[0]], leukaemic_source(image))
 
 
 def txl_samples(data: Path = SHARED_DATA, splits: Sequence[str] = ("train", "val"),
@@ -365,7 +369,7 @@ class WorkingField:
             raise ValueError(f"field resampled to {self.working_mpp} µm/px, params work at {params.working_mpp}")
         seg = segment(self.rgb, self.working_mpp, params)
         if platelets is not None:
-            seg = drop_platelet_clumps(self.rgb, seg, self.working_mpp, params, platelets)
+            seg = drop_platelet_clumps(self.rgb, seg, params, platelets)
         return cell_boxes(seg) * self.to_original
 
     def score(self, params: SegmentationParams, platelets: PlateletParams | None = None) -> DetectionScore:
@@ -395,7 +399,8 @@ def leukaemic_scores(params: SegmentationParams, platelets: PlateletParams | Non
     """Per source, detections (as WorkingField.detections makes them) on the boxed leukaemic fields: white cells
     one-to-one at IoU >= 0.5, and which of the boxes marked "blast" were matched."""
     scores: dict[str, BlastScore] = {}
-    for sample, boxes in zip(leukaemic_samples(data), leukaemic_boxes_by_image().values()):
+    for image, boxes in leukaemic_boxes_by_image().items():
+        sample = _leukaemic_sample(data, image, boxes)
         found = WorkingField.of(sample, params.working_mpp).detections(params, platelets)
         matched = {j for _, j, _ in match_boxes(found, sample.boxes)}
         blasts = {i for i, box in enumerate(boxes) if box.kind == "blast"}

@@ -22,11 +22,11 @@ import numpy as np
 from bcscan.config import load_yaml
 from bcscan.errors import ConfigError, TrainingError
 from bcscan.model.network import CLASSES, LEUKEMIC, ModelInfo
+from bcscan.training.duplicates import near_duplicate_groups
 from bcscan.training.metrics import metrics_block
 from bcscan.training.predict import predict_probs
-from bcscan.training.recipe import FinetuneParams, SplitParams
+from bcscan.training.recipe import FinetuneParams, SourceSpec, SplitParams
 from bcscan.training.samples import Samples
-from bcscan.training.duplicates import near_duplicate_groups
 from bcscan.training.splits import split_digest
 
 VERIFIED_SOURCES = "sources.yaml"
@@ -60,8 +60,7 @@ def finetune_sources(init_model: Path, info: ModelInfo, replay_dir: Path, verifi
             raise TrainingError(f"{init_model}: a fine-tuned model (its sources lie in two folders); fine-tune the "
                                 "model it started from, on all the verified cells")
         line = {k: v for k, v in line.items() if v not in ("", None)}
-        replay.append(line | {"dataset": line.get("dataset") or Path(line["path"]).parts[0],
-                              "root": str(replay_dir)})
+        replay.append(line | {"dataset": SourceSpec(**line).dataset_name, "root": str(replay_dir)})
     if not replay:
         raise TrainingError(f"{init_model}: its metadata records no training sources, so nothing can be replayed")
     listing = Path(verified_dir) / VERIFIED_SOURCES
