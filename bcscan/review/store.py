@@ -13,6 +13,7 @@ import datetime as dt
 import hashlib
 import io
 import sqlite3
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -89,16 +90,32 @@ class ReviewStore:
     def __init__(self, out_dir: Path, cells: pd.DataFrame, run_id: str):
         self.path = Path(out_dir) / DATABASE
         self.use_run(cells, run_id)
-        try:
-            self.db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None,
-                                      check_same_thread=False)
-            self.db.row_factory = sqlite3.Row
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("PRAGMA synchronous=FULL")
-            self.db.execute("PRAGMA foreign_keys=ON")
-            self.db.executescript(SCHEMA)
-        except sqlite3.Error as exc:
-            raise ReviewError(f"{self.path}: cannot open the review database ({exc})") from exc
+        self.db = self._open()
+
+    def _open(self) -> sqlite3.Connection:
+        """Connect and create the tables.  Switching a new file to WAL takes a lock that SQLite's busy
+        timeout does not wait for, so two browsers opening a new folder at once retry here instead."""
+        deadline = time.monotonic() + BUSY_TIMEOUT_S
+        while True:
+            db = None
+            try:
+                db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False)
+                db.row_factory = sqlite3.Row
+                db.execute("PRAGMA journal_mode=WAL")
+                db.execute("PRAGMA synchronous=FULL")
+                db.execute("PRAGMA foreign_keys=ON")
+                db.executescript(SCHEMA)
+                return db
+            except sqlite3.OperationalError as exc:
+                if db is not None:
+                    db.close()
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise ReviewError(f"{self.path}: cannot open the review database ({exc})") from exc
+                time.sleep(0.05)
+            except sqlite3.Error as exc:
+                if db is not None:
+                    db.close()
+                raise ReviewError(f"{self.path}: cannot open the review database ({exc})") from exc
 
     def use_run(self, cells: pd.DataFrame, run_id: str) -> None:
         """Decide on the cells of this run from now on (reconcile() then sets aside what it lost)."""
