@@ -264,7 +264,6 @@ def cell_free_pieces(data: Path, min_side_um: float = 12.0) -> None:
     line("BCCD / TXL fields outside every box", strips())
 
 
-SMEAR_OVERVIEW_MPP = 16.0  # assumed: 0.25 µm/px level 0 ÷ 64 (checked: area OD at the tiles' places matches)
 
 
 def smear_overview(data: Path, tile_px: int = 1024) -> None:
@@ -278,22 +277,22 @@ def smear_overview(data: Path, tile_px: int = 1024) -> None:
     print("| full-resolution tile | reasons | edge σ µm | rbc_coverage | glass_fraction | area_od | overview area_od there |")
     print("|---|---|---|---|---|---|---|")
     overview = read_rgb(root / "test-thumbnail.png")
-    ov = overview_crowding(overview, SMEAR_OVERVIEW_MPP, SMEAR_OVERVIEW_MPP, 1.0, QP)  # per-pixel area OD
+    ov = overview_crowding(overview, D.SMEAR_OVERVIEW_MPP, D.SMEAR_OVERVIEW_MPP, 1.0, QP)  # per-pixel area OD
     for path in sorted(root.glob("I_*.png")):
         work = resample(read_rgb(path), D.SMEAR_TILE_MPP, SEG.working_mpp)
         q = measure(work)
         tiles.append(q)
         x, y = (int(v) for v in path.stem.split("_")[2:4])
-        scale = D.SMEAR_TILE_MPP / SMEAR_OVERVIEW_MPP
+        scale = D.SMEAR_TILE_MPP / D.SMEAR_OVERVIEW_MPP
         bx, by = int(x * scale), int(y * scale)
         there = float(np.nanmean(ov.cover[by:by + 8, bx:bx + 8]))
         print(f"| {path.name} | {','.join(q.reasons) or 'pass'} | {q.edge_sigma_um:.2f} | {q.rbc_coverage:.2f} | "
               f"{q.glass_fraction:.2f} | {q.area_od:.3f} | {there:.3f} |")
     k = od_per_cover(tiles)
     block_um = tile_px * SEG.working_mpp
-    ov = overview_crowding(overview, SMEAR_OVERVIEW_MPP, block_um, k, QP)
+    ov = overview_crowding(overview, D.SMEAR_OVERVIEW_MPP, block_um, k, QP)
     rows, cols = ov.cover.shape
-    print(f"\nOverview {overview.shape[1]}×{overview.shape[0]} px at an assumed {SMEAR_OVERVIEW_MPP:g} µm/px "
+    print(f"\nOverview {overview.shape[1]}×{overview.shape[0]} px at an assumed {D.SMEAR_OVERVIEW_MPP:g} µm/px "
           f"(a red cell is half a pixel: the per-tile crowding measure cannot be judged there); blocks of "
           f"{ov.block_px} px = {block_um:.0f} µm (one 1024² working tile); area OD per unit red-cell cover from "
           f"the three tiles: {k:.3f}.  Map (columns = blocks left to right; T thick, t thin, . readable, "

@@ -107,7 +107,7 @@ def test_report_legend_gives_each_reasons_tiles_and_area(blurred_run):
     scan = pd.read_csv(out / "scans.csv").set_index("scan").loc[SCAN]
     excluded = pd.read_csv(out / "excluded_tiles.csv")
     text = pdf_text(out / "reports" / "P1.pdf")
-    assert "Hatched, not counted for quality:" in text
+    assert "Hatched, not counted:" in text
     area = field.shape[0] * field.shape[1]
     shares = excluded_shares(excluded, area)
     assert [reason for reason, _, _ in shares] == [r for r in REASONS if scan[f"tiles_{r}"]]
@@ -184,7 +184,7 @@ def test_resumed_run_keeps_the_table_and_an_older_result_reports_without_overlay
     first = pd.read_csv(out / "excluded_tiles.csv")
     scan_into(root / "scans", out, untrained_model, tile_workers=0)  # every scan reused from the store
     pd.testing.assert_frame_equal(pd.read_csv(out / "excluded_tiles.csv"), first)
-    assert "Hatched, not counted for quality: ■ blur" in pdf_text(out / "reports" / "P1.pdf")
+    assert "Hatched, not counted: ■ blur" in pdf_text(out / "reports" / "P1.pdf")
 
     for stored in (out / STATE_DIR / "scans").glob("*.excluded.csv"):  # as an older bcscan left it
         stored.unlink()

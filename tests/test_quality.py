@@ -156,7 +156,7 @@ def test_smear_overview_thick_end_and_feathered_edge():
     tiles = [quality(read_rgb(p), D.SMEAR_TILE_MPP) for p in sorted(root.glob("I_*.png"))]
     assert all(t.reasons == () and "crowding" not in t.not_assessed for t in tiles), tiles
     overview = read_rgb(root / "test-thumbnail.png")
-    mpp = 16.0   # assumed: 0.25 µm/px ÷ 64 (the tiles' area OD matches the overview's at their places)
+    mpp = D.SMEAR_OVERVIEW_MPP
     ov = overview_crowding(overview, mpp, 1024 * SEG.working_mpp, od_per_cover(tiles), QP)
     rows, cols = ov.verdict.shape
     middle = ov.verdict[rows // 3: 2 * rows // 3]

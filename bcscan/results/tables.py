@@ -16,6 +16,7 @@ from typing import Any
 
 import pandas as pd
 
+from bcscan.scan.counting_area import AREA_COLUMNS
 from bcscan.scan.pipeline import EXCLUDED_TILE_RESULT_COLUMNS
 from bcscan.scan.quality import SUMMARY_COLUMNS as QUALITY_COLUMNS
 
@@ -23,10 +24,10 @@ CELL_COLUMNS = ["scan", "patient_id", "cell_id", "x", "y", "x0", "y0", "x1", "y1
 SCAN_BASE_COLUMNS = ["scan", "patient_id", "status", "n_cells", "n_leukemic", "n_normal", "mpp", "level",
                      "working_mpp", "tiles_read", "tiles_skipped", "seconds", "sha256", "error"]  # every version's
 SCAN_CHECK_COLUMNS = ["quality", *QUALITY_COLUMNS, "domain", "domain_distance",  # since 0.2: fit to count, validated
-                      "domain_threshold"]                                          # range (outside above threshold)
+                      "domain_threshold", *AREA_COLUMNS]                           # range, where it was counted
 SCAN_COLUMNS = SCAN_BASE_COLUMNS[:11] + SCAN_CHECK_COLUMNS + SCAN_BASE_COLUMNS[11:]
 COUNT_COLUMNS = ["n_cells", "n_leukemic", "n_normal", "level", "tiles_read", "tiles_skipped"] + \
-    [c for c in QUALITY_COLUMNS if c.startswith("tiles_")]  # whole numbers, empty for a scan without a result
+    [c for c in (*QUALITY_COLUMNS, *AREA_COLUMNS) if c.startswith("tiles_")]  # whole numbers, empty for a scan without a result
 FAILURE_COLUMNS = ["scan", "stage", "error"]
 EXCLUDED_TILE_COLUMNS = ["scan", "patient_id", *EXCLUDED_TILE_RESULT_COLUMNS]  # where a scan was not counted
 CLASS_COLOURS = {"leukemic": [220, 30, 30], "normal": [30, 120, 220]}

@@ -15,12 +15,13 @@ import pandas as pd
 
 from bcscan.errors import ScanError, StageError
 from bcscan.scan.appearance import FEATURES, crop_appearance, scan_appearance
+from bcscan.scan.counting_area import area_summary, pick_monolayer
 from bcscan.scan.crops import crop_cells, crop_side_px, resize_crops
 from bcscan.scan.platelets import PlateletParams, drop_platelet_clumps
 from bcscan.scan.quality import QualityParams, TileQuality, measure_tile, summarise_quality
 from bcscan.scan.reading import Scan, resample
 from bcscan.scan.segmentation import Segmentation, SegmentationParams, segment
-from bcscan.scan.tiling import Tile, TilePlan, TilingParams, plan_tiles, read_tile
+from bcscan.scan.tiling import Tile, TilePlan, TilingParams, plan_tiles, read_overview, read_tile
 
 
 class Classifier(Protocol):
@@ -51,7 +52,7 @@ def cells_in_field(rgb: np.ndarray, mpp: float, params: SegmentationParams, crop
 
 CELL_RESULT_COLUMNS = ["cell_id", "x", "y", "x0", "y0", "x1", "y1", "area_um2", "label", "p_leukemic"]
 EXCLUDED_TILE_RESULT_COLUMNS = ["x", "y", "width", "height", "reasons"]
-"""One row per tile not counted for quality: its core in level-0 pixels and its failed checks
+"""One row per tile not counted: its core in level-0 pixels and its failed checks
 (quality.REASONS, as `measure_tile` lists them) joined by REASON_SEPARATOR."""
 REASON_SEPARATOR = "+"
 
@@ -82,15 +83,24 @@ class TileCells:
         return replace(self, crops=np.zeros((0, *self.crops.shape[1:]), np.uint8))
 
 
-def plan_scan(scan: Scan, seg_params: SegmentationParams, tiling: TilingParams, crop_um: float) -> TilePlan:
-    """The tiles to read; refused when the read margin cannot hold a whole crop."""
+def plan_scan(scan: Scan, seg_params: SegmentationParams, tiling: TilingParams, crop_um: float,
+              quality: QualityParams) -> TilePlan:
+    """The tiles to read: not blank glass and, on a whole slide, in its monolayer; refused when the read
+    margin cannot hold a whole crop."""
     if tiling.margin_um < crop_um / 2:
         raise StageError("tile", f"tiling.margin_um ({tiling.margin_um}) must be at least half the model's crop "
                                  f"({crop_um} µm)")
     try:
-        return plan_tiles(scan, seg_params.working_mpp, tiling)
+        overview = read_overview(scan, tiling)
+        plan = plan_tiles(scan, seg_params.working_mpp, tiling, overview)
     except ScanError as exc:
         raise StageError("read", str(exc)) from exc
+    try:
+        return pick_monolayer(scan, plan, overview, seg_params, quality)
+    except ScanError as exc:
+        raise StageError("read", str(exc)) from exc
+    except Exception as exc:
+        raise StageError("segment", f"{scan.path}: judging the overview failed ({type(exc).__name__}: {exc})") from exc
 
 
 def tile_cells(scan: Scan, plan: TilePlan, tile: Tile, seg_params: SegmentationParams, crop_um: float,
@@ -132,23 +142,25 @@ def scan_result(plan: TilePlan, scan_mpp: float, tiles: list[TileCells], p_leuke
     were processed."""
     geometry = np.concatenate([t.geometry for t in tiles]) if tiles else np.zeros((0, 7))
     appearance = np.concatenate([t.appearance for t in tiles]) if tiles else np.zeros((0, len(FEATURES)))
+    qualities = [t.quality for t in tiles]
     return ScanCells(cells_table(geometry, p_leukemic, threshold), scan_mpp, plan.level, plan.working_mpp,
-                     len(plan.tiles), plan.skipped, summarise_quality([t.quality for t in tiles]),
+                     len(plan.tiles), plan.skipped, summarise_quality(qualities) | area_summary(plan, qualities),
                      scan_appearance(appearance), excluded_tiles_table(plan, tiles))
 
 
 def excluded_tiles_table(plan: TilePlan, tiles: list[TileCells]) -> pd.DataFrame:
-    """The tiles unfit to count (`tiles` in the plan's tile order), so a report can show where the
-    scan was not counted: cores in level-0 pixels, rounded outwards."""
+    """The tiles not counted, so a report can show where and why: those unfit to count (`tiles` in the
+    plan's tile order), then those the overview showed thick or thin; cores in level-0 pixels, rounded
+    outwards."""
     if len(tiles) != len(plan.tiles):
         raise ValueError(f"{len(tiles)} tile results for a plan of {len(plan.tiles)} tiles")
+    unfit = [(tile, REASON_SEPARATOR.join(found.quality.reasons)) for tile, found in zip(plan.tiles, tiles)
+             if not found.quality.ok]
     rows = []
-    for tile, found in zip(plan.tiles, tiles):
-        if found.quality.ok:
-            continue
+    for tile, reasons in unfit + plan.overview_excluded:
         x0, y0, x1, y1 = (np.array(tile.core, dtype=np.float64) * plan.to_level0).tolist()
         x, y = int(np.floor(x0)), int(np.floor(y0))
-        rows.append((x, y, int(np.ceil(x1)) - x, int(np.ceil(y1)) - y, REASON_SEPARATOR.join(found.quality.reasons)))
+        rows.append((x, y, int(np.ceil(x1)) - x, int(np.ceil(y1)) - y, reasons))
     return pd.DataFrame(rows, columns=EXCLUDED_TILE_RESULT_COLUMNS)
 
 
@@ -179,7 +191,7 @@ def scan_cells(scan: Scan, seg_params: SegmentationParams, tiling: TilingParams,
     (`batch.executors.pipelined` does the same with tiles in worker processes.)
     """
     info = classifier.info
-    plan = plan_scan(scan, seg_params, tiling, info.crop_um)
+    plan = plan_scan(scan, seg_params, tiling, info.crop_um, quality)
     tiles: list[TileCells] = []
     pending_crops: list[np.ndarray] = []
     probabilities: list[np.ndarray] = []

@@ -113,6 +113,11 @@ class QualityParams:
     """thick on a low-resolution overview: red-cell mass per area above this × one full layer."""
     overview_glass_od: float = 0.01
     """Overview blocks with an area OD under this are bare glass (neither thick nor thin: nothing to count)."""
+    overview_min_tiles: int = 16
+    """Scans with fewer tiles to read are judged tile by tile only: the counting area is picked on the overview
+    of a whole slide, not of a field the microscopist already chose."""
+    overview_calibration_tiles: int = 3
+    """Full-resolution tiles read to calibrate the overview (its area OD per red-cell layer)."""
     overlap_factor: float = 1.7
     """Red-cell pixels darker than this × the median red-cell OD count as overlap (reported only)."""
     # --- clipping
@@ -347,24 +352,41 @@ def overview_crowding(overview: np.ndarray, overview_mpp: float, block_um: float
     ``min_rbc_coverage`` they are sparse (feathered edge); under ``overview_glass_od`` the block is glass.
     """
     p = params or QualityParams()
-    if overview.ndim != 3 or overview.shape[2] != 3 or overview.dtype != np.uint8:
-        raise ValueError(f"expected HxWx3 uint8 RGB, got {overview.shape} {overview.dtype}")
     if not od_per_cover > 0:
         raise ValueError(f"od_per_cover must be > 0, got {od_per_cover}")
-    grey = cv2.cvtColor(overview, cv2.COLOR_RGB2GRAY)
-    glass = np.array(cv2.mean(overview, mask=(grey >= np.percentile(grey, 97.0)).view(np.uint8))[:3]) + 1.0
+    glass = overview_glass(overview)
     block = max(1, int(round(block_um / overview_mpp)))
     rows, cols = overview.shape[0] // block, overview.shape[1] // block
     means = cv2.resize(overview[: rows * block, : cols * block].astype(np.float32), (cols, rows),
                        interpolation=cv2.INTER_AREA)
-    area_od = np.log(glass[None, None, :] / (means + 1.0)).mean(axis=2)
+    area_od = area_od_of(means, glass)
+    cover, verdict = crowding_verdict(area_od, od_per_cover, p)
+    return OverviewCrowding(cover=cover, verdict=verdict, block_px=block)
+
+
+def overview_glass(overview: np.ndarray) -> np.ndarray:
+    """The glass colour of an overview (RGB uint8): the mean of its brightest 3 % (+1, as the OD takes it)."""
+    if overview.ndim != 3 or overview.shape[2] != 3 or overview.dtype != np.uint8:
+        raise ValueError(f"expected HxWx3 uint8 RGB, got {overview.shape} {overview.dtype}")
+    grey = cv2.cvtColor(overview, cv2.COLOR_RGB2GRAY)
+    return np.array(cv2.mean(overview, mask=(grey >= np.percentile(grey, 97.0)).view(np.uint8))[:3]) + 1.0
+
+
+def area_od_of(mean_rgb: np.ndarray, glass: np.ndarray) -> np.ndarray:
+    """Area OD (-ln of the mean transmittance, mean of R, G, B) of areas whose mean colour is `mean_rgb`
+    (..., 3), against the overview's `glass`."""
+    return np.log(glass / (np.asarray(mean_rgb, np.float64) + 1.0)).mean(axis=-1)
+
+
+def crowding_verdict(area_od: np.ndarray, od_per_cover: float, params: QualityParams) -> tuple[np.ndarray, np.ndarray]:
+    """(red-cell cover, verdict "", "thick", "thin" or "glass") of areas of an overview from their area OD."""
+    area_od = np.asarray(area_od, np.float64)
     cover = area_od / od_per_cover
     verdict = np.full(cover.shape, "", dtype="<U5")
-    verdict[cover > p.overview_max_cover] = "thick"
-    verdict[cover < p.min_rbc_coverage] = "thin"
-    verdict[area_od < p.overview_glass_od] = "glass"
-    cover = np.where(area_od < p.overview_glass_od, np.nan, cover)
-    return OverviewCrowding(cover=cover, verdict=verdict, block_px=block)
+    verdict[cover > params.overview_max_cover] = "thick"
+    verdict[cover < params.min_rbc_coverage] = "thin"
+    verdict[area_od < params.overview_glass_od] = "glass"
+    return np.where(area_od < params.overview_glass_od, np.nan, cover), verdict
 
 
 SUMMARY_FIGURES = ("edge_sigma_um", "nucleus_od", "rbc_od", "glass_brightness", "rbc_coverage", "glass_fraction",

@@ -89,6 +89,7 @@ class Scan:
     level_dimensions: list[tuple[int, int]]
     level_downsamples: list[float]
     vendor: str
+    whole_slide = True  # a whole slide (a smear to pick the counting area on), not a field the microscopist chose
 
     def read(self, level: int, x: int, y: int, width: int, height: int) -> np.ndarray:
         """RGB uint8 array of a region given in `level` pixel coordinates."""
@@ -156,6 +157,8 @@ class SlideScan(Scan):
 
 class FieldImageScan(Scan):
     """A plain field image, held decoded in memory (size-limited by `max_image_pixels`)."""
+
+    whole_slide = False
 
     def __init__(self, path: Path, rgb: np.ndarray, mpp: float):
         self.path = path

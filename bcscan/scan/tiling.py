@@ -9,7 +9,7 @@ exactly once and is always whole in its owner's read window.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
@@ -56,6 +56,10 @@ class TilePlan:
     margin_px: int
     tiles: list[Tile]          # tiles to read, in raster order
     skipped: int               # blank tiles never read
+    overview_excluded: list[tuple[Tile, str]] = field(default_factory=list)
+    """Tiles never read because the overview shows them outside the monolayer: (tile, "thick" or "thin")."""
+    od_per_cover: float = math.nan
+    """The overview's area OD per red-cell layer, calibrated on the slide's own tiles (NaN: not judged)."""
 
     @property
     def to_level0(self) -> float:
@@ -70,8 +74,13 @@ def content_mask(rgb: np.ndarray, params: TilingParams) -> np.ndarray:
     return ~glass
 
 
-def plan_tiles(scan: Scan, working_mpp: float, params: TilingParams) -> TilePlan:
-    """Lay the tile grid and drop tiles that the overview shows to be blank glass."""
+def read_overview(scan: Scan, params: TilingParams) -> np.ndarray:
+    """The scan's overview (RGB, longest side `thumbnail_px`): where the glass is, and the smear's crowding."""
+    return scan.thumbnail(params.thumbnail_px)
+
+
+def plan_tiles(scan: Scan, working_mpp: float, params: TilingParams, overview: np.ndarray | None = None) -> TilePlan:
+    """Lay the tile grid and drop tiles that the overview (read here unless given) shows to be blank glass."""
     level = scan.best_level_for(working_mpp)
     w0, h0 = scan.dimensions
     width = max(1, round(w0 * scan.mpp / working_mpp))
@@ -79,7 +88,8 @@ def plan_tiles(scan: Scan, working_mpp: float, params: TilingParams) -> TilePlan
     margin = int(math.ceil(params.margin_um / working_mpp))
     size = params.tile_px
 
-    overview = scan.thumbnail(params.thumbnail_px)
+    if overview is None:
+        overview = read_overview(scan, params)
     mask = content_mask(overview, params).astype(np.uint8)
     integral = cv2.integral(mask)
     sx, sy = overview.shape[1] / width, overview.shape[0] / height
@@ -101,6 +111,19 @@ def plan_tiles(scan: Scan, working_mpp: float, params: TilingParams) -> TilePlan
             read = (max(x0 - margin, 0), max(y0 - margin, 0), min(x1 + margin, width), min(y1 + margin, height))
             tiles.append(Tile((x0, y0, x1, y1), read))
     return TilePlan(level, scan.level_mpp(level), scan.mpp, working_mpp, width, height, margin, tiles, skipped)
+
+
+def tile_overview_window(plan: TilePlan, tile: Tile, overview_shape: tuple[int, ...]) -> tuple[int, int, int, int]:
+    """The overview pixels (x0, y0, x1, y1) under a tile's core (at least one pixel)."""
+    sx, sy = overview_shape[1] / plan.width, overview_shape[0] / plan.height
+    x0, y0, x1, y1 = tile.core
+    ox0, oy0 = min(int(x0 * sx), overview_shape[1] - 1), min(int(y0 * sy), overview_shape[0] - 1)
+    return ox0, oy0, max(math.ceil(x1 * sx), ox0 + 1), max(math.ceil(y1 * sy), oy0 + 1)
+
+
+def core_area_um2(plan: TilePlan, tile: Tile) -> float:
+    x0, y0, x1, y1 = tile.core
+    return (x1 - x0) * (y1 - y0) * plan.working_mpp ** 2
 
 
 def read_tile(scan: Scan, plan: TilePlan, tile: Tile) -> np.ndarray:

@@ -24,7 +24,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from bcscan.scan.reading import resample
+from bcscan.scan.reading import Scan, resample
 from bcscan.testing.groundtruth import (
     GHADERZADEH_MPP,
     PBC_MPP,
@@ -36,6 +36,7 @@ from bcscan.testing.groundtruth import (
 )
 
 SMEAR_TILE_MPP = 0.25  # wsi/smear full-resolution tiles (SOURCE.txt: red cells ~30 px across)
+SMEAR_OVERVIEW_MPP = 16.0  # its test-thumbnail.png: 0.25 µm/px ÷ 64 (checked: area OD at the tiles' places matches)
 
 GLASS_PERCENTILE = 90.0  # the segmenter's notion of the glass colour (mean of the brightest 10 %)
 
@@ -147,3 +148,30 @@ def smear_pieces(data: Path = SHARED_DATA, working_mpp: float = 0.4, side_px: in
         for y in range(0, work.shape[0] - side_px + 1, stride_px):
             for x in range(0, work.shape[1] - side_px + 1, stride_px):
                 yield f"{path.name}:{x},{y}", np.ascontiguousarray(work[y:y + side_px, x:x + side_px])
+
+
+class RealSmearSlide(Scan):
+    """The real wsi/smear slide as far as it is here: its overview as the thumbnail, and at full resolution
+    (0.25 µm/px) a seamless mosaic of one of its monolayer tiles wherever a region is read, so the red-cell
+    cover of any tile read is the monolayer's.  `reads` counts the regions read."""
+
+    def __init__(self, data: Path = SHARED_DATA, tile: int = 1):
+        root = Path(data) / "wsi" / "smear"
+        self.path = root / "test-thumbnail.png"
+        self._overview = read_rgb(self.path)
+        self._mosaic = mirror_mosaic(read_rgb(sorted(root.glob("I_*.png"))[tile]))
+        self.mpp = SMEAR_TILE_MPP
+        down = SMEAR_OVERVIEW_MPP / SMEAR_TILE_MPP
+        self.level_dimensions = [(round(self._overview.shape[1] * down), round(self._overview.shape[0] * down))]
+        self.level_downsamples = [1.0]
+        self.vendor = "wsi/smear pieces"
+        self.reads = 0
+
+    def read(self, level, x, y, width, height):
+        self.reads += 1
+        h, w = self._mosaic.shape[:2]
+        reps = (-(-(y % h + height) // h), -(-(x % w + width) // w), 1)
+        return np.tile(self._mosaic, reps)[y % h: y % h + height, x % w: x % w + width].copy()
+
+    def thumbnail(self, max_side):
+        return self._overview

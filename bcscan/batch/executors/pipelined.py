@@ -90,7 +90,8 @@ def _failure(exc: Exception, path: str) -> tuple[str, str, str]:
 def _plan_task(path: str):
     try:
         scan = _open(path)
-        return ("plan", plan_scan(scan, _worker["segmentation"], _worker["tiling"], _worker["crop_um"]), scan.mpp)
+        return ("plan", plan_scan(scan, _worker["segmentation"], _worker["tiling"], _worker["crop_um"],
+                                   _worker["quality"]), scan.mpp)
     except Exception as exc:  # noqa: BLE001 - reported as this scan's failure
         return _failure(exc, path)
 
@@ -233,7 +234,7 @@ class _Pipeline:
             buffer.drop(state)
         elif kind == "plan":
             state.plan, state.scan_mpp = outcome[1], outcome[2]
-            state.plan_head = replace(state.plan, tiles=[])
+            state.plan_head = replace(state.plan, tiles=[], overview_excluded=[])
         else:
             found: TileCells = outcome[1]
             if len(found.crops):

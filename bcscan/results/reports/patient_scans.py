@@ -12,6 +12,7 @@ from bcscan.results.reports.markup import markup
 from bcscan.results.reports.patient_view import PatientView
 from bcscan.results.reports.pictures import class_hex, reason_hex, rl_image
 from bcscan.results.reports.scan_pictures import ScanPicture
+from bcscan.scan.counting_area import AREA_EXCLUDED
 from bcscan.scan.quality import REASONS
 
 
@@ -123,11 +124,25 @@ def _check_notes(row: pd.Series) -> list[str]:
     notes.append(f"{verdict}{as_int(row.get('tiles_low_quality'))} tile(s) not counted"
                  + (f" ({excluded})" if excluded else "") + f"; {fmt_num(100 * row['readable_fraction'], 0)} % of "
                  "the tiles read were fit to count")
+    notes += _area_notes(row)
     notes.append(f"quality figures (medians over tiles): edge blur {fmt_num(row.get('edge_sigma_um'))} µm, "
                  f"nucleus OD {fmt_num(row.get('nucleus_od'))}, red-cell OD {fmt_num(row.get('rbc_od'))}, glass "
                  f"brightness {fmt_num(row.get('glass_brightness'), 0)}, red-cell cover "
                  f"{fmt_num(row.get('rbc_coverage'))}, clipped {fmt_num(row.get('clipped_fraction'))}")
     return notes
+
+
+def _area_notes(row: pd.Series) -> list[str]:
+    """Where the scan was counted: the monolayer's area, and the area excluded by reason (none for a result
+    stored before bcscan recorded it)."""
+    if pd.isna(row.get("area_counted_mm2")):
+        return []
+    excluded = [f"{reason} {fmt_num(row.get(f'area_excluded_{reason}_mm2'), 2)} mm²" for reason in AREA_EXCLUDED
+                if float(row.get(f"area_excluded_{reason}_mm2") or 0) > 0]
+    unread = as_int(row.get("tiles_excluded_overview"))
+    return [f"counted in {fmt_num(row.get('area_counted_mm2'), 2)} mm²"
+            + (f"; not counted: {', '.join(excluded)}" if excluded else "")
+            + (f" ({unread:,} tile(s) of it judged thick or thin on the slide's overview, not read)" if unread else "")]
 
 
 def _legend() -> str:
@@ -146,7 +161,7 @@ def _excluded_legend(shares: list[tuple[str, int, float]] | None, tiles_low_qual
                 "stored by an earlier bcscan that did not record where they lie." if tiles_low_quality else "")
     parts = [f'<font color="{reason_hex(reason)}">■</font> {reason.replace("_", " ")}: {n:,} tile(s), '
              f"{_percent(share)} of the scan" for reason, n, share in shares]
-    return "Hatched, not counted for quality: " + "; ".join(parts) + "." if parts else ""
+    return "Hatched, not counted: " + "; ".join(parts) + "." if parts else ""
 
 
 def _percent(share: float) -> str:

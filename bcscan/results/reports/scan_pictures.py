@@ -64,7 +64,7 @@ def scan_pictures(data: RunData, scan_row: pd.Series, cells: pd.DataFrame, galle
     if not path.exists():
         return ScanPicture(None, 0.0, f"scan file not found at {path}: pictures omitted", {})
     excluded = data.excluded_tiles[data.excluded_tiles["scan"] == scan]
-    if len(excluded) != as_int(scan_row.get("tiles_low_quality")):
+    if len(excluded) != as_int(scan_row.get("tiles_low_quality")) + as_int(scan_row.get("tiles_excluded_overview")):
         excluded = None  # a result stored before excluded tiles were kept: counted, but not drawn
     note = ""
     finished = str(data.run.get("finished", ""))
