@@ -40,9 +40,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from bcscan.scan.platelets import PlateletParams, drop_platelet_clumps
+from bcscan.scan.platelets import PlateletParams, white_cells
 from bcscan.scan.reading import resample
-from bcscan.scan.segmentation import SegmentationParams, segment
+from bcscan.scan.segmentation import SegmentationParams
 from bcscan.testing import groundtruth as V
 from bcscan.training.duplicates import average_hash
 
@@ -104,10 +104,7 @@ class BlastGuard:
         return self._figures[params]
 
     def count(self, rgb: np.ndarray, params: SegmentationParams) -> int:
-        seg = segment(rgb, self.working_mpp, params)
-        if self.platelets is not None:
-            seg = drop_platelet_clumps(rgb, seg, params, self.platelets)
-        return len(seg.cells)
+        return len(white_cells(rgb, params, self.platelets).cells)
 
     def admits(self, params: SegmentationParams) -> bool:
         return all(per_field >= (1 - GUARD_COUNT_LOSS) * self.reference[folder][0]

@@ -67,6 +67,12 @@ class Variant:
 VARIANTS = [Variant(), Variant(pool="median"), Variant(dims=8), Variant(dims=64), Variant(layer="flatten"),
             Variant(scan_threshold=True), Variant(pool="cell distances", scan_threshold=True)]
 STAIN, STAIN_SCAN = "stain", "stain, scan threshold"
+# Checks on the model's output instead of its features: the mean per image or scan of each cell's binary entropy of
+# p_leukemic (calibrated, as at scan time), or of whether p_leukemic falls in the report's uncertain band; scans are
+# judged against the 99.5 % quantile of the training split's pseudo-scans (an image of one cell is all or nothing).
+OUTPUTS = {"output: mean entropy, scan threshold": "entropy",
+           "output: uncertain share (0.35-0.65), scan threshold": "uncertain"}
+UNCERTAIN_BAND = (0.35, 0.65)
 
 
 @dataclass
@@ -167,6 +173,26 @@ def feature_score(train: Cells, fit_images: list, fit_labs: np.ndarray, variant:
     return lambda cells, groups: distances(reference, cells.pooled(project(cells), groups, variant.pool))
 
 
+def output_score(model_path: Path, measure: str):
+    """`score(cells, groups)`: the mean over each group's cells of `measure` ("entropy" or "uncertain") of the fold
+    model's calibrated p_leukemic, computed from the cells' `fc` features through its output layer."""
+    from bcscan.model.classifier import calibrate
+
+    info = load_model_info(model_path)
+    weights, bias = load_keras_model(model_path)[0].get_layer("predictions").get_weights()
+
+    def per_cell(cells: Cells) -> np.ndarray:
+        logits = cells.features["fc"] @ weights + bias
+        probs = np.exp(logits - logits.max(1, keepdims=True))
+        p = calibrate(probs / probs.sum(1, keepdims=True), info.temperature)[:, info.leukemic_index]
+        if measure == "uncertain":
+            return ((p >= UNCERTAIN_BAND[0]) & (p <= UNCERTAIN_BAND[1])).astype(np.float64)
+        p = np.clip(p, 1e-6, 1 - 1e-6)
+        return -(p * np.log2(p) + (1 - p) * np.log2(1 - p))
+
+    return lambda cells, groups: cells.pooled(per_cell(cells)[:, None], groups, "mean")[:, 0]
+
+
 def judged(score, image_threshold: float, scan_threshold: float, sets: dict) -> dict:
     """Share called outside, overall and in the worst lab, per set (name -> (Cells, groups, lab of each))."""
     out = {"image_threshold": round(image_threshold, 3), "scan_threshold": round(scan_threshold, 3)}
@@ -198,6 +224,10 @@ def fold_result(data_dir: Path, fold_dir: Path, lab: str, work: Path, cache: Pat
         threshold = float(np.quantile(score(train, fit_images), QUANTILE))
         scan_threshold = float(np.quantile(score(train, fit_scans), QUANTILE)) if variant.scan_threshold else threshold
         result[variant.name] = judged(score, threshold, scan_threshold, sets)
+    for name, measure in OUTPUTS.items():
+        score = output_score(fold_dir / "model" / f"lolo-{lab}.keras", measure)
+        result[name] = judged(score, float(np.quantile(score(train, fit_images), QUANTILE)),
+                              float(np.quantile(score(train, fit_scans), QUANTILE)), sets)
     return result
 
 
@@ -226,7 +256,7 @@ def tables(folds: list[dict]) -> str:
                  "over all folds (images / scans).", "",
              "| check | " + " | ".join(f"{f['lab']} {f['run'][-2:]} ({f['balanced_accuracy']:.2f})" for f in folds)
              + " | training labs, worst |", "|---|" + "---|" * (len(folds) + 1)]
-    for name in [STAIN, STAIN_SCAN, *(v.name for v in VARIANTS)]:
+    for name in [STAIN, STAIN_SCAN, *(v.name for v in VARIANTS), *OUTPUTS]:
         worst = {k: max(f[name][f"training_labs_{k}"]["worst_lab"] for f in folds) for k in ("images", "scans")}
         rows.append(f"| {name} | " + " | ".join(pair(f[name], "left_out") for f in folds)
                     + f" | {worst['images']:.2f} / {worst['scans']:.2f} |")

@@ -38,7 +38,7 @@ import cv2
 import numpy as np
 
 from bcscan.scan.crops import crop_cells
-from bcscan.scan.platelets import FEATURES, PlateletParams, clump_features, clump_scores, drop_platelet_clumps
+from bcscan.scan.platelets import FEATURES, PlateletParams, clump_features, clump_scores, white_cells
 from bcscan.scan.reading import resample
 from bcscan.scan.segmentation import SegmentationParams, segment
 from bcscan.testing import groundtruth as V
@@ -227,7 +227,7 @@ def cost(data: Path, platelets: PlateletParams, repeats: int = 4) -> tuple[float
         return segment(tile, SEG.working_mpp, SEG)
 
     def tested(tile):
-        return drop_platelet_clumps(tile, segment(tile, SEG.working_mpp, SEG), SEG, platelets)
+        return white_cells(tile, SEG, platelets)
 
     best = {alone: np.inf, tested: np.inf}
     tested(tiles[0])  # warm-up

@@ -38,7 +38,7 @@ import numpy as np
 from scipy import ndimage
 
 from bcscan.scan.platelets import PlateletParams, drop_platelet_clumps
-from bcscan.scan.segmentation import Segmentation, SegmentationParams, _disk, optical_density, segment
+from bcscan.scan.segmentation import Segmentation, SegmentationParams, disk, optical_density, segment
 from bcscan.testing import groundtruth as G
 
 NORMAL_SOURCES = ("bccd", "bccd-640", "bcd-416", "pbc-360", "raabin-575")
@@ -107,7 +107,7 @@ def pale_disc_pixels(c: CellComponents, p: SegmentationParams) -> np.ndarray:
     um = 1.0 / p.working_mpp
     depth = cv2.distanceTransform(c.cells.astype(np.uint8), cv2.DIST_L2, 5)
     low, high = RED_CELL_RADIUS_UM[0] * um, RED_CELL_RADIUS_UM[1] * um
-    peaks = (depth >= cv2.dilate(depth, _disk(low))) & (depth >= low) & (depth <= high)
+    peaks = (depth >= cv2.dilate(depth, disk(low))) & (depth >= low) & (depth <= high)
     od_total = c.od.sum(axis=2)
     out = np.zeros(c.cells.shape, bool)
     h, w = out.shape

@@ -40,7 +40,15 @@ import cv2
 import numpy as np
 from scipy.ndimage import find_objects
 
-from bcscan.scan.segmentation import Segmentation, SegmentationParams, _collect, _disk, glass_colour, optical_density
+from bcscan.scan.segmentation import (
+    Segmentation,
+    SegmentationParams,
+    collect_cells,
+    disk,
+    glass_colour,
+    optical_density,
+    segment,
+)
 
 FEATURES = ("log_nucleus_area", "halo", "rim", "even", "log_dark")
 """The figures of one detection that the clump score weighs, in the order of `PlateletParams.weights`."""
@@ -107,7 +115,7 @@ def clump_features(rgb: np.ndarray, seg: Segmentation, seg_params: SegmentationP
                               np.full((1, 3), 1 / 3, np.float32))
     red_cells = coarse_od[(coarse_od > seg_params.foreground_od) & ~seg.nucleus_mask[::SAMPLE_STEP, ::SAMPLE_STEP]]
     red_cell_od = float(np.median(red_cells)) if red_cells.size else seg_params.foreground_od
-    inner, outer = _disk(RING_UM[0] / mpp), _disk(RING_UM[1] / mpp)
+    inner, outer = disk(RING_UM[0] / mpp), disk(RING_UM[1] / mpp)
     reach = outer.shape[0] // 2 + 2
     judged, rows = [], []
     for k in candidates:
@@ -135,7 +143,7 @@ def clump_features(rgb: np.ndarray, seg: Segmentation, seg_params: SegmentationP
 def _texture(violet: np.ndarray, own: np.ndarray, mpp: float) -> float:
     """How granular the violet of a nucleus (`own`, uint8 mask) is: the std of its variation finer than
     TEXTURE_SCALE_UM over its mean, inside the nucleus' blurred edge."""
-    inside = cv2.erode(own, _disk(RING_UM[0] / mpp)) > 0
+    inside = cv2.erode(own, disk(RING_UM[0] / mpp)) > 0
     if np.count_nonzero(inside) < 3:
         inside = own > 0
     fine = violet - cv2.GaussianBlur(violet, (0, 0), TEXTURE_SCALE_UM / mpp)
@@ -145,6 +153,13 @@ def _texture(violet: np.ndarray, own: np.ndarray, mpp: float) -> float:
 def clump_scores(features: np.ndarray, params: PlateletParams) -> np.ndarray:
     """The logistic score of each row of `features` (> 0: a platelet clump)."""
     return params.bias + features @ np.asarray(params.weights)
+
+
+def white_cells(rgb: np.ndarray, seg_params: SegmentationParams, platelets: PlateletParams | None) -> Segmentation:
+    """The detections of `rgb` (at the working resolution): :func:`segment`, then the clump test unless
+    `platelets` is None (the scan pipeline runs the two apart, measuring the tile's quality between them)."""
+    seg = segment(rgb, seg_params.working_mpp, seg_params)
+    return seg if platelets is None else drop_platelet_clumps(rgb, seg, seg_params, platelets)
 
 
 def drop_platelet_clumps(rgb: np.ndarray, seg: Segmentation, seg_params: SegmentationParams,
@@ -159,4 +174,4 @@ def drop_platelet_clumps(rgb: np.ndarray, seg: Segmentation, seg_params: Segment
         return seg
     drop = np.zeros(len(seg.cells) + 1, bool)
     drop[clumps] = True
-    return _collect(np.where(drop[seg.cell_labels], 0, seg.cell_labels), seg.nucleus_mask, seg_params.working_mpp)
+    return collect_cells(np.where(drop[seg.cell_labels], 0, seg.cell_labels), seg.nucleus_mask, seg_params.working_mpp)

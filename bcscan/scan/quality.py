@@ -46,7 +46,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from bcscan.scan.segmentation import Segmentation, SegmentationParams
+from bcscan.scan.segmentation import Segmentation, SegmentationParams, disk
 
 # reason -> the figures that raise it: (TileQuality figure, QualityParams threshold, +1 = above it / -1 = below it).
 # measure_tile() and the benchmark that states how far past each threshold a degraded field went both read it.
@@ -169,11 +169,6 @@ class TileQuality:
         return not self.reasons
 
 
-def _disk(radius_px: float) -> np.ndarray:
-    r = max(int(round(radius_px)), 0)
-    return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
-
-
 def _sample(values: np.ndarray, n: int = 20000) -> np.ndarray:
     """Every k-th value: percentiles of a large array at a fraction of the cost, the same to ~1 %."""
     return values[:: max(values.size // n, 1)]
@@ -246,7 +241,7 @@ def measure_tile(rgb: np.ndarray, seg: Segmentation, seg_params: SegmentationPar
     nucleus = seg.nucleus_mask[::step, ::step]
 
     # Red cells: everything absorbing, outside the white cells (and a 1 µm halo around them).
-    outside = cv2.dilate(wbc, _disk(1.0 / spx)) == 0
+    outside = cv2.dilate(wbc, disk(1.0 / spx)) == 0
     n_outside = cv2.countNonZero(outside.view(np.uint8))
     area_um2 = n_outside * spx * spx
     rbc_od = rbc_coverage = glass_fraction = overlap = float("nan")

@@ -123,7 +123,8 @@ class Segmentation:
     nucleus_mask: np.ndarray
 
 
-def _disk(radius_px: float) -> np.ndarray:
+def disk(radius_px: float) -> np.ndarray:
+    """A filled disc of this radius (px), for OpenCV morphology."""
     r = max(int(round(radius_px)), 0)
     return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
 
@@ -160,7 +161,7 @@ def segment(rgb: np.ndarray, mpp: float, params: SegmentationParams) -> Segmenta
         nucleus = cv2.resize(nucleus_w.view(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST) > 0
     else:
         cell_labels, nucleus = labels_w, nucleus_w
-    return _collect(cell_labels, nucleus, mpp)
+    return collect_cells(cell_labels, nucleus, mpp)
 
 
 def _segment_working(rgb: np.ndarray, p: SegmentationParams) -> tuple[np.ndarray, np.ndarray]:
@@ -184,7 +185,7 @@ def _segment_working(rgb: np.ndarray, p: SegmentationParams) -> tuple[np.ndarray
         _, pieces, stats, _ = cv2.connectedComponentsWithStats(nucleus, connectivity=8)
         nucleus &= (stats[:, cv2.CC_STAT_AREA] * px2 >= p.min_fragment_area_um2).astype(np.uint8)[pieces]
     # Lobes / fragments closer than 2 * nucleus_close_um belong to one nucleus.
-    groups = cv2.dilate(nucleus, _disk(p.nucleus_close_um * um)) if p.nucleus_close_um > 0 else nucleus
+    groups = cv2.dilate(nucleus, disk(p.nucleus_close_um * um)) if p.nucleus_close_um > 0 else nucleus
     n_grp, grp = cv2.connectedComponents(groups, connectivity=8)
     nuc_lab = np.where(nucleus > 0, grp, 0).astype(np.int32)
     nuc_area = np.bincount(nuc_lab.ravel(), minlength=n_grp) * px2
@@ -198,20 +199,20 @@ def _segment_working(rgb: np.ndarray, p: SegmentationParams) -> tuple[np.ndarray
     nucleus = nuc_lab > 0
 
     # Cells (any stain) vs glass; nuclei always count as cell.
-    fg = cv2.morphologyEx((fg | nucleus).astype(np.uint8), cv2.MORPH_OPEN, _disk(0.5 * um))
+    fg = cv2.morphologyEx((fg | nucleus).astype(np.uint8), cv2.MORPH_OPEN, disk(0.5 * um))
     fg = _fill_holes(fg) | nucleus.astype(np.uint8)
 
     # Touching cells: one distance-transform peak per cell.  Peaks near a
     # nucleus belong to that WBC; the others are red cells that must stop it.
     dist = cv2.distanceTransform(fg, cv2.DIST_L2, 5)
-    peaks = (dist >= cv2.dilate(dist, _disk(p.peak_min_distance_um * um))) & (dist > 1.0)
-    near_nucleus = cv2.dilate(nucleus.astype(np.uint8), _disk(p.peak_min_distance_um * um)) > 0
+    peaks = (dist >= cv2.dilate(dist, disk(p.peak_min_distance_um * um))) & (dist > 1.0)
+    near_nucleus = cv2.dilate(nucleus.astype(np.uint8), disk(p.peak_min_distance_um * um)) > 0
     others = peaks & ~near_nucleus
 
     labels = np.zeros(rgb.shape[:2], np.int32)
     kept_nucleus = np.zeros(rgb.shape[:2], bool)
     reach_px = int(np.ceil(p.max_cytoplasm_um * um))
-    reach_disk = _disk(p.max_cytoplasm_um * um)
+    reach_disk = disk(p.max_cytoplasm_um * um)
     k = 0
     for n, box in enumerate(find_objects(nuc_lab), start=1):
         if box is None:
@@ -250,7 +251,7 @@ def _merge_lobes(nuc_lab: np.ndarray, p: SegmentationParams) -> np.ndarray:
     them; two touching WBCs are each about a nucleus long, so together they span more."""
     if p.lobe_gap_um <= 0:
         return nuc_lab
-    near = cv2.dilate((nuc_lab > 0).astype(np.uint8), _disk(0.5 * p.lobe_gap_um / p.working_mpp))
+    near = cv2.dilate((nuc_lab > 0).astype(np.uint8), disk(0.5 * p.lobe_gap_um / p.working_mpp))
     n_near, near_lab = cv2.connectedComponents(near, connectivity=8)
     # Local operations per nucleus group: a tile holds few, and whole-image passes cost more.
     boxes = find_objects(nuc_lab)
@@ -284,11 +285,11 @@ def _split_touching_nuclei(nuc_lab: np.ndarray, p: SegmentationParams) -> np.nda
         y0, x0 = max(box[0].start - pad, 0), max(box[1].start - pad, 0)
         roi = (slice(y0, box[0].stop + pad), slice(x0, box[1].stop + pad))
         own = nuc_lab[roi] == n
-        solid = cv2.morphologyEx(own.astype(np.uint8), cv2.MORPH_CLOSE, _disk(0.5 * um))
+        solid = cv2.morphologyEx(own.astype(np.uint8), cv2.MORPH_CLOSE, disk(0.5 * um))
         solid = _fill_holes(solid)
         dist = cv2.distanceTransform(solid, cv2.DIST_L2, 5)
         core = p.split_min_radius_um * um
-        peaks = (dist >= cv2.dilate(dist, _disk(2 * core))) & (dist >= core)
+        peaks = (dist >= cv2.dilate(dist, disk(2 * core))) & (dist >= core)
         n_peaks, markers = cv2.connectedComponents(peaks.astype(np.uint8), connectivity=8)
         if n_peaks <= 2 or solid.sum() * p.working_mpp ** 2 < p.split_min_area_um2:  # one core or one nucleus' size
             out[roi][own] = k + 1
@@ -310,7 +311,7 @@ def _fill_holes(mask: np.ndarray) -> np.ndarray:
     return (mask.astype(bool) | holes).astype(np.uint8)
 
 
-def _collect(cell_labels: np.ndarray, nucleus: np.ndarray, mpp: float) -> Segmentation:
+def collect_cells(cell_labels: np.ndarray, nucleus: np.ndarray, mpp: float) -> Segmentation:
     """Detections sorted by (y, x), labels renumbered to match, nucleus limited to kept cells."""
     px2 = mpp * mpp
     found = []

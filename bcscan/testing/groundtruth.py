@@ -16,9 +16,9 @@ from typing import Iterable, Iterator, Sequence
 import cv2
 import numpy as np
 
-from bcscan.scan.platelets import PlateletParams, drop_platelet_clumps
+from bcscan.scan.platelets import PlateletParams, white_cells
 from bcscan.scan.reading import resample
-from bcscan.scan.segmentation import Segmentation, SegmentationParams, segment
+from bcscan.scan.segmentation import Segmentation, SegmentationParams
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
@@ -367,10 +367,7 @@ class WorkingField:
         pipeline runs them."""
         if params.working_mpp != self.working_mpp:
             raise ValueError(f"field resampled to {self.working_mpp} µm/px, params work at {params.working_mpp}")
-        seg = segment(self.rgb, self.working_mpp, params)
-        if platelets is not None:
-            seg = drop_platelet_clumps(self.rgb, seg, params, platelets)
-        return cell_boxes(seg) * self.to_original
+        return cell_boxes(white_cells(self.rgb, params, platelets)) * self.to_original
 
     def score(self, params: SegmentationParams, platelets: PlateletParams | None = None) -> DetectionScore:
         """Scores of detections() against the field's ground-truth boxes."""
