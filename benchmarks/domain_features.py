@@ -14,6 +14,10 @@ lab, and the training labs' validation and test images.  The first feature varia
 the one reported; the others (`VARIANTS`: layer, dimensions, pooling, and a threshold for scans set on the training
 split's pseudo-scans, for the stain check too) are printed beside it, each the same on every fold.
 
+Last, the check on the model's output that `bcscan scan` applies (`bcscan.model.domain.uncertainty_verdict`: the mean
+binary entropy of a scan's calls against a threshold `bcscan train` fits on the validation cells), on pseudo-scans of
+its cells drawn from the left-out lab and from each training lab's test cells.
+
     python benchmarks/domain_features.py [DATA_DIR] [--runs runs/cross-lab/fourlabs-s0 runs/cross-lab/fourlabs-s1]
         [--work runs/cross-lab/work] [--out runs/domain-features] [--labs mll-bone-marrow,...]
 
@@ -37,7 +41,7 @@ sys.path.insert(0, str(ROOT))  # this checkout's bcscan
 from cross_lab import LABS, left_out_cells  # noqa: E402
 from domain_check import SCAN_IMAGES  # noqa: E402
 
-from bcscan.model.domain import SHRINKAGE, distances  # noqa: E402
+from bcscan.model.domain import OUTSIDE, SHRINKAGE, distances, fit_uncertainty, uncertainty_verdict  # noqa: E402
 from bcscan.model.network import load_keras_model, load_model_info  # noqa: E402
 from bcscan.scan.appearance import crop_appearance  # noqa: E402
 from bcscan.training.predict import predict_probs  # noqa: E402
@@ -67,12 +71,8 @@ class Variant:
 VARIANTS = [Variant(), Variant(pool="median"), Variant(dims=8), Variant(dims=64), Variant(layer="flatten"),
             Variant(scan_threshold=True), Variant(pool="cell distances", scan_threshold=True)]
 STAIN, STAIN_SCAN = "stain", "stain, scan threshold"
-# Checks on the model's output instead of its features: the mean per image or scan of each cell's binary entropy of
-# p_leukemic (calibrated, as at scan time), or of whether p_leukemic falls in the report's uncertain band; scans are
-# judged against the 99.5 % quantile of the training split's pseudo-scans (an image of one cell is all or nothing).
-OUTPUTS = {"output: mean entropy, scan threshold": "entropy",
-           "output: uncertain share (0.35-0.65), scan threshold": "uncertain"}
-UNCERTAIN_BAND = (0.35, 0.65)
+CERTAINTY = "certainty (as shipped)"
+CERTAINTY_DRAWS = 300  # 50-cell pseudo-scans drawn per lab to judge (the threshold: fit_uncertainty's 1,000)
 
 
 @dataclass
@@ -173,24 +173,34 @@ def feature_score(train: Cells, fit_images: list, fit_labs: np.ndarray, variant:
     return lambda cells, groups: distances(reference, cells.pooled(project(cells), groups, variant.pool))
 
 
-def output_score(model_path: Path, measure: str):
-    """`score(cells, groups)`: the mean over each group's cells of `measure` ("entropy" or "uncertain") of the fold
-    model's calibrated p_leukemic, computed from the cells' `fc` features through its output layer."""
+def fold_p_leukemic(model_path: Path, cells: Cells) -> np.ndarray:
+    """The fold model's calibrated p_leukemic of each cell, from its `fc` features through its output layer."""
     from bcscan.model.classifier import calibrate
 
     info = load_model_info(model_path)
     weights, bias = load_keras_model(model_path)[0].get_layer("predictions").get_weights()
+    logits = cells.features["fc"] @ weights + bias
+    probs = np.exp(logits - logits.max(1, keepdims=True))
+    return calibrate(probs / probs.sum(1, keepdims=True), info.temperature)[:, info.leukemic_index]
 
-    def per_cell(cells: Cells) -> np.ndarray:
-        logits = cells.features["fc"] @ weights + bias
-        probs = np.exp(logits - logits.max(1, keepdims=True))
-        p = calibrate(probs / probs.sum(1, keepdims=True), info.temperature)[:, info.leukemic_index]
-        if measure == "uncertain":
-            return ((p >= UNCERTAIN_BAND[0]) & (p <= UNCERTAIN_BAND[1])).astype(np.float64)
-        p = np.clip(p, 1e-6, 1 - 1e-6)
-        return -(p * np.log2(p) + (1 - p) * np.log2(1 - p))
 
-    return lambda cells, groups: cells.pooled(per_cell(cells)[:, None], groups, "mean")[:, 0]
+def certainty_check(model_path: Path, train: Cells, left: Cells) -> dict:
+    """The scan-time certainty check as `bcscan train` fits it (`fit_uncertainty` on the training labs' validation
+    cells) and `bcscan scan` applies it (`uncertainty_verdict`), on pseudo-scans of its `scan_cells` cells drawn
+    from each training lab's test cells and from the left-out lab."""
+    p_train, p_left = fold_p_leukemic(model_path, train), fold_p_leukemic(model_path, left)
+    cell_lab, cell_split = train.lab[train.image], train.split[train.image]
+    reference = fit_uncertainty(p_train[cell_split == "val"], cell_lab[cell_split == "val"])
+    rng = np.random.default_rng(1)
+
+    def outside(p: np.ndarray) -> float:
+        n = reference["scan_cells"]
+        draws = [p[rng.choice(len(p), n, replace=len(p) < n)] for _ in range(CERTAINTY_DRAWS)]
+        return round(float(np.mean([uncertainty_verdict(reference, d)[0] == OUTSIDE for d in draws])), 3)
+
+    test = {lab: outside(p_train[(cell_split == "test") & (cell_lab == lab)]) for lab in sorted(set(cell_lab))}
+    return {"threshold": reference["threshold"], "scan_cells": reference["scan_cells"], "left_out": outside(p_left),
+            "training_labs_test": test}
 
 
 def judged(score, image_threshold: float, scan_threshold: float, sets: dict) -> dict:
@@ -224,10 +234,7 @@ def fold_result(data_dir: Path, fold_dir: Path, lab: str, work: Path, cache: Pat
         threshold = float(np.quantile(score(train, fit_images), QUANTILE))
         scan_threshold = float(np.quantile(score(train, fit_scans), QUANTILE)) if variant.scan_threshold else threshold
         result[variant.name] = judged(score, threshold, scan_threshold, sets)
-    for name, measure in OUTPUTS.items():
-        score = output_score(fold_dir / "model" / f"lolo-{lab}.keras", measure)
-        result[name] = judged(score, float(np.quantile(score(train, fit_images), QUANTILE)),
-                              float(np.quantile(score(train, fit_scans), QUANTILE)), sets)
+    result[CERTAINTY] = certainty_check(fold_dir / "model" / f"lolo-{lab}.keras", train, left)
     return result
 
 
@@ -256,10 +263,20 @@ def tables(folds: list[dict]) -> str:
                  "over all folds (images / scans).", "",
              "| check | " + " | ".join(f"{f['lab']} {f['run'][-2:]} ({f['balanced_accuracy']:.2f})" for f in folds)
              + " | training labs, worst |", "|---|" + "---|" * (len(folds) + 1)]
-    for name in [STAIN, STAIN_SCAN, *(v.name for v in VARIANTS), *OUTPUTS]:
+    for name in [STAIN, STAIN_SCAN, *(v.name for v in VARIANTS)]:
         worst = {k: max(f[name][f"training_labs_{k}"]["worst_lab"] for f in folds) for k in ("images", "scans")}
         rows.append(f"| {name} | " + " | ".join(pair(f[name], "left_out") for f in folds)
                     + f" | {worst['images']:.2f} / {worst['scans']:.2f} |")
+    scan_cells = folds[0][CERTAINTY]["scan_cells"]
+    rows += ["", f"The certainty check as shipped (mean entropy of the calls over a scan; threshold fitted on the training "
+                 f"labs' validation cells): share of {scan_cells}-cell pseudo-scans called outside.", "",
+             "| left-out lab | run | cell balanced accuracy | threshold (bits) | left-out lab | training labs' test "
+             "cells, each lab |", "|---|---|---|---|---|---|"]
+    for f in folds:
+        c = f[CERTAINTY]
+        rows.append(f"| `{f['lab']}` | {f['run']} | {f['balanced_accuracy']:.3f} | {c['threshold']:.3f} | "
+                    f"{c['left_out']:.2f} | " + ", ".join(f"{k} {v:.2f}" for k, v in c["training_labs_test"].items())
+                    + " |")
     return "\n".join(rows)
 
 

@@ -13,12 +13,24 @@ from click.testing import CliRunner
 from helpers import REPO, SHIPPED_MODEL, shared
 
 from bcscan.cli.main import main
-from bcscan.model.domain import INSIDE, OUTSIDE, UNKNOWN, domain_verdict, fit_reference
+from bcscan.model.domain import (
+    INSIDE,
+    OUTSIDE,
+    UNKNOWN,
+    binary_entropy,
+    combined_verdict,
+    domain_verdict,
+    fit_reference,
+    fit_uncertainty,
+    uncertainty_verdict,
+)
 from bcscan.model.network import load_model_info
 from bcscan.results.aggregation import FLAG_LOW_QUALITY, FLAG_NEGATIVE, FLAG_OUTSIDE, FLAG_REVIEW
 from bcscan.scan.appearance import FEATURES, crop_appearance
 from bcscan.testing.degrade import blur, scale_od
-from bcscan.testing.synthetic import draw_smear
+from bcscan.testing.synthetic import draw_smear, write_pyramidal_tiff
+
+pypdf = pytest.importorskip("pypdf")
 
 
 def test_reference_calls_its_own_labs_inside_and_far_figures_outside():
@@ -34,6 +46,51 @@ def test_reference_calls_its_own_labs_inside_and_far_figures_outside():
     assert domain_verdict(reference, np.full(k, 5.0))[0] == OUTSIDE  # between the labs, near neither
     assert domain_verdict({}, np.zeros(k)) == (UNKNOWN, None)        # a model without a reference
     assert domain_verdict(reference, None) == (UNKNOWN, None)        # a scan without cells
+
+
+def test_uncertainty_threshold_is_the_quantile_of_pseudo_scans_of_validation_cells():
+    assert binary_entropy(np.array([0.5, 0.0, 1.0])) == pytest.approx([1.0, 0.0, 0.0], abs=1e-4)
+    # Lab a: every call p = 0.02 (entropy 0.1414 bits); lab b: one cell in ten at p = 0.5 (1 bit), the rest 0.02.
+    h = float(binary_entropy(np.array([0.02]))[0])
+    p = np.concatenate([np.full(500, 0.02), np.where(np.arange(500) % 10 == 0, 0.5, 0.02)])
+    reference = fit_uncertainty(p, np.array(["a"] * 500 + ["b"] * 500), scan_cells=50, draws=2000, quantile=0.99)
+    assert reference["scan_cells"] == 50 and reference["labs"] == ["a", "b"]
+    # A 50-cell draw from lab b holds k uncertain cells, k hypergeometric (500, 50, 50): mean 5, 99th percentile 10.
+    assert reference["threshold"] == pytest.approx(h + 10 / 50 * (1 - h), abs=(1 - h) / 50 + 1e-4)
+    assert uncertainty_verdict(reference, np.full(50, 0.02)) == (INSIDE, round(h, 4))
+    assert uncertainty_verdict(reference, np.full(50, 0.5)) == (OUTSIDE, 1.0)
+    assert uncertainty_verdict(reference, np.full(49, 0.5)) == (UNKNOWN, 1.0)  # fewer cells than it was fitted on
+    assert uncertainty_verdict({}, np.full(50, 0.5)) == (UNKNOWN, None)
+    assert combined_verdict(INSIDE, OUTSIDE) == OUTSIDE and combined_verdict(UNKNOWN, INSIDE) == INSIDE
+    assert combined_verdict(UNKNOWN, UNKNOWN) == UNKNOWN
+
+
+@pytest.mark.parametrize("threshold, verdict", [(0.05, OUTSIDE), (1.0, INSIDE)])
+def test_a_scan_the_model_is_unsure_of_is_outside_and_never_negative(tmp_path, threshold, verdict):
+    """An untrained model (its calls near p = 0.5) given a certainty threshold: above it the scan is outside and
+    its patient is flagged; scans.csv's uncertainty is the mean entropy of the calls in cells.csv."""
+    from bcscan.model.network import ModelInfo, build_vgg16, save_model
+
+    model = tmp_path / "unsure.keras"
+    save_model(build_vgg16(32, batch_norm=True, hidden_units=16, seed=1), model,
+               ModelInfo(name="unsure", classes=["leukemic", "normal"], input_size=32, crop_um=20.0, working_mpp=0.4,
+                         domain={"uncertainty": {"threshold": threshold, "scan_cells": 10, "quantile": 0.995}}))
+    slide, _ = draw_smear(3000, 2200, 0.25, 25, seed=11)
+    write_pyramidal_tiff(tmp_path / "scans" / "P1" / "slide.tif", slide, 0.25)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["scan", str(tmp_path / "scans"), "--out", str(out), "--model", str(model),
+                                       "--quiet"])
+    assert result.exit_code == 0, result.output
+    scan = pd.read_csv(out / "scans.csv").iloc[0]
+    cells = pd.read_csv(out / "cells.csv")
+    assert len(cells) == 25 and scan["domain"] == verdict
+    assert scan["uncertainty"] == pytest.approx(binary_entropy(cells["p_leukemic"].to_numpy()).mean(), abs=1e-4)
+    assert scan["uncertainty_threshold"] == threshold and np.isnan(scan["domain_threshold"])
+    flag = pd.read_csv(out / "patients.csv").iloc[0]["flag"]
+    assert (FLAG_OUTSIDE in flag) == (verdict == OUTSIDE)
+    if verdict == OUTSIDE:
+        text = " ".join(page.extract_text() for page in pypdf.PdfReader(out / "reports" / "P1.pdf").pages)
+        assert "the model is less certain on this scan's cells" in " ".join(text.split())
 
 
 def test_blur_lowers_sharpness_and_greyscale_removes_the_stain_colour():

@@ -150,7 +150,8 @@ def test_page_one_lists_every_flag_of_the_patient(tmp_path):
     write_reports(out)
     page_one = " ".join(pypdf.PdfReader(out / "reports" / "P.pdf").pages[0].extract_text().split())
     assert "Incomplete: a scan failed or is pending" in page_one
-    assert "Also: Stain or scanner outside the validated range — review; no negative call." in page_one
+    assert "Also: Outside the validated range (stain, scanner or cells the model is unsure of) — review; no negative call." \
+        in page_one
     assert "Also: Insufficient cells for a reliable count — no negative call. Only 5 cells were found; at least 10" \
         in page_one
 

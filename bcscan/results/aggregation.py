@@ -11,7 +11,7 @@ PATIENT_COLUMNS = ["patient_id", "n_scans", "n_cells", "n_leukemic", "n_normal",
 FLAG_REVIEW = "review: leukemic cells detected"
 FLAG_INSUFFICIENT = "insufficient cells"
 FLAG_INCOMPLETE = "incomplete: a scan failed or is pending"
-FLAG_OUTSIDE = "review: stain or scanner outside the validated range"
+FLAG_OUTSIDE = "review: outside the validated range"  # stain, scanner, or cells the model is unsure of
 FLAG_LOW_QUALITY = "insufficient quality"
 FLAG_NEGATIVE = "negative"
 

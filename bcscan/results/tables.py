@@ -24,7 +24,8 @@ CELL_COLUMNS = ["scan", "patient_id", "cell_id", "x", "y", "x0", "y0", "x1", "y1
 SCAN_BASE_COLUMNS = ["scan", "patient_id", "status", "n_cells", "n_leukemic", "n_normal", "mpp", "level",
                      "working_mpp", "tiles_read", "tiles_skipped", "seconds", "sha256", "error"]  # every version's
 SCAN_CHECK_COLUMNS = ["quality", *QUALITY_COLUMNS, "domain", "domain_distance",  # since 0.2: fit to count, validated
-                      "domain_threshold", *AREA_COLUMNS]                           # range, where it was counted
+                      "domain_threshold", "uncertainty", "uncertainty_threshold",  # range, the model's certainty,
+                      *AREA_COLUMNS]                                               # where it was counted
 SCAN_COLUMNS = SCAN_BASE_COLUMNS[:11] + SCAN_CHECK_COLUMNS + SCAN_BASE_COLUMNS[11:]
 COUNT_COLUMNS = ["n_cells", "n_leukemic", "n_normal", "level", "tiles_read", "tiles_skipped"] + \
     [c for c in (*QUALITY_COLUMNS, *AREA_COLUMNS) if c.startswith("tiles_")]  # whole numbers, empty for a scan without a result

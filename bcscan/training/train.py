@@ -28,6 +28,7 @@ import numpy as np
 from bcscan.config import load_yaml
 from bcscan.errors import ConfigError, NotBetterError, TrainingError
 from bcscan.model.classifier import keras_backend
+from bcscan.model.domain import fit_uncertainty
 from bcscan.model.network import CLASSES, LEUKEMIC
 from bcscan.training.baselines import colour_baseline, stain_swap_check
 from bcscan.training.calibration import fit_image_temperature, fit_temperature
@@ -81,7 +82,8 @@ def train(data_dir: Path, config_path: Path, out_dir: Path, *, weights: Path | N
     assessed = _assess(cfg, data, fitted.model, echo)
     if cfg.finetune:
         assessed["finetune"] = _finetune_verdict(cfg, data, fitted.model, init_model, replay_data, echo)
-    domain = fit_domain(data.samples, data.split_img) if cfg.mode == "cells" else {}
+    domain = fit_domain(data.samples, data.split_img) | {"uncertainty": assessed["uncertainty"]} \
+        if cfg.mode == "cells" else {}
     primary = assessed["test_images"] or assessed["test_cells"] or {}
     metrics = {**{k: primary.get(k) for k in ("accuracy", "balanced_accuracy", "roc_auc", "ece", "per_class",
                                               "confusion_matrix", "n")},
@@ -268,7 +270,9 @@ def _assess(cfg: TrainConfig, data: PreparedData, model, echo) -> dict[str, Any]
                            samples.source[samples.image[test_idx]], labels[test_idx], pt_cal[:, li])
     baseline, stain_swap = _shortcut_checks(cfg, data, lambda x: calibrate(predict_probs(model, x), temperature)[:, li],
                                             echo)
+    val_labs = np.array([samples.sources[s].dataset_name for s in samples.source[samples.image[val_idx]]])
     return {"test_images": image_test, "test_cells": cell_test, "validation_cells": val_block,
+            "uncertainty": fit_uncertainty(pv_cal[:, li], val_labs, seed=cfg.seed),
             "test_images_without_cells": no_cells,
             "per_source": by_source, "calibration": calib, "colour_baseline": baseline,
             "stain_swap": stain_swap,

@@ -23,7 +23,8 @@ FLAG_TEXT = {
     FLAG_REVIEW: ("Leukemic cells detected — review recommended", "#c62828", "#fdecea"),
     FLAG_INCOMPLETE: ("Incomplete: a scan failed or is pending — no negative call can be made", "#8a5a00",
                       "#fff4e0"),
-    FLAG_OUTSIDE: ("Stain or scanner outside the validated range — review; no negative call", "#8a5a00", "#fff4e0"),
+    FLAG_OUTSIDE: ("Outside the validated range (stain, scanner or cells the model is unsure of) — review; no "
+                   "negative call", "#8a5a00", "#fff4e0"),
     FLAG_LOW_QUALITY: ("Insufficient quality: too little of the smear fit to count — no negative call", "#8a5a00",
                        "#fff4e0"),
     FLAG_INSUFFICIENT: ("Insufficient cells for a reliable count — no negative call", "#8a5a00", "#fff4e0"),

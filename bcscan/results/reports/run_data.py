@@ -82,7 +82,8 @@ def load_run(out_dir: Path, scan_dir: Path | None = None) -> RunData:
                         ["cell_id", "x", "y", "x0", "y0", "x1", "y1", "area_um2", "p_leukemic"])
     scans = _read_table(out_dir / "scans.csv", SCAN_BASE_COLUMNS,
                         ["n_cells", "n_leukemic", "n_normal", "mpp", "level", "working_mpp", "tiles_read",
-                         "tiles_skipped", "seconds", *QUALITY_COLUMNS, "domain_distance", "domain_threshold"])
+                         "tiles_skipped", "seconds", *QUALITY_COLUMNS, "domain_distance", "domain_threshold",
+                         "uncertainty", "uncertainty_threshold"])
     patients = _read_table(out_dir / "patients.csv", PATIENT_COLUMNS[:9],
                            ["n_scans", "n_cells", "n_leukemic", "n_normal", "pct_leukemic", "ci_low", "ci_high",
                             "n_scans_failed", "n_scans_outside", "n_scans_low_quality", "verified_cells",
