@@ -285,7 +285,19 @@ def _domain(metrics: dict[str, Any]) -> list[str]:
             f"cells' median lies further than {domain['threshold']} (the {domain['quantile']} quantile of the "
             f"training images' own distances) from every training lab is `outside`: its patient is never called "
             f"negative. Validation images called outside: {fmt(domain.get('validation_images_outside'))}. "
-            "Other labs and degraded cells: `python benchmarks/domain_check.py DATA_DIR`."]
+            "Other labs and degraded cells: `python benchmarks/domain_check.py DATA_DIR`."] + _certainty(domain)
+
+
+def _certainty(domain: dict[str, Any]) -> list[str]:
+    """The threshold on the model's own uncertainty (bcscan.model.domain.fit_uncertainty)."""
+    certainty = domain.get("uncertainty")
+    if not certainty:
+        return []
+    return ["", f"The model's certainty: a scan of at least {certainty['scan_cells']} cells whose calls' mean binary "
+                f"entropy exceeds {certainty['threshold']} bits (the {certainty['quantile']} quantile of "
+                f"{certainty['scan_cells']}-cell pseudo-scans of the validation cells of "
+                f"{', '.join(certainty['labs'])}) is `outside` too. Judged leave one lab out: "
+                "`python benchmarks/domain_features.py DATA_DIR`."]
 
 
 def _closing(cfg: TrainConfig, metrics: dict[str, Any], rel: str, extra: str) -> list[str]:
