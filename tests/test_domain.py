@@ -68,7 +68,8 @@ def test_uncertainty_threshold_is_the_quantile_of_pseudo_scans_of_validation_cel
 @pytest.mark.parametrize("threshold, verdict", [(0.05, OUTSIDE), (1.0, INSIDE)])
 def test_a_scan_the_model_is_unsure_of_is_outside_and_never_negative(tmp_path, threshold, verdict):
     """An untrained model (its calls near p = 0.5) given a certainty threshold: above it the scan is outside and
-    its patient is flagged; scans.csv's uncertainty is the mean entropy of the calls in cells.csv."""
+    its patient is flagged; scans.csv's uncertainty is the mean entropy of the calls in cells.csv.  A field of
+    fewer cells than the threshold was fitted on is not judged: no threshold beside its uncertainty, no note."""
     from bcscan.model.network import ModelInfo, build_vgg16, save_model
 
     model = tmp_path / "unsure.keras"
@@ -77,20 +78,28 @@ def test_a_scan_the_model_is_unsure_of_is_outside_and_never_negative(tmp_path, t
                          domain={"uncertainty": {"threshold": threshold, "scan_cells": 10, "quantile": 0.995}}))
     slide, _ = draw_smear(3000, 2200, 0.25, 25, seed=11)
     write_pyramidal_tiff(tmp_path / "scans" / "P1" / "slide.tif", slide, 0.25)
+    field, _ = draw_smear(800, 600, 0.25, 3, seed=12)
+    cv2.imwrite(str(tmp_path / "scans" / "P1" / "field.png"), cv2.cvtColor(field, cv2.COLOR_RGB2BGR))
     out = tmp_path / "out"
     result = CliRunner().invoke(main, ["scan", str(tmp_path / "scans"), "--out", str(out), "--model", str(model),
-                                       "--quiet"])
+                                       "--mpp", "0.25", "--quiet"])
     assert result.exit_code == 0, result.output
-    scan = pd.read_csv(out / "scans.csv").iloc[0]
+    scans = pd.read_csv(out / "scans.csv").set_index("scan")
+    scan = scans.loc["P1/slide.tif"]
     cells = pd.read_csv(out / "cells.csv")
+    cells = cells[cells["scan"] == "P1/slide.tif"]
     assert len(cells) == 25 and scan["domain"] == verdict
     assert scan["uncertainty"] == pytest.approx(binary_entropy(cells["p_leukemic"].to_numpy()).mean(), abs=1e-4)
     assert scan["uncertainty_threshold"] == threshold and np.isnan(scan["domain_threshold"])
+    few = scans.loc["P1/field.png"]
+    assert few["n_cells"] == 3 and few["uncertainty"] > 0 and np.isnan(few["uncertainty_threshold"])
+    assert few["domain"] == "unknown"
     flag = pd.read_csv(out / "patients.csv").iloc[0]["flag"]
     assert (FLAG_OUTSIDE in flag) == (verdict == OUTSIDE)
-    if verdict == OUTSIDE:
-        text = " ".join(page.extract_text() for page in pypdf.PdfReader(out / "reports" / "P1.pdf").pages)
-        assert "the model is less certain on this scan's cells" in " ".join(text.split())
+    text = " ".join(" ".join(page.extract_text() for page in pypdf.PdfReader(out / "reports" / "P1.pdf").pages).split())
+    warning, fine = "the model is less certain on this scan's cells", "the model as certain on its cells as"
+    assert (text.count(warning), text.count(fine)) == ((1, 0) if verdict == OUTSIDE else (0, 1))  # the slide only
+    assert "cells' appearance" not in text  # the model has no stain reference: that check judged nothing
 
 
 def test_blur_lowers_sharpness_and_greyscale_removes_the_stain_colour():

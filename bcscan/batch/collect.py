@@ -73,9 +73,6 @@ def collect_outputs(run: BatchRun, model_info: ModelInfo, jobs: list[ScanJob], m
     judged = scans["domain"].isin([INSIDE, OUTSIDE])  # the distance means something only beside the threshold
     scans["domain_threshold"] = scans["domain_threshold"].astype(float)
     scans.loc[judged, "domain_threshold"] = model_info.domain.get("threshold")
-    scans["uncertainty_threshold"] = scans["uncertainty_threshold"].astype(float)
-    scans.loc[scans["uncertainty"].notna(), "uncertainty_threshold"] = (model_info.domain.get("uncertainty")
-                                                                         or {}).get("threshold")
     cells = pd.concat(cell_tables, ignore_index=True) if cell_tables else pd.DataFrame(columns=CELL_COLUMNS)
     excluded = (pd.concat(excluded_tables, ignore_index=True) if excluded_tables
                 else pd.DataFrame(columns=EXCLUDED_TILE_COLUMNS))

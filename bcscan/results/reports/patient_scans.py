@@ -2,7 +2,6 @@
 section per scan (counts, scale, quality notes, the marked thumbnail; or why it failed)."""
 from __future__ import annotations
 
-import math
 from xml.sax.saxutils import escape
 
 import pandas as pd
@@ -109,23 +108,20 @@ def _quality_notes(view: PatientView, row: pd.Series, index: int, pic: ScanPictu
 def _check_notes(row: pd.Series) -> list[str]:
     """The scan's quality figures and whether its cells look like those the model was validated on."""
     notes = []
-    distance = (f"appearance distance {fmt_num(row.get('domain_distance'))}; outside above "
-                f"{fmt_num(row.get('domain_threshold'))}")
-    certainty = (f"mean entropy of its calls {fmt_num(row.get('uncertainty'), 3)} bits; outside above "
-                 f"{fmt_num(row.get('uncertainty_threshold'), 3)}")
-    stain_outside = float(row.get("domain_distance") or 0) > float(row.get("domain_threshold") or math.inf)
-    uncertain = float(row.get("uncertainty") or 0) > float(row.get("uncertainty_threshold") or math.inf)
-    if str(row.get("domain", "")) == "outside" and stain_outside:
-        notes.append(f"WARNING: stain or scanner outside the validated range ({distance}): the cells' stain colour or "
-                     "strength, background or sharpness differ from the labs the model was validated on; its calls "
-                     "here are not reliable")
-    if str(row.get("domain", "")) == "outside" and uncertain:
+    if pd.notna(row.get("domain_threshold")):  # each check's threshold is recorded where it judged the scan
+        distance = (f"appearance distance {fmt_num(row.get('domain_distance'))}; outside above "
+                    f"{fmt_num(row.get('domain_threshold'))}")
+        notes.append(f"WARNING: stain or scanner outside the validated range ({distance}): the cells' stain colour "
+                     "or strength, background or sharpness differ from the labs the model was validated on; its "
+                     "calls here are not reliable" if row.get("domain_distance") > row.get("domain_threshold")
+                     else f"cells' appearance inside the validated range ({distance})")
+    if pd.notna(row.get("uncertainty_threshold")):
+        certainty = (f"mean entropy of its calls {fmt_num(row.get('uncertainty'), 3)} bits; outside above "
+                     f"{fmt_num(row.get('uncertainty_threshold'), 3)}")
         notes.append(f"WARNING: the model is less certain on this scan's cells than on any lab it was validated on "
-                     f"({certainty}): cells unlike those it learnt from; its calls here are not reliable")
-    if str(row.get("domain", "")) == "inside":
-        notes.append(f"cells' appearance inside the validated range ({distance})"
-                     + (f"; the model as certain as there ({certainty})" if pd.notna(row.get("uncertainty_threshold"))
-                        else ""))
+                     f"({certainty}): cells unlike those it learnt from; its calls here are not reliable"
+                     if row.get("uncertainty") > row.get("uncertainty_threshold")
+                     else f"the model as certain on its cells as on the labs it was validated on ({certainty})")
     if "readable_fraction" not in row or pd.isna(row.get("readable_fraction")):
         return notes
     excluded = ", ".join(f"{as_int(row.get(f'tiles_{reason}'))} {reason.replace('_', ' ')}" for reason in REASONS
