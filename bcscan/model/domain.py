@@ -69,14 +69,16 @@ def fit_uncertainty(p_leukemic: np.ndarray, lab: np.ndarray, scan_cells: int = 5
     """The threshold on a scan's mean entropy: `quantile` of the means of `draws` pseudo-scans of `scan_cells`
     cells per lab, drawn from that lab's validation cells (`p_leukemic` calibrated, `lab` of each cell)."""
     entropy, lab = binary_entropy(p_leukemic), np.asarray(lab)
-    rng = np.random.default_rng(seed)
-    means = [entropy[lab == name][rng.choice(int(np.sum(lab == name)), scan_cells,
-                                             replace=bool(np.sum(lab == name) < scan_cells))].mean()
-             for name in sorted(set(lab.tolist())) for _ in range(draws)]
-    if not means:
+    labs = sorted(set(lab.tolist()))
+    if not labs:
         return {}
+    rng = np.random.default_rng(seed)
+    means = []
+    for name in labs:
+        own = entropy[lab == name]
+        means += [own[rng.choice(len(own), scan_cells, replace=len(own) < scan_cells)].mean() for _ in range(draws)]
     return {"threshold": round(float(np.quantile(means, quantile)), 4), "scan_cells": scan_cells,
-            "quantile": quantile, "labs": sorted(set(lab.tolist()))}
+            "quantile": quantile, "labs": labs}
 
 
 def uncertainty_verdict(reference: dict[str, Any], p_leukemic: np.ndarray) -> tuple[str, float | None]:
