@@ -16,7 +16,8 @@ split's pseudo-scans, for the stain check too) are printed beside it, each the s
 
 Last, the check on the model's output that `bcscan scan` applies (`bcscan.model.domain.uncertainty_verdict`: the mean
 binary entropy of a scan's calls against a threshold `bcscan train` fits on the validation cells), on pseudo-scans of
-its cells drawn from the left-out lab and from each training lab's test cells.
+its cells drawn from the left-out lab and from each training lab's test cells, and as `bcscan scan` pools it over a
+patient's cells (patients.csv) on pseudo-patients of 200 cells.
 
     python benchmarks/domain_features.py [DATA_DIR] [--runs runs/cross-lab/fourlabs-s0 runs/cross-lab/fourlabs-s1]
         [--work runs/cross-lab/work] [--out runs/domain-features] [--labs mll-bone-marrow,...]
@@ -73,6 +74,7 @@ VARIANTS = [Variant(), Variant(pool="median"), Variant(dims=8), Variant(dims=64)
 STAIN, STAIN_SCAN = "stain", "stain, scan threshold"
 CERTAINTY = "certainty (as shipped)"
 CERTAINTY_DRAWS = 300  # 50-cell pseudo-scans drawn per lab to judge (the threshold: fit_uncertainty's 1,000)
+PATIENT_CELLS = 200  # the check pooled over a patient's cells (patients.csv): pseudo-patients of issue 24 item 6's size
 
 
 @dataclass
@@ -193,14 +195,16 @@ def certainty_check(model_path: Path, train: Cells, left: Cells) -> dict:
     reference = fit_uncertainty(p_train[cell_split == "val"], cell_lab[cell_split == "val"])
     rng = np.random.default_rng(1)
 
-    def outside(p: np.ndarray) -> float:
-        n = reference["scan_cells"]
+    def outside(p: np.ndarray, n: int) -> float:
         draws = [p[rng.choice(len(p), n, replace=len(p) < n)] for _ in range(CERTAINTY_DRAWS)]
         return round(float(np.mean([uncertainty_verdict(reference, d)[0] == OUTSIDE for d in draws])), 3)
 
-    test = {lab: outside(p_train[(cell_split == "test") & (cell_lab == lab)]) for lab in sorted(set(cell_lab))}
-    return {"threshold": reference["threshold"], "scan_cells": reference["scan_cells"], "left_out": outside(p_left),
-            "training_labs_test": test}
+    result = {"threshold": reference["threshold"], "scan_cells": reference["scan_cells"]}
+    for kind, n in (("", reference["scan_cells"]), ("patients_", PATIENT_CELLS)):
+        result[f"{kind}left_out"] = outside(p_left, n)
+        result[f"{kind}training_labs_test"] = {
+            lab: outside(p_train[(cell_split == "test") & (cell_lab == lab)], n) for lab in sorted(set(cell_lab))}
+    return result
 
 
 def judged(score, image_threshold: float, scan_threshold: float, sets: dict) -> dict:
@@ -270,13 +274,15 @@ def tables(folds: list[dict]) -> str:
     scan_cells = folds[0][CERTAINTY]["scan_cells"]
     rows += ["", f"The certainty check as shipped (mean entropy of the calls over a scan; threshold fitted on the training "
                  f"labs' validation cells): share of {scan_cells}-cell pseudo-scans called outside.", "",
-             "| left-out lab | run | cell balanced accuracy | threshold (bits) | left-out lab | training labs' test "
-             "cells, each lab |", "|---|---|---|---|---|---|"]
+             f"| left-out lab | run | cell balanced accuracy | threshold (bits) | left-out lab: scans / {PATIENT_CELLS}-cell "
+             f"patients pooled | training labs' test cells, each lab: scans / {PATIENT_CELLS}-cell patients |",
+             "|---|---|---|---|---|---|"]
     for f in folds:
         c = f[CERTAINTY]
+        pooled = c["patients_training_labs_test"]
         rows.append(f"| `{f['lab']}` | {f['run']} | {f['balanced_accuracy']:.3f} | {c['threshold']:.3f} | "
-                    f"{c['left_out']:.2f} | " + ", ".join(f"{k} {v:.2f}" for k, v in c["training_labs_test"].items())
-                    + " |")
+                    f"{c['left_out']:.2f} / {c['patients_left_out']:.2f} | "
+                    + ", ".join(f"{k} {v:.2f} / {pooled[k]:.2f}" for k, v in c["training_labs_test"].items()) + " |")
     return "\n".join(rows)
 
 

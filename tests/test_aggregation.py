@@ -9,6 +9,7 @@ from bcscan.results.aggregation import (
     FLAG_INCOMPLETE,
     FLAG_INSUFFICIENT,
     FLAG_NEGATIVE,
+    FLAG_OUTSIDE,
     FLAG_REVIEW,
     AggregationParams,
     summarise_patients,
@@ -34,7 +35,8 @@ def test_patient_table_counts_and_flags():
                           "status": ["ok", "ok", "ok", "ok", "failed"]})
     labels = {"a": ["leukemic"] * 10 + ["normal"] * 40, "b": ["normal"] * 50, "c": ["normal"] * 20,
               "d": ["normal"] * 100}
-    cells = pd.DataFrame([{"scan": s, "patient_id": scans.set_index("scan").at[s, "patient_id"], "label": lab}
+    cells = pd.DataFrame([{"scan": s, "patient_id": scans.set_index("scan").at[s, "patient_id"], "label": lab,
+                           "p_leukemic": 0.98 if lab == "leukemic" else 0.02}
                           for s, labs in labels.items() for lab in labs])
     table = summarise_patients(scans, cells, AggregationParams(review_threshold_pct=5, min_cells=50)).set_index("patient_id")
     assert table.loc["P1", ["n_scans", "n_cells", "n_leukemic", "n_normal"]].tolist() == [2, 100, 10, 90]
@@ -43,6 +45,25 @@ def test_patient_table_counts_and_flags():
     assert table["flag"].to_dict() == {"P1": FLAG_REVIEW, "P2": FLAG_INSUFFICIENT, "P3": FLAG_NEGATIVE,
                                        "P4": FLAG_INCOMPLETE}
     assert table.loc["P4", ["n_scans", "n_cells", "n_scans_failed"]].tolist() == [0, 0, 1]
+    assert table["uncertainty_threshold"].isna().all()  # no certainty reference: nothing judged
+
+
+def test_certainty_pooled_over_a_patient_judges_fields_too_small_alone():
+    """Twenty 5-cell fields: none reaches the 50 cells a scan needs to be judged, the patient's 100 do.  Calls at
+    p = 0.3 (0.881 bits) are outside a 0.5-bit threshold, calls at p = 0.02 (0.141 bits) inside."""
+    reference = {"threshold": 0.5, "scan_cells": 50, "quantile": 0.995}
+    scans = pd.DataFrame({"scan": [f"{p}/f{i}.png" for p in ("P1", "P2", "P3") for i in range(20)],
+                          "patient_id": [p for p in ("P1", "P2", "P3") for _ in range(20)], "status": "ok"})
+    cells = pd.DataFrame([{"scan": scan, "patient_id": patient, "label": "normal",
+                           "p_leukemic": {"P1": 0.3, "P2": 0.02, "P3": 0.3}[patient]}
+                          for scan, patient in zip(scans["scan"], scans["patient_id"])
+                          for _ in range(5 if patient != "P3" else 2)])
+    table = summarise_patients(scans, cells, AggregationParams(min_cells=50), reference).set_index("patient_id")
+    assert table["flag"].to_dict() == {"P1": FLAG_OUTSIDE, "P2": FLAG_NEGATIVE, "P3": FLAG_INSUFFICIENT}
+    assert table.loc["P1", "uncertainty"] == pytest.approx(0.8813, abs=1e-4)
+    assert table.loc["P2", "uncertainty"] == pytest.approx(0.1414, abs=1e-4)
+    assert table.loc[["P1", "P2"], "uncertainty_threshold"].tolist() == [0.5, 0.5]
+    assert pd.isna(table.loc["P3", "uncertainty_threshold"])  # 40 cells: fewer than the check was fitted on
 
 
 def test_patient_assignment_order(tmp_path):

@@ -25,7 +25,7 @@ from bcscan.model.domain import (
     uncertainty_verdict,
 )
 from bcscan.model.network import load_model_info
-from bcscan.results.aggregation import FLAG_LOW_QUALITY, FLAG_NEGATIVE, FLAG_OUTSIDE, FLAG_REVIEW
+from bcscan.results.aggregation import FLAG_INSUFFICIENT, FLAG_LOW_QUALITY, FLAG_NEGATIVE, FLAG_OUTSIDE, FLAG_REVIEW
 from bcscan.scan.appearance import FEATURES, crop_appearance
 from bcscan.testing.degrade import blur, scale_od
 from bcscan.testing.synthetic import draw_smear, write_pyramidal_tiff
@@ -80,6 +80,10 @@ def test_a_scan_the_model_is_unsure_of_is_outside_and_never_negative(tmp_path, t
     write_pyramidal_tiff(tmp_path / "scans" / "P1" / "slide.tif", slide, 0.25)
     field, _ = draw_smear(800, 600, 0.25, 3, seed=12)
     cv2.imwrite(str(tmp_path / "scans" / "P1" / "field.png"), cv2.cvtColor(field, cv2.COLOR_RGB2BGR))
+    (tmp_path / "scans" / "P2").mkdir()
+    for i in range(4):  # patient P2: field images of 3 cells each, none judged alone, 12 cells together
+        field, _ = draw_smear(800, 600, 0.25, 3, seed=20 + i)
+        cv2.imwrite(str(tmp_path / "scans" / "P2" / f"field{i}.png"), cv2.cvtColor(field, cv2.COLOR_RGB2BGR))
     out = tmp_path / "out"
     result = CliRunner().invoke(main, ["scan", str(tmp_path / "scans"), "--out", str(out), "--model", str(model),
                                        "--mpp", "0.25", "--quiet"])
@@ -94,8 +98,19 @@ def test_a_scan_the_model_is_unsure_of_is_outside_and_never_negative(tmp_path, t
     few = scans.loc["P1/field.png"]
     assert few["n_cells"] == 3 and few["uncertainty"] > 0 and np.isnan(few["uncertainty_threshold"])
     assert few["domain"] == "unknown"
-    flag = pd.read_csv(out / "patients.csv").iloc[0]["flag"]
-    assert (FLAG_OUTSIDE in flag) == (verdict == OUTSIDE)
+    patients = pd.read_csv(out / "patients.csv").set_index("patient_id")
+    assert (FLAG_OUTSIDE in patients.loc["P1", "flag"]) == (verdict == OUTSIDE)
+    # Pooled over the patient: P2's fields are each unjudged, together judged by the same threshold.
+    all_cells = pd.read_csv(out / "cells.csv")
+    assert (scans.loc[scans["patient_id"] == "P2", "domain"] == "unknown").all()
+    p2 = patients.loc["P2"]
+    assert p2["n_cells"] == 12 and p2["uncertainty_threshold"] == threshold
+    assert p2["uncertainty"] == pytest.approx(
+        binary_entropy(all_cells.loc[all_cells["patient_id"] == "P2", "p_leukemic"].to_numpy()).mean(), abs=1e-4)
+    assert p2["flag"] == (FLAG_OUTSIDE if verdict == OUTSIDE else FLAG_INSUFFICIENT)
+    p2_text = " ".join(" ".join(page.extract_text() for page in pypdf.PdfReader(out / "reports" / "P2.pdf").pages)
+                       .split())
+    assert ("Over all 12 cells of this patient the model is less certain" in p2_text) == (verdict == OUTSIDE)
     text = " ".join(" ".join(page.extract_text() for page in pypdf.PdfReader(out / "reports" / "P1.pdf").pages).split())
     warning, fine = "the model is less certain on this scan's cells", "the model as certain on its cells as"
     assert (text.count(warning), text.count(fine)) == ((1, 0) if verdict == OUTSIDE else (0, 1))  # the slide only

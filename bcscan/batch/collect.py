@@ -77,7 +77,8 @@ def collect_outputs(run: BatchRun, model_info: ModelInfo, jobs: list[ScanJob], m
     excluded = (pd.concat(excluded_tables, ignore_index=True) if excluded_tables
                 else pd.DataFrame(columns=EXCLUDED_TILE_COLUMNS))
     # unverified until a reviewer signs off (`bcscan review`; a re-run's sign-offs are restored by the CLI)
-    patients = with_verified_columns(summarise_patients(scans, cells, run.settings.aggregation), {})
+    patients = with_verified_columns(summarise_patients(scans, cells, run.settings.aggregation,
+                                                        model_info.domain.get("uncertainty")), {})
     failures = scans[scans["status"] == "failed"].reindex(columns=FAILURE_COLUMNS)
 
     atomic_write_csv(out_dir / "cells.csv", cells, CELL_COLUMNS)

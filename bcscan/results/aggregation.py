@@ -2,11 +2,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
+import numpy as np
 import pandas as pd
 
+from bcscan.model.domain import UNKNOWN, uncertainty_verdict
+
 PATIENT_COLUMNS = ["patient_id", "n_scans", "n_cells", "n_leukemic", "n_normal", "pct_leukemic",
-                   "ci_low", "ci_high", "flag", "n_scans_failed", "n_scans_outside", "n_scans_low_quality"]
+                   "ci_low", "ci_high", "flag", "n_scans_failed", "n_scans_outside", "n_scans_low_quality",
+                   "uncertainty", "uncertainty_threshold"]
 
 FLAG_REVIEW = "review: leukemic cells detected"
 FLAG_INSUFFICIENT = "insufficient cells"
@@ -39,26 +44,42 @@ def wilson_interval(successes: int, n: int) -> tuple[float, float]:
 
 
 def patient_flag(n_cells: int, n_leukemic: int, n_failed: int, params: AggregationParams, n_outside: int = 0,
-                 n_low_quality: int = 0) -> str:
+                 n_low_quality: int = 0, uncertain: bool = False) -> str:
     """A positive signal is always shown; a negative call needs every scan read, each inside the range
-    the model was validated on and fit to count, and enough cells."""
-    return patient_flags(n_cells, n_leukemic, n_failed, params, n_outside, n_low_quality)[0]
+    the model was validated on and fit to count, the model as certain on the patient's cells as on its
+    validation labs, and enough cells."""
+    return patient_flags(n_cells, n_leukemic, n_failed, params, n_outside, n_low_quality, uncertain)[0]
 
 
 def patient_flags(n_cells: int, n_leukemic: int, n_failed: int, params: AggregationParams, n_outside: int = 0,
-                  n_low_quality: int = 0) -> list[str]:
+                  n_low_quality: int = 0, uncertain: bool = False) -> list[str]:
     """Every flag that holds, the one patients.csv shows first; [negative] when none does."""
     holds = [(FLAG_REVIEW, n_cells and 100.0 * n_leukemic / n_cells >= params.review_threshold_pct),
-             (FLAG_INCOMPLETE, n_failed), (FLAG_OUTSIDE, n_outside), (FLAG_LOW_QUALITY, n_low_quality),
-             (FLAG_INSUFFICIENT, n_cells < params.min_cells)]
+             (FLAG_INCOMPLETE, n_failed), (FLAG_OUTSIDE, n_outside or uncertain),
+             (FLAG_LOW_QUALITY, n_low_quality), (FLAG_INSUFFICIENT, n_cells < params.min_cells)]
     return [flag for flag, held in holds if held] or [FLAG_NEGATIVE]
 
 
-def summarise_patients(scans: pd.DataFrame, cells: pd.DataFrame, params: AggregationParams) -> pd.DataFrame:
+def pooled_certainty(reference: dict[str, Any] | None, p_leukemic: np.ndarray) -> tuple[float | None, float | None]:
+    """(mean entropy, threshold) of the certainty check (`bcscan.model.domain.uncertainty_verdict`) over all of a
+    patient's cells; the threshold only where it judged them.  A patient whose cells come as many small field
+    images, none with enough cells to be judged alone, is judged here."""
+    verdict, mean = uncertainty_verdict(reference or {}, p_leukemic)
+    return mean, (reference["threshold"] if verdict != UNKNOWN else None)
+
+
+def is_uncertain(uncertainty: float | None, threshold: float | None) -> bool:
+    """Whether a recorded certainty check called the cells outside (the threshold is recorded only where it judged)."""
+    return bool(pd.notna(threshold) and pd.notna(uncertainty) and uncertainty > threshold)
+
+
+def summarise_patients(scans: pd.DataFrame, cells: pd.DataFrame, params: AggregationParams,
+                       certainty_reference: dict[str, Any] | None = None) -> pd.DataFrame:
     """One row per patient from the per-scan table (all scans, failed and pending ones too) and the
     cell table; `n_scans_failed` counts the scans without a result (failed or pending),
     `n_scans_outside` those whose cells look unlike the model's validated range, `n_scans_low_quality`
-    those with too little area fit to count."""
+    those with too little area fit to count; `uncertainty` is the certainty check over all the patient's
+    cells (`certainty_reference`: the model's, see `pooled_certainty`)."""
     rows = []
     for patient, group in scans.groupby("patient_id", sort=True):
         ok = group[group["status"] == "ok"]
@@ -69,6 +90,7 @@ def summarise_patients(scans: pd.DataFrame, cells: pd.DataFrame, params: Aggrega
         failed = int((group["status"] != "ok").sum())
         outside = int((ok.get("domain") == "outside").sum()) if "domain" in ok else 0
         low_quality = int((ok.get("quality") == "insufficient").sum()) if "quality" in ok else 0
+        uncertainty, threshold = pooled_certainty(certainty_reference, patient_cells["p_leukemic"].to_numpy())
         rows.append({
             "patient_id": patient,
             "n_scans": len(ok),
@@ -78,9 +100,11 @@ def summarise_patients(scans: pd.DataFrame, cells: pd.DataFrame, params: Aggrega
             "pct_leukemic": round(100.0 * k / n, 2) if n else 0.0,
             "ci_low": round(100.0 * low, 2),
             "ci_high": round(100.0 * high, 2),
-            "flag": patient_flag(n, k, failed, params, outside, low_quality),
+            "flag": patient_flag(n, k, failed, params, outside, low_quality, is_uncertain(uncertainty, threshold)),
             "n_scans_failed": failed,
             "n_scans_outside": outside,
             "n_scans_low_quality": low_quality,
+            "uncertainty": uncertainty,
+            "uncertainty_threshold": threshold,
         })
     return pd.DataFrame(rows, columns=PATIENT_COLUMNS)

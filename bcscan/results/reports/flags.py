@@ -14,6 +14,7 @@ from bcscan.results.aggregation import (
     FLAG_OUTSIDE,
     FLAG_REVIEW,
     AggregationParams,
+    is_uncertain,
     patient_flags,
 )
 from bcscan.results.reports.formatting import as_int, fmt_num
@@ -41,9 +42,14 @@ def every_flag(patient: pd.Series, agg: dict[str, Any]) -> list[str]:
         params = AggregationParams()
     flags = patient_flags(as_int(patient["n_cells"]), as_int(patient["n_leukemic"]),
                           as_int(patient.get("n_scans_failed")), params, as_int(patient.get("n_scans_outside")),
-                          as_int(patient.get("n_scans_low_quality")))
+                          as_int(patient.get("n_scans_low_quality")), _uncertain(patient))
     shown = str(patient["flag"])
     return [shown] + [f for f in flags if f != shown]
+
+
+def _uncertain(patient: pd.Series) -> bool:
+    """Whether the certainty check over all the patient's cells called them outside (older runs lack it)."""
+    return is_uncertain(patient.get("uncertainty"), patient.get("uncertainty_threshold"))
 
 
 def flag_reason(flag: str, patient: pd.Series, agg: dict[str, Any]) -> str:
@@ -58,9 +64,16 @@ def flag_reason(flag: str, patient: pd.Series, agg: dict[str, Any]) -> str:
                    else "no cells were counted")
         return f"{failed} scan(s) of this patient gave no result (see below); {counted}."
     if flag == FLAG_OUTSIDE:
-        return (f"The cells of {as_int(patient.get('n_scans_outside'))} scan(s) look unlike those the model was "
-                "validated on (stain colour or strength, background or sharpness; see below): its calls there are "
-                f"not reliable ({pct} % of {n:,} cells called leukemic). Review the smear.")
+        outside = as_int(patient.get("n_scans_outside"))
+        reasons = ([f"The cells of {outside} scan(s) look unlike those the model was validated on (stain colour or "
+                    "strength, background or sharpness, or calls less certain than there; see below)."] if outside
+                   else [])
+        if _uncertain(patient):
+            reasons.append(f"Over all {n:,} cells of this patient the model is less certain than on any lab it was "
+                           f"validated on (mean entropy of its calls {fmt_num(patient.get('uncertainty'), 3)} bits; "
+                           f"outside above {fmt_num(patient.get('uncertainty_threshold'), 3)}).")
+        return " ".join(reasons + [f"Its calls are not reliable here ({pct} % of {n:,} cells called leukemic). "
+                                   "Review the smear."])
     if flag == FLAG_LOW_QUALITY:
         return (f"{as_int(patient.get('n_scans_low_quality'))} scan(s) had too little area fit to count (blurred, "
                 f"badly stained, too thick or too thin; see below); {n:,} cells were counted there. A new scan or "

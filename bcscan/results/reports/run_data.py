@@ -86,7 +86,8 @@ def load_run(out_dir: Path, scan_dir: Path | None = None) -> RunData:
                          "uncertainty", "uncertainty_threshold"])
     patients = _read_table(out_dir / "patients.csv", PATIENT_COLUMNS[:9],
                            ["n_scans", "n_cells", "n_leukemic", "n_normal", "pct_leukemic", "ci_low", "ci_high",
-                            "n_scans_failed", "n_scans_outside", "n_scans_low_quality", "verified_cells",
+                            "n_scans_failed", "n_scans_outside", "n_scans_low_quality", "uncertainty",
+                            "uncertainty_threshold", "verified_cells",
                             "verified_blasts", "verified_pct_blasts"])
     if (out_dir / "failures.csv").is_file():
         failures = _read_table(out_dir / "failures.csv", FAILURE_COLUMNS, [])
