@@ -19,7 +19,7 @@ from bcscan.scan.quality import QualityParams, TileQuality, measure_tile, od_per
 from bcscan.scan.reading import resample
 from bcscan.scan.segmentation import SegmentationParams, segment
 from bcscan.testing import degrade as D
-from bcscan.testing.groundtruth import BCCD_MPP, GHADERZADEH_MPP, PBC_MPP, read_rgb
+from bcscan.testing.groundtruth import BCCD_MPP, GHADERZADEH_MPP, LMU_MPP, PBC_MPP, read_rgb
 from bcscan.testing.synthetic import draw_smear
 
 SEG = SegmentationParams()
@@ -66,6 +66,21 @@ def test_blur_in_micrometres_is_read_back_and_flagged(real):
         # Read back in µm: ≈ 0.65-0.85 × the σ added (benchmark), never above it.
         assert 0.5 < sigmas[1] <= 1.0 and 1.0 < sigmas[2] <= 2.0, (name, sigmas)
         assert "blur" in quality(D.blur(rgb, mpp, 1.0), mpp).reasons, name
+
+
+def test_a_dark_staining_lab_s_normal_cells_pass_the_stain_check():
+    """lmu-aml-blood stains nuclei darker than the field sources (its neutrophils' 90th percentile up to 3.72
+    against PBC's 1.4) and its blasts paler.  Its normal cells are fit to count: none is flagged dark.  At the
+    former threshold (2.0) most were, and few blasts: the normal cells' tiles dropped, the blasts' kept."""
+    root = shared("lmu-aml-blood")
+    chosen = {kind: sorted((root / kind).glob("*.jpg"))[::40] for kind in ("NGS", "MYO")}  # 26 of each
+    measured = {kind: [quality(read_rgb(p), LMU_MPP) for p in paths] for kind, paths in chosen.items()}
+    for kind, tiles in measured.items():
+        assert not any("dark_stain" in q.reasons for q in tiles), kind
+    former = dataclasses.replace(QP, max_nucleus_od=2.0)
+    dark_before = {kind: np.mean([q.nucleus_od > former.max_nucleus_od for q in tiles])
+                   for kind, tiles in measured.items()}
+    assert dark_before["NGS"] > 0.7 and dark_before["MYO"] < 0.5, dark_before
 
 
 def stain_fields(real):

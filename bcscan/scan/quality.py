@@ -80,9 +80,11 @@ class QualityParams:
     """Fewer edge-ridge pixels than this: focus not assessed."""
     # --- stain (absolute: see the benchmark for what each means per lab)
     min_nucleus_od: float = 0.18
-    """faint_stain: nuclei paler than this (90th percentile ln OD, mean of R, G, B; normal fields here 0.19-1.85)."""
-    max_nucleus_od: float = 2.0
-    """dark_stain: nuclei darker than this."""
+    """faint_stain: nuclei paler than this (90th percentile ln OD, mean of R, G, B; untouched labs here 0.18-3.72)."""
+    max_nucleus_od: float = 4.0
+    """dark_stain: nuclei darker than this (transmittance under 2 %).  Labs differ: lmu-aml-blood's neutrophils
+    and lymphocytes read up to 3.72 (PBC's 1.4), its blasts paler; a threshold inside a lab's normal range drops
+    its tiles with normal cells and keeps those with blasts."""
     faint_nucleus_violet: float = 0.08
     """Where the segmenter found no nucleus: pixels this violet (OD green - OD blue, and the segmenter's contrast
     over the red cells) in blobs of at least faint_nucleus_area_um2 are nuclei too faint for it (stain figure only)."""

@@ -27,6 +27,7 @@ import numpy as np
 from bcscan.scan.reading import Scan, resample
 from bcscan.testing.groundtruth import (
     GHADERZADEH_MPP,
+    LMU_MPP,
     PBC_MPP,
     SHARED_DATA,
     bccd_samples,
@@ -123,6 +124,8 @@ def field_sources(data: Path = SHARED_DATA) -> dict[str, list[Field]]:
         out.setdefault(f"txl-{s.source}", []).append(Field(f"txl-{s.source}", s.image, s.mpp))
     out["ghaderzadeh"] = [Field("ghaderzadeh", p, GHADERZADEH_MPP) for p in ghaderzadeh_fields(data)]
     out["pbc-normal"] = [Field("pbc-normal", p, PBC_MPP) for p in sorted((data / "pbc-normal").glob("*/*.jpg"))]
+    out["lmu-aml-blood"] = [Field("lmu-aml-blood", p, LMU_MPP)
+                            for p in sorted((data / "lmu-aml-blood").glob("*/*.jpg"))]
     out["wsi-smear"] = [Field("wsi-smear", p, SMEAR_TILE_MPP)
                         for p in sorted((data / "wsi" / "smear").glob("I_*.png"))]
     return {k: v for k, v in out.items() if v}
