@@ -220,7 +220,8 @@ def test_export_training_writes_one_cell_per_image_in_folders_bcscan_train_reads
     from bcscan.scan.pipeline import cells_in_field
     from bcscan.scan.segmentation import SegmentationParams
     from bcscan.training.recipe import SourceSpec
-    from bcscan.training.samples import centre_cell, list_images
+    from bcscan.scan.single_cell import centre_cell
+    from bcscan.training.samples import list_images
 
     out = make_out_dir(tmp_path, PATIENTS)
     cells = pd.read_csv(out / "cells.csv")

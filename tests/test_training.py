@@ -17,9 +17,10 @@ from helpers import REPO, SHARED_DATA, shared
 
 from bcscan.cli.train import train_command
 from bcscan.errors import ConfigError, ExitCode
+from bcscan.scan.single_cell import centre_cell
 from bcscan.training.duplicates import average_hash, near_duplicate_groups
 from bcscan.training.recipe import AugmentParams, SourceSpec, SplitParams, load_train_config, shortcut_check
-from bcscan.training.samples import Samples, centre_cell
+from bcscan.training.samples import Samples
 from bcscan.training.splits import balance_indices, split_images
 
 ARTEFACTS = ("metrics.json", "classification_report.txt", "confusion_matrix.png", "learning_curves.png",

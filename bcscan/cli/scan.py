@@ -41,11 +41,14 @@ from bcscan.errors import EXIT_CODES_HELP, ExitCode
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True,
               help="Console and log file format; json = one object per line.")
 @click.option("--quiet", "-q", is_flag=True, help="Only errors on the console (the log file keeps everything).")
+@click.option("--single-cell-images", is_flag=True, default=None,
+              help="Field images are single-cell exports of a cell analyser (CellaVision and the like), each centred "
+                   "on one white cell: count only that cell (reading.single_cell_images). Whole slides are unaffected.")
 @click.option("--allow-empty", is_flag=True,
               help="A SCAN_DIR without any scan is a run of 0 scans (exit 0), not an error (exit 2).")
 def scan_command(scan_dir, out_dir, config_path, mpp, model, manifest, patient_pattern, batch_size, device, force,
                  tile_workers, dask_scheduler, dask_workers, old_scheduler, old_workers, log_format, quiet,
-                 allow_empty):
+                 single_cell_images, allow_empty):
     """Scan every smear in SCAN_DIR and write the results to --out.
 
     \b
@@ -71,6 +74,7 @@ def scan_command(scan_dir, out_dir, config_path, mpp, model, manifest, patient_p
         "classification": {"model": str(model) if model else None, "batch_size": batch_size, "device": device},
         "patients": {"manifest": str(manifest) if manifest else None, "filename_pattern": patient_pattern},
         "pipeline": {"workers": tile_workers},
+        "reading": {"single_cell_images": single_cell_images},
     }
     n_found = len(find_scans(scan_dir))
     if not n_found and not allow_empty:  # a nightly job pointed at the wrong folder must not report success

@@ -21,6 +21,7 @@ from bcscan.scan.platelets import PlateletParams, drop_platelet_clumps
 from bcscan.scan.quality import QualityParams, TileQuality, measure_tile, summarise_quality
 from bcscan.scan.reading import Scan, resample
 from bcscan.scan.segmentation import Segmentation, SegmentationParams, segment
+from bcscan.scan.single_cell import centre_cell_only
 from bcscan.scan.tiling import Tile, TilePlan, TilingParams, plan_tiles, read_overview, read_tile
 
 
@@ -118,8 +119,18 @@ def tile_cells(scan: Scan, plan: TilePlan, tile: Tile, seg_params: SegmentationP
         raise StageError("segment", f"{scan.path}: segmentation failed in tile {tile.core} "
                                     f"({type(exc).__name__}: {exc})") from exc
     tile_quality = measure_tile(rgb, seg, seg_params, quality)
-    seg = drop_platelet_clumps(rgb, seg, seg_params, platelets)
+    if scan.single_cell:
+        seg = centre_cell_only(rgb, seg, image_centre(scan, plan, tile), min(scan.level_dimensions[0]) / plan.to_level0,
+                               seg_params, platelets)
+    else:
+        seg = drop_platelet_clumps(rgb, seg, seg_params, platelets)
     return owned_cells(rgb, seg, plan, tile, crop_side_px(crop_um, seg_params.working_mpp), input_size, tile_quality)
+
+
+def image_centre(scan: Scan, plan: TilePlan, tile: Tile) -> tuple[float, float]:
+    """The centre of the scan's level 0 in the pixels of `tile`'s read window."""
+    w, h = scan.level_dimensions[0]
+    return w / 2 / plan.to_level0 - tile.read[0], h / 2 / plan.to_level0 - tile.read[1]
 
 
 def owned_cells(rgb: np.ndarray, seg: Segmentation, plan: TilePlan, tile: Tile, crop_side: int,

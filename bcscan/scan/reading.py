@@ -30,6 +30,7 @@ class ReadingParams:
     max_slide_pixels: int = 20_000_000_000
     max_mpp: float = 2.0                 # coarser scans cannot show a white cell's nucleus
     slide_cache_mb: int = 256            # decoded-tile cache shared by the slides open in a process
+    single_cell_images: bool = False    # each field image shows one white cell at its centre: count only it
 
     def __post_init__(self):
         if self.default_mpp is not None and not self.default_mpp > 0:
@@ -90,6 +91,7 @@ class Scan:
     level_downsamples: list[float]
     vendor: str
     whole_slide = True  # a whole slide (a smear to pick the counting area on), not a field the microscopist chose
+    single_cell = False  # an image centred on the one white cell it was taken for (`scan.single_cell`)
 
     def read(self, level: int, x: int, y: int, width: int, height: int) -> np.ndarray:
         """RGB uint8 array of a region given in `level` pixel coordinates."""
@@ -160,10 +162,11 @@ class FieldImageScan(Scan):
 
     whole_slide = False
 
-    def __init__(self, path: Path, rgb: np.ndarray, mpp: float):
+    def __init__(self, path: Path, rgb: np.ndarray, mpp: float, single_cell: bool = False):
         self.path = path
         self._rgb = rgb
         self.mpp = mpp
+        self.single_cell = single_cell
         self.level_dimensions = [(rgb.shape[1], rgb.shape[0])]
         self.level_downsamples = [1.0]
         self.vendor = "image"
@@ -372,7 +375,7 @@ def open_scan(path: Path, params: ReadingParams, mpp: float | None = None) -> Sc
         raise ScanError(f"{path}: scale unknown (no resolution recorded in the image); "
                         "give --mpp or set reading.default_mpp")
     _check_scale(path, scale, params)
-    return FieldImageScan(path, rgb, scale)
+    return FieldImageScan(path, rgb, scale, params.single_cell_images)
 
 
 def _is_greyscale(image: np.ndarray) -> bool:

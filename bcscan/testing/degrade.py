@@ -17,6 +17,7 @@ fault would happen on the microscope, before the pipeline resamples it:
 """
 from __future__ import annotations
 
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -132,10 +133,11 @@ def field_sources(data: Path = SHARED_DATA) -> dict[str, list[Field]]:
 
 
 def sample_fields(data: Path = SHARED_DATA, per_source: int = 40, seed: int = 0) -> list[Field]:
-    """`per_source` fields drawn at random (seeded) from each source; all of a smaller source."""
-    rng = np.random.default_rng(seed)
+    """`per_source` fields drawn at random from each source, seeded by (seed, source) so that a source added
+    does not change the others' draws; all of a smaller source."""
     chosen = []
     for source, fields in sorted(field_sources(data).items()):
+        rng = np.random.default_rng([seed, zlib.crc32(source.encode())])
         idx = rng.choice(len(fields), size=min(per_source, len(fields)), replace=False)
         chosen += [fields[i] for i in sorted(idx)]
     return chosen

@@ -19,6 +19,7 @@ import numpy as np
 
 from bcscan.errors import TrainingError
 from bcscan.model.network import CLASSES
+from bcscan.scan.single_cell import centre_cell
 from bcscan.training.duplicates import average_hash
 from bcscan.training.recipe import SourceSpec
 
@@ -86,20 +87,6 @@ def _read_rgb(path: Path) -> np.ndarray:
     if bgr is None:
         raise TrainingError(f"{path}: cannot decode image")
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-
-
-def centre_cell(centres: np.ndarray, shape: tuple[int, ...], tolerance: float = 0.25) -> np.ndarray:
-    """The (x, y) of the labelled cell of a single-cell image: the detected cell nearest the image
-    centre when it lies within `tolerance` × the shorter side of it, else the centre itself (the
-    segmentation misses cells that fill the image, but the label says one is there)."""
-    h, w = shape[:2]
-    middle = np.array([[w / 2, h / 2]])
-    if len(centres):
-        dist = np.hypot(*(centres - middle).T)
-        k = int(np.argmin(dist))
-        if dist[k] <= tolerance * min(h, w):
-            return centres[k:k + 1]
-    return middle
 
 
 def _extract_one(args):
