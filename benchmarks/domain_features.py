@@ -188,8 +188,9 @@ def fold_p_leukemic(model_path: Path, cells: Cells) -> np.ndarray:
 
 def certainty_check(model_path: Path, train: Cells, left: Cells) -> dict:
     """The scan-time certainty check as `bcscan train` fits it (`fit_uncertainty` on the training labs' validation
-    cells) and `bcscan scan` applies it (`uncertainty_verdict`), on pseudo-scans of its `scan_cells` cells drawn
-    from each training lab's test cells and from the left-out lab."""
+    cells) and `bcscan scan` applies it (`uncertainty_verdict`, the threshold fitted for that many cells), on
+    pseudo-scans of its `scan_cells` cells and pseudo-patients of PATIENT_CELLS drawn from each training lab's test
+    cells and from the left-out lab."""
     p_train, p_left = fold_p_leukemic(model_path, train), fold_p_leukemic(model_path, left)
     cell_lab, cell_split = train.lab[train.image], train.split[train.image]
     reference = fit_uncertainty(p_train[cell_split == "val"], cell_lab[cell_split == "val"])
@@ -199,7 +200,8 @@ def certainty_check(model_path: Path, train: Cells, left: Cells) -> dict:
         draws = [p[rng.choice(len(p), n, replace=len(p) < n)] for _ in range(CERTAINTY_DRAWS)]
         return round(float(np.mean([uncertainty_verdict(reference, d)[0] == OUTSIDE for d in draws])), 3)
 
-    result = {"threshold": reference["threshold"], "scan_cells": reference["scan_cells"]}
+    result = {"threshold": reference["threshold"], "patient_threshold": reference["thresholds"][str(PATIENT_CELLS)],
+              "scan_cells": reference["scan_cells"]}
     for kind, n in (("", reference["scan_cells"]), ("patients_", PATIENT_CELLS)):
         result[f"{kind}left_out"] = outside(p_left, n)
         result[f"{kind}training_labs_test"] = {
@@ -274,13 +276,14 @@ def tables(folds: list[dict]) -> str:
     scan_cells = folds[0][CERTAINTY]["scan_cells"]
     rows += ["", f"The certainty check as shipped (mean entropy of the calls over a scan; threshold fitted on the training "
                  f"labs' validation cells): share of {scan_cells}-cell pseudo-scans called outside.", "",
-             f"| left-out lab | run | cell balanced accuracy | threshold (bits) | left-out lab: scans / {PATIENT_CELLS}-cell "
+             f"| left-out lab | run | cell balanced accuracy | threshold (bits): scans / patients | left-out lab: scans / {PATIENT_CELLS}-cell "
              f"patients pooled | training labs' test cells, each lab: scans / {PATIENT_CELLS}-cell patients |",
              "|---|---|---|---|---|---|"]
     for f in folds:
         c = f[CERTAINTY]
         pooled = c["patients_training_labs_test"]
-        rows.append(f"| `{f['lab']}` | {f['run']} | {f['balanced_accuracy']:.3f} | {c['threshold']:.3f} | "
+        rows.append(f"| `{f['lab']}` | {f['run']} | {f['balanced_accuracy']:.3f} | {c['threshold']:.3f} / "
+                    f"{c['patient_threshold']:.3f} | "
                     f"{c['left_out']:.2f} / {c['patients_left_out']:.2f} | "
                     + ", ".join(f"{k} {v:.2f} / {pooled[k]:.2f}" for k, v in c["training_labs_test"].items()) + " |")
     return "\n".join(rows)

@@ -55,12 +55,22 @@ def test_uncertainty_threshold_is_the_quantile_of_pseudo_scans_of_validation_cel
     p = np.concatenate([np.full(500, 0.02), np.where(np.arange(500) % 10 == 0, 0.5, 0.02)])
     reference = fit_uncertainty(p, np.array(["a"] * 500 + ["b"] * 500), scan_cells=50, draws=2000, quantile=0.99)
     assert reference["scan_cells"] == 50 and reference["labs"] == ["a", "b"]
-    # A 50-cell draw from lab b holds k uncertain cells, k hypergeometric (500, 50, 50): mean 5, 99th percentile 10.
-    assert reference["threshold"] == pytest.approx(h + 10 / 50 * (1 - h), abs=(1 - h) / 50 + 1e-4)
-    assert uncertainty_verdict(reference, np.full(50, 0.02)) == (INSIDE, round(h, 4))
-    assert uncertainty_verdict(reference, np.full(50, 0.5)) == (OUTSIDE, 1.0)
-    assert uncertainty_verdict(reference, np.full(49, 0.5)) == (UNKNOWN, 1.0)  # fewer cells than it was fitted on
-    assert uncertainty_verdict({}, np.full(50, 0.5)) == (UNKNOWN, None)
+    # A 50-cell draw from lab b holds k uncertain cells: binomial (50, f), f the share in a resample of its 500 cells
+    # (mean 0.1, sd 0.013), so k has mean 5, sd 2.2 and a 99th percentile of 10-11.
+    assert reference["threshold"] == reference["thresholds"]["50"]
+    assert reference["threshold"] == pytest.approx(h + 10.5 / 50 * (1 - h), abs=(1 - h) / 50 + 1e-4)
+    # The mean of more cells varies less: 500 cells, sd of the share sqrt(0.09 / 500 + 0.09 / 500) = 0.019, 99th
+    # percentile 0.144; the resample of the lab's own cells keeps it from shrinking to the lab's mean (0.1).
+    assert reference["thresholds"]["500"] == pytest.approx(h + 0.144 * (1 - h), abs=0.01)
+    assert list(reference["thresholds"]) == ["50", "100", "200", "500", "1000"]
+    assert uncertainty_verdict(reference, np.full(50, 0.02)) == (INSIDE, round(h, 4), reference["threshold"])
+    assert uncertainty_verdict(reference, np.full(50, 0.5)) == (OUTSIDE, 1.0, reference["threshold"])
+    assert uncertainty_verdict(reference, np.full(49, 0.5)) == (UNKNOWN, 1.0, None)  # fewer cells than it was fitted on
+    assert uncertainty_verdict({}, np.full(50, 0.5)) == (UNKNOWN, None, None)
+    # 600 cells, one in six at p = 0.5 (0.284 bits): under the 50-cell threshold, over the 500-cell one, which applies
+    many = np.where(np.arange(600) % 6 == 0, 0.5, 0.02)
+    assert uncertainty_verdict(reference, many) == (OUTSIDE, round(float(binary_entropy(many).mean()), 4),
+                                                    reference["thresholds"]["500"])
     assert combined_verdict(INSIDE, OUTSIDE) == OUTSIDE and combined_verdict(UNKNOWN, INSIDE) == INSIDE
     assert combined_verdict(UNKNOWN, UNKNOWN) == UNKNOWN
 

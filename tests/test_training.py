@@ -324,7 +324,9 @@ def test_train_cells_mode_end_to_end_on_synthetic_fields(tmp_path):
     assert info["crop_um"] == 24.0 and info["working_mpp"] > 0 and info["input_size"] == 32
     certainty = info["domain"]["uncertainty"]  # the scan-time certainty check, fitted on the validation cells
     assert certainty["labs"] == ["lab"] and certainty["scan_cells"] == 50 and 0 < certainty["threshold"] <= 1
-    assert f"entropy exceeds {certainty['threshold']} bits" in (out / "tiny.md").read_text()
+    assert sorted(map(int, certainty["thresholds"])) == [50, 100, 200, 500, 1000]
+    assert certainty["thresholds"]["50"] == certainty["threshold"] >= certainty["thresholds"]["1000"]
+    assert f"({certainty['threshold']} bits for 50, " in (out / "tiny.md").read_text()
     assert metrics["engine"] == "cpu/tensorflow"               # provenance: device and Keras backend
     assert metrics["data"]["samples"] >= 2 * 24           # about two cells per field
     with open(out / "tiny" / "splits.csv", newline="") as fh:

@@ -10,7 +10,7 @@ from bcscan.batch.plan import BatchRun, ScanJob
 from bcscan.batch.store import ResultStore
 from bcscan.errors import BcscanError, ConfigError, ModelError, describe_failure
 from bcscan.model.classifier import CellClassifier, ClassificationParams
-from bcscan.model.domain import UNKNOWN, combined_verdict, domain_verdict, uncertainty_verdict
+from bcscan.model.domain import combined_verdict, domain_verdict, uncertainty_verdict
 from bcscan.model.network import ModelInfo
 from bcscan.scan.pipeline import ScanCells, scan_cells
 from bcscan.scan.quality import readable
@@ -81,8 +81,8 @@ def ok_meta(job: ScanJob, result: ScanCells, model_info: ModelInfo, run: BatchRu
     like those the model was validated on and its calls on them are as certain as there (`domain`)."""
     labels = result.cells["label"]
     stain, distance = domain_verdict(model_info.domain, result.appearance)
-    certainty_reference = model_info.domain.get("uncertainty")
-    certainty, uncertainty = uncertainty_verdict(certainty_reference, result.cells["p_leukemic"])
+    certainty, uncertainty, certainty_threshold = uncertainty_verdict(model_info.domain.get("uncertainty"),
+                                                                      result.cells["p_leukemic"])
     fit = readable(result.quality, run.settings.quality)
     return {"scan": job.relative, "patient_id": job.patient_id, "status": "ok", "sha256": job.sha256,
             "mpp": round(result.scan_mpp, 5), "level": result.level, "working_mpp": result.working_mpp,
@@ -90,7 +90,7 @@ def ok_meta(job: ScanJob, result: ScanCells, model_info: ModelInfo, run: BatchRu
             "n_leukemic": int((labels == "leukemic").sum()), "n_normal": int((labels == "normal").sum()),
             "quality": "ok" if fit else "insufficient", **result.quality, "domain": combined_verdict(stain, certainty),
             "domain_distance": distance, "uncertainty": uncertainty,
-            "uncertainty_threshold": certainty_reference["threshold"] if certainty != UNKNOWN else None, "error": ""}
+            "uncertainty_threshold": certainty_threshold, "error": ""}
 
 
 def failed_meta(job: ScanJob, stage: str, message: str) -> dict[str, Any]:

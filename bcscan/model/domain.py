@@ -9,12 +9,14 @@ hold few cells, so a whole scan's median is steadier and is flagged less often t
 
 A second check reads the model's own output: the mean binary entropy of p_leukemic over a scan's cells.
 The stain figures miss a lab whose cells are coloured like the training labs' but look otherwise
-unfamiliar to the model; its calls there are less certain.  The threshold (``uncertainty`` in the
-reference) is a quantile of pseudo-scans of ``scan_cells`` cells drawn from each lab's validation cells;
-a scan with fewer cells is not judged by it.  Leave one lab out, it flagged 40-61 % of the 50-cell scans of
-the marrow lab where the fold models fell short, none of the lab where they did well (nor of the B-ALL lab,
-whose hematogones they call blasts with confidence), and at most 8 % of a training lab's test scans
-(benchmarks/domain_features.py, benchmarks/README.md).
+unfamiliar to the model; its calls there are less certain.  The thresholds (``uncertainty`` in the
+reference) are quantiles of pseudo-scans of n cells drawn from each lab's validation cells, one per n of
+CERTAINTY_SIZES from ``scan_cells`` up, as the mean of more cells varies less; fewer cells are not judged.
+It judges each scan, and all of a patient's cells together (`bcscan.results.aggregation`).  Leave one lab
+out, it flagged 39-62 % of the 50-cell scans and 92-98 % of the 200-cell patients of the marrow lab where the
+fold models fell short, none of the lab where they did well (nor of the B-ALL lab, whose hematogones they call
+blasts with confidence), and at most 6 % of a training lab's test patients (benchmarks/domain_features.py,
+benchmarks/README.md).
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ import numpy as np
 from bcscan.scan.appearance import FEATURES
 
 INSIDE, OUTSIDE, UNKNOWN = "inside", "outside", "unknown"
+CERTAINTY_SIZES = (50, 100, 200, 500, 1000)  # cells judged together: a threshold fitted for each
 SHRINKAGE = 0.05  # covariance diagonal loading: a lab seen in a narrow range must not make every other value infinite
 
 
@@ -65,32 +68,50 @@ def binary_entropy(p: np.ndarray) -> np.ndarray:
 
 
 def fit_uncertainty(p_leukemic: np.ndarray, lab: np.ndarray, scan_cells: int = 50, draws: int = 1000,
-                    quantile: float = 0.995, seed: int = 0) -> dict[str, Any]:
-    """The threshold on a scan's mean entropy: `quantile` of the means of `draws` pseudo-scans of `scan_cells`
-    cells per lab, drawn from that lab's validation cells (`p_leukemic` calibrated, `lab` of each cell)."""
+                    quantile: float = 0.995, seed: int = 0, sizes: tuple[int, ...] = CERTAINTY_SIZES) -> dict[str, Any]:
+    """Thresholds on the mean entropy of n cells, for each n of `sizes` from `scan_cells` up: `quantile` of the
+    means of `draws` pseudo-scans of n cells per lab.  Each pseudo-scan is drawn from a resample of that lab's
+    validation cells (`p_leukemic` calibrated, `lab` of each cell), so the threshold also allows for how far the
+    lab's own mean may lie from its few validation cells': without it, a threshold for many cells would sit so
+    close to the validation mean that a training lab's test cells cross it."""
     entropy, lab = binary_entropy(p_leukemic), np.asarray(lab)
     labs = sorted(set(lab.tolist()))
     if not labs:
         return {}
+    sizes = sorted({scan_cells, *(n for n in sizes if n > scan_cells)})
     rng = np.random.default_rng(seed)
-    means = []
+    means = {n: [] for n in sizes}
     for name in labs:
         own = entropy[lab == name]
-        means += [own[rng.choice(len(own), scan_cells, replace=len(own) < scan_cells)].mean() for _ in range(draws)]
-    return {"threshold": round(float(np.quantile(means, quantile)), 4), "scan_cells": scan_cells,
+        for _ in range(draws):
+            resampled = own[rng.integers(len(own), size=len(own))]
+            for n in sizes:
+                means[n].append(resampled[rng.integers(len(own), size=n)].mean())
+    thresholds = {str(n): round(float(np.quantile(means[n], quantile)), 4) for n in sizes}
+    return {"threshold": thresholds[str(scan_cells)], "scan_cells": scan_cells, "thresholds": thresholds,
             "quantile": quantile, "labs": labs}
 
 
-def uncertainty_verdict(reference: dict[str, Any], p_leukemic: np.ndarray) -> tuple[str, float | None]:
-    """(inside | outside | unknown, mean entropy) of one scan's cells; unknown without a reference or with
-    fewer cells than it was fitted on."""
+def certainty_threshold(reference: dict[str, Any], n_cells: int) -> float | None:
+    """The threshold for the mean entropy of `n_cells` cells: the one fitted for the largest size not above it;
+    None below the smallest (too few cells to judge).  Models trained before 2026-12-07 have one threshold."""
+    fitted = {int(n): t for n, t in reference.get("thresholds", {}).items()} or {reference["scan_cells"]:
+                                                                                 reference["threshold"]}
+    usable = [n for n in fitted if n <= n_cells]
+    return fitted[max(usable)] if usable else None
+
+
+def uncertainty_verdict(reference: dict[str, Any], p_leukemic: np.ndarray) -> tuple[str, float | None, float | None]:
+    """(inside | outside | unknown, mean entropy, threshold applied) of a set of cells (a scan's, or all of a
+    patient's); unknown, with no threshold, without a reference or with fewer cells than it was fitted on."""
     p = np.asarray(p_leukemic, np.float64)
     if not reference or not len(p):
-        return UNKNOWN, None
+        return UNKNOWN, None, None
     mean = round(float(binary_entropy(p).mean()), 4)
-    if len(p) < reference["scan_cells"]:
-        return UNKNOWN, mean
-    return (OUTSIDE if mean > reference["threshold"] else INSIDE), mean
+    threshold = certainty_threshold(reference, len(p))
+    if threshold is None:
+        return UNKNOWN, mean, None
+    return (OUTSIDE if mean > threshold else INSIDE), mean, threshold
 
 
 def combined_verdict(*verdicts: str) -> str:

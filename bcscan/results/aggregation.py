@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from bcscan.model.domain import UNKNOWN, uncertainty_verdict
+from bcscan.model.domain import uncertainty_verdict
 
 PATIENT_COLUMNS = ["patient_id", "n_scans", "n_cells", "n_leukemic", "n_normal", "pct_leukemic",
                    "ci_low", "ci_high", "flag", "n_scans_failed", "n_scans_outside", "n_scans_low_quality",
@@ -62,10 +62,10 @@ def patient_flags(n_cells: int, n_leukemic: int, n_failed: int, params: Aggregat
 
 def pooled_certainty(reference: dict[str, Any] | None, p_leukemic: np.ndarray) -> tuple[float | None, float | None]:
     """(mean entropy, threshold) of the certainty check (`bcscan.model.domain.uncertainty_verdict`) over all of a
-    patient's cells; the threshold only where it judged them.  A patient whose cells come as many small field
-    images, none with enough cells to be judged alone, is judged here."""
-    verdict, mean = uncertainty_verdict(reference or {}, p_leukemic)
-    return mean, (reference["threshold"] if verdict != UNKNOWN else None)
+    patient's cells; the threshold (the one fitted for that many cells) only where it judged them.  A patient
+    whose cells come as many small field images, none with enough cells to be judged alone, is judged here."""
+    _, mean, threshold = uncertainty_verdict(reference or {}, p_leukemic)
+    return mean, threshold
 
 
 def is_uncertain(uncertainty: float | None, threshold: float | None) -> bool:
