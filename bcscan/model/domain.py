@@ -13,9 +13,9 @@ unfamiliar to the model; its calls there are less certain.  The thresholds (``un
 reference) are quantiles of pseudo-scans of n cells drawn from each lab's validation cells, one per n of
 CERTAINTY_SIZES from ``scan_cells`` up, as the mean of more cells varies less; fewer cells are not judged.
 It judges each scan, and all of a patient's cells together (`bcscan.results.aggregation`).  Leave one lab
-out, it flagged 39-62 % of the 50-cell scans and 92-98 % of the 200-cell patients of the marrow lab where the
+out, it flagged 31-52 % of the 50-cell scans and 84-98 % of the 200-cell patients of the marrow lab where the
 fold models fell short, none of the lab where they did well (nor of the B-ALL lab, whose hematogones they call
-blasts with confidence), and at most 6 % of a training lab's test patients (benchmarks/domain_features.py,
+blasts with confidence), and at most 3 % of a training lab's test scans or patients (benchmarks/domain_features.py,
 benchmarks/README.md).
 """
 from __future__ import annotations
