@@ -122,8 +122,9 @@ def combined_verdict(*verdicts: str) -> str:
 
 
 def domain_verdict(reference: dict[str, Any], figures: np.ndarray | None) -> tuple[str, float | None]:
-    """(inside | outside | unknown, distance) of one scan's figures."""
+    """(inside | outside | unknown, distance) of one scan's figures; the distance rounded as scans.csv records it
+    before it is compared, so that a report reading the recorded figure reaches the same verdict."""
     if not reference.get("labs") or figures is None:
         return UNKNOWN, None
-    distance = float(distances(reference, figures)[0])
-    return (OUTSIDE if distance > reference["threshold"] else INSIDE), round(distance, 2)
+    distance = round(float(distances(reference, figures)[0]), 2)
+    return (OUTSIDE if distance > reference["threshold"] else INSIDE), distance
