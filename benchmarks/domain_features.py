@@ -274,10 +274,12 @@ def tables(folds: list[dict]) -> str:
         rows.append(f"| {name} | " + " | ".join(pair(f[name], "left_out") for f in folds)
                     + f" | {worst['images']:.2f} / {worst['scans']:.2f} |")
     scan_cells = folds[0][CERTAINTY]["scan_cells"]
-    rows += ["", f"The certainty check as shipped (mean entropy of the calls over a scan; threshold fitted on the training "
-                 f"labs' validation cells): share of {scan_cells}-cell pseudo-scans called outside.", "",
-             f"| left-out lab | run | cell balanced accuracy | threshold (bits): scans / patients | left-out lab: scans / {PATIENT_CELLS}-cell "
-             f"patients pooled | training labs' test cells, each lab: scans / {PATIENT_CELLS}-cell patients |",
+    rows += ["", f"The certainty check as shipped (mean entropy of the calls over a scan or a patient; thresholds "
+                 f"fitted on the training labs' validation cells for that many cells): share of {scan_cells}-cell "
+                 f"pseudo-scans and {PATIENT_CELLS}-cell pseudo-patients called outside.", "",
+             f"| left-out lab | run | cell balanced accuracy | threshold (bits): scans / patients | left-out lab: scans / "
+             f"{PATIENT_CELLS}-cell patients | training labs' test cells, each lab: scans / {PATIENT_CELLS}-cell "
+             "patients |",
              "|---|---|---|---|---|---|"]
     for f in folds:
         c = f[CERTAINTY]

@@ -295,8 +295,8 @@ def _certainty(domain: dict[str, Any]) -> list[str]:
         return []
     thresholds = certainty.get("thresholds") or {str(certainty["scan_cells"]): certainty["threshold"]}
     per_size = ", ".join(f"{thresholds[n]} bits for {n}" for n in sorted(thresholds, key=int))
-    return ["", f"The model's certainty: a scan of at least {certainty['scan_cells']} cells, or all of a patient's cells, "
-                f"whose calls' mean binary entropy exceeds the threshold for that many cells ({per_size} or more; "
+    return ["", f"The model's certainty: a scan of at least {certainty['scan_cells']} cells, or all of a patient's "
+                f"cells, whose calls' mean binary entropy exceeds the threshold for that many cells ({per_size} or more; "
                 f"the {certainty['quantile']} quantile of pseudo-scans of that many of the validation cells of "
                 f"{', '.join(certainty['labs'])}) is `outside` too. Judged leave one lab out: "
                 "`python benchmarks/domain_features.py DATA_DIR`."]
