@@ -121,6 +121,8 @@ def test_a_scan_the_model_is_unsure_of_is_outside_and_never_negative(tmp_path, t
     p2_text = " ".join(" ".join(page.extract_text() for page in pypdf.PdfReader(out / "reports" / "P2.pdf").pages)
                        .split())
     assert ("Over all 12 cells of this patient the model is less certain" in p2_text) == (verdict == OUTSIDE)
+    assert f"certainty over all 12 cells: mean entropy of its calls {p2['uncertainty']:.3f} bits" in p2_text
+    assert f"for that many cells: {verdict} the validated range" in p2_text
     text = " ".join(" ".join(page.extract_text() for page in pypdf.PdfReader(out / "reports" / "P1.pdf").pages).split())
     warning, fine = "the model is less certain on this scan's cells", "the model as certain on its cells as"
     assert (text.count(warning), text.count(fine)) == ((1, 0) if verdict == OUTSIDE else (0, 1))  # the slide only

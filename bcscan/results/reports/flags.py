@@ -42,12 +42,12 @@ def every_flag(patient: pd.Series, agg: dict[str, Any]) -> list[str]:
         params = AggregationParams()
     flags = patient_flags(as_int(patient["n_cells"]), as_int(patient["n_leukemic"]),
                           as_int(patient.get("n_scans_failed")), params, as_int(patient.get("n_scans_outside")),
-                          as_int(patient.get("n_scans_low_quality")), _uncertain(patient))
+                          as_int(patient.get("n_scans_low_quality")), patient_uncertain(patient))
     shown = str(patient["flag"])
     return [shown] + [f for f in flags if f != shown]
 
 
-def _uncertain(patient: pd.Series) -> bool:
+def patient_uncertain(patient: pd.Series) -> bool:
     """Whether the certainty check over all the patient's cells called them outside (older runs lack it)."""
     return is_uncertain(patient.get("uncertainty"), patient.get("uncertainty_threshold"))
 
@@ -68,7 +68,7 @@ def flag_reason(flag: str, patient: pd.Series, agg: dict[str, Any]) -> str:
         reasons = ([f"The cells of {outside} scan(s) look unlike those the model was validated on (stain colour or "
                     "strength, background or sharpness, or calls less certain than there; see below)."] if outside
                    else [])
-        if _uncertain(patient):
+        if patient_uncertain(patient):
             reasons.append(f"Over all {n:,} cells of this patient the model is less certain than on any lab it was "
                            f"validated on (mean entropy of its calls {fmt_num(patient.get('uncertainty'), 3)} bits; "
                            f"outside above {fmt_num(patient.get('uncertainty_threshold'), 3)}).")

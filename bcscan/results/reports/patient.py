@@ -14,7 +14,7 @@ from xml.sax.saxutils import escape
 import pandas as pd
 
 from bcscan import __version__
-from bcscan.results.reports.flags import FLAG_TEXT, every_flag, flag_reason
+from bcscan.results.reports.flags import FLAG_TEXT, every_flag, flag_reason, patient_uncertain
 from bcscan.results.reports.fonts import register_fonts
 from bcscan.results.reports.formatting import as_int, fmt_num, report_date
 from bcscan.results.reports.gallery import gallery_section, select_gallery
@@ -163,7 +163,18 @@ def _rules(view: PatientView) -> str:
             f"≥ {agg.get('min_cells', '?')} cells and every scan read. A cell is called leukemic at "
             f"p_leukemic ≥ {view.threshold:g}. Scans: {as_int(patient.get('n_scans'))} read, "
             f"{as_int(patient.get('n_scans_failed'))} failed. "
-            f"Uncertain cells (p_leukemic {params.uncertain_low:g}–{params.uncertain_high:g}): {uncertain:,}.")
+            f"Uncertain cells (p_leukemic {params.uncertain_low:g}–{params.uncertain_high:g}): {uncertain:,}."
+            + _certainty_rule(patient))
+
+
+def _certainty_rule(patient: pd.Series) -> str:
+    """The certainty check over all the patient's cells, where it judged them (patients.csv's threshold)."""
+    if pd.isna(patient.get("uncertainty_threshold")) or pd.isna(patient.get("uncertainty")):
+        return ""
+    verdict = "outside" if patient_uncertain(patient) else "inside"
+    return (f" The model's certainty over all {as_int(patient['n_cells']):,} cells: mean entropy of its calls "
+            f"{fmt_num(patient['uncertainty'], 3)} bits, outside above {fmt_num(patient['uncertainty_threshold'], 3)} "
+            f"for that many cells: {verdict} the validated range.")
 
 
 def _distribution(view: PatientView) -> list:
