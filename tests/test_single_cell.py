@@ -3,6 +3,7 @@ as its one centre cell and called exactly as `bcscan evaluate` and training crop
 none; a cell the segmenter misses is the image centre."""
 from __future__ import annotations
 
+import json
 import math
 import shutil
 
@@ -14,6 +15,8 @@ from helpers import SHIPPED_MODEL, shared
 
 from bcscan.cli.main import main
 from bcscan.model.classifier import CellClassifier, ClassificationParams
+from bcscan.results.tables import cells_geojson
+from bcscan.scan.pipeline import cells_table
 from bcscan.scan.platelets import PlateletParams
 from bcscan.scan.segmentation import SegmentationParams, segment
 from bcscan.scan.single_cell import centre_cell_only
@@ -69,7 +72,8 @@ def test_a_platelet_clump_image_counts_no_cell(tmp_path):
 
 
 def test_a_cell_the_segmenter_misses_is_the_image_centre():
-    """A blank image: no detection, so the centre itself is the image's cell (as training crops it), area unknown."""
+    """A blank image: no detection, so the centre itself is the image's cell (as training crops it), area unknown;
+    its GeoJSON detection leaves the area out (JSON has no NaN)."""
     rgb = np.full((80, 120, 3), 235, np.uint8)
     params = SegmentationParams()
     seg = segment(rgb, params.working_mpp, params)
@@ -77,3 +81,8 @@ def test_a_cell_the_segmenter_misses_is_the_image_centre():
     only = centre_cell_only(rgb, seg, (60.0, 40.0), 80, params, PlateletParams())
     (cell,) = only.cells
     assert (cell.x, cell.y) == (60.0, 40.0) and math.isnan(cell.area_um2)
+    geometry = np.array([[cell.x, cell.y, cell.x0, cell.y0, cell.x1, cell.y1, cell.area_um2]])
+    table = cells_table(geometry, np.array([0.7]), 0.5)
+    text = json.dumps(cells_geojson(table))
+    (feature,) = json.loads(text, parse_constant=lambda name: pytest.fail(f"{name} in GeoJSON"))["features"]
+    assert feature["properties"]["measurements"] == {"p_leukemic": 0.7}

@@ -90,7 +90,9 @@ def cells_geojson(cells: pd.DataFrame) -> dict[str, Any]:
                 "objectType": "detection",
                 "name": f"cell {int(row.cell_id)}",
                 "classification": {"name": row.label, "color": CLASS_COLOURS.get(row.label, [128, 128, 128])},
-                "measurements": {"p_leukemic": float(row.p_leukemic), "area_um2": float(row.area_um2)},
+                # JSON has no NaN: a cell taken at a single-cell image's centre, unsegmented, has no area
+                "measurements": {"p_leukemic": float(row.p_leukemic),
+                                 **({"area_um2": float(row.area_um2)} if pd.notna(row.area_um2) else {})},
             },
         })
     return {"type": "FeatureCollection", "features": features}
