@@ -92,11 +92,16 @@ def fit_uncertainty(p_leukemic: np.ndarray, lab: np.ndarray, scan_cells: int = 5
             "quantile": quantile, "labs": labs}
 
 
+def fitted_thresholds(reference: dict[str, Any]) -> dict[int, float]:
+    """Cells judged together -> threshold, smallest first.  Models trained before 2026-12-07 have one threshold."""
+    fitted = reference.get("thresholds") or {reference["scan_cells"]: reference["threshold"]}
+    return {int(n): fitted[n] for n in sorted(fitted, key=int)}
+
+
 def certainty_threshold(reference: dict[str, Any], n_cells: int) -> float | None:
     """The threshold for the mean entropy of `n_cells` cells: the one fitted for the largest size not above it;
-    None below the smallest (too few cells to judge).  Models trained before 2026-12-07 have one threshold."""
-    fitted = {int(n): t for n, t in reference.get("thresholds", {}).items()} or {reference["scan_cells"]:
-                                                                                 reference["threshold"]}
+    None below the smallest (too few cells to judge)."""
+    fitted = fitted_thresholds(reference)
     usable = [n for n in fitted if n <= n_cells]
     return fitted[max(usable)] if usable else None
 

@@ -37,10 +37,10 @@ def centre_cell_only(rgb: np.ndarray, seg: Segmentation, middle: tuple[float, fl
     `rgb`'s pixels) unless it is a platelet clump, or, with no detection near the centre, a detection of the
     centre itself (area unknown), as `centre_cell` crops it."""
     centres = np.array([(c.x, c.y) for c in seg.cells], np.float64).reshape(-1, 2)
-    k = centre_index(centres, middle, CENTRE_TOLERANCE * shorter_side_px)
+    half = CENTRE_TOLERANCE * shorter_side_px
+    k = centre_index(centres, middle, half)
     if k is None:
         x, y = middle
-        half = CENTRE_TOLERANCE * shorter_side_px
         centre = CellDetection(x=float(x), y=float(y), x0=int(x - half), y0=int(y - half), x1=int(x + half) + 1,
                                y1=int(y + half) + 1, area_um2=float("nan"), nucleus_area_um2=float("nan"))
         return Segmentation([centre], np.zeros_like(seg.cell_labels), np.zeros_like(seg.nucleus_mask))

@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from bcscan.model.domain import fitted_thresholds
 from bcscan.model.network import LEUKEMIC, NORMAL
 from bcscan.training.recipe import TrainConfig, datasets_by_class
 from bcscan.training.reports import fmt
@@ -293,8 +294,7 @@ def _certainty(domain: dict[str, Any]) -> list[str]:
     certainty = domain.get("uncertainty")
     if not certainty:
         return []
-    thresholds = certainty.get("thresholds") or {str(certainty["scan_cells"]): certainty["threshold"]}
-    per_size = ", ".join(f"{thresholds[n]} bits for {n}" for n in sorted(thresholds, key=int))
+    per_size = ", ".join(f"{t} bits for {n}" for n, t in fitted_thresholds(certainty).items())
     return ["", f"The model's certainty: a scan of at least {certainty['scan_cells']} cells, or all of a patient's "
                 f"cells, whose calls' mean binary entropy exceeds the threshold for that many cells ({per_size} or more; "
                 f"the {certainty['quantile']} quantile of pseudo-scans of that many of the validation cells of "

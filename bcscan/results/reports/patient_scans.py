@@ -6,6 +6,7 @@ from xml.sax.saxutils import escape
 
 import pandas as pd
 
+from bcscan.results.aggregation import is_uncertain
 from bcscan.results.reports.formatting import as_int, fmt_num, fmt_um
 from bcscan.results.reports.layout import header_row, kv_table, listing_table
 from bcscan.results.reports.markup import markup
@@ -120,7 +121,7 @@ def _check_notes(row: pd.Series) -> list[str]:
                      f"{fmt_num(row.get('uncertainty_threshold'), 3)}")
         notes.append(f"WARNING: the model is less certain on this scan's cells than on any lab it was validated on "
                      f"({certainty}): cells unlike those it learnt from; its calls here are not reliable"
-                     if row.get("uncertainty") > row.get("uncertainty_threshold")
+                     if is_uncertain(row.get("uncertainty"), row.get("uncertainty_threshold"))
                      else f"the model as certain on its cells as on the labs it was validated on ({certainty})")
     if "readable_fraction" not in row or pd.isna(row.get("readable_fraction")):
         return notes
