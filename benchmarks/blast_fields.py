@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 from bcscan.scan.segmentation import SegmentationParams, segment
 from bcscan.testing import groundtruth as V
@@ -36,9 +37,9 @@ BY_EYE = {
 
 
 def parse_params(text: str) -> SegmentationParams:
-    """`name=value,...` on top of the shipped defaults."""
+    """`name=value,...` on top of the shipped defaults (values as YAML reads them: 2.5, false)."""
     changes = dict(item.split("=", 1) for item in text.split(",") if item)
-    return dataclasses.replace(SegmentationParams(), **{k.strip(): float(v) for k, v in changes.items()})
+    return dataclasses.replace(SegmentationParams(), **{k.strip(): yaml.safe_load(v) for k, v in changes.items()})
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,13 +4,12 @@
 
 The shipped segmenter calls a pixel nucleus when its violet score (OD green - OD blue) exceeds
 max(nucleus_od, nucleus_contrast x the image's red-cell level), the level being the 30th percentile of the score
-over all cell pixels; blasts crowding a field raise it.  Candidates (nothing under bcscan/ changes; each wraps
-segment() with other parameters per image, or filters its detections):
+over the image's pale-centred red-cell discs (``segmentation.red_cell_discs``; over all cell pixels where too few
+are found).  Candidates (each wraps segment() with other parameters per image, or filters its detections):
 
 - ``shipped``: segment() as it ships.
-- ``shaped_level``: the red-cell level taken only over discs shaped like a red cell (a distance-transform peak
-  2.5-5 µm deep, paler centre than rim), so blasts cannot raise it; the shipped level where less than
-  MIN_SHAPED_AREA_UM2 of such discs are found.
+- ``all_cell_level``: the red-cell level over all cell pixels (``red_cell_discs=False``, the rule before
+  2026-12-07): blasts crowding a field raise it.
 - ``relaxed_only_C``: segment() with nucleus_contrast C instead of 3.5 (reference).
 - ``relaxed_reject_C``: contrast C; the detections the shipped rule would not make are kept only if their
   "nucleus" is not a red cell (hollow ring, or a round red-cell-sized disc with a pale centre).
@@ -38,7 +37,7 @@ import numpy as np
 from scipy import ndimage
 
 from bcscan.scan.platelets import PlateletParams, drop_platelet_clumps
-from bcscan.scan.segmentation import Segmentation, SegmentationParams, disk, optical_density, segment
+from bcscan.scan.segmentation import PALE_CENTRE, Segmentation, SegmentationParams, optical_density, segment
 from bcscan.testing import groundtruth as G
 
 NORMAL_SOURCES = ("bccd", "bccd-640", "bcd-416", "pbc-360", "raabin-575")
@@ -48,9 +47,6 @@ LEUKAEMIC_SOURCES = ("ghaderzadeh-early", "ghaderzadeh-pre", "ghaderzadeh-pro", 
 # Red-cell shape (sizes in µm / µm², so they hold at any scan resolution).
 RED_CELL_AREA_UM2 = (20.0, 80.0)  # discs of ~5-10 µm
 MIN_ROUNDNESS = 0.70  # area of the largest inscribed disc / area (disc: 1, a pair of touching cells: ~0.5)
-PALE_CENTRE = 0.95  # mean OD of the centre (deeper than half the component's depth) below this share of its rim's
-MIN_SHAPED_AREA_UM2 = 100.0  # less pale-centred red-cell disc area than this (~2 cells): keep the shipped level
-RED_CELL_RADIUS_UM = (2.5, 5.0)  # depth of a red cell's distance peak
 RELAXED_CONTRAST = 2.5
 MIN_VIOLET_SHARE = 0.45  # nuclei: ~0.5-0.6 of their OD is violet; Ghaderzadeh's violet-blue red cells ~0.25-0.4
 MAX_FILLED_SHARE = 0.85  # a nucleus whose pixels cover less than this share of its filled outline is a ring
@@ -101,38 +97,9 @@ def shipped(rgb: np.ndarray, p: SegmentationParams) -> Segmentation:
     return segment(rgb, p.working_mpp, p)
 
 
-def pale_disc_pixels(c: CellComponents, p: SegmentationParams) -> np.ndarray:
-    """Pixels of red-cell-sized discs with a pale centre, found at the cell mask's distance peaks (so touching
-    and crowded red cells count too): a peak RED_CELL_RADIUS_UM deep whose centre absorbs less than its rim."""
-    um = 1.0 / p.working_mpp
-    depth = cv2.distanceTransform(c.cells.astype(np.uint8), cv2.DIST_L2, 5)
-    low, high = RED_CELL_RADIUS_UM[0] * um, RED_CELL_RADIUS_UM[1] * um
-    peaks = (depth >= cv2.dilate(depth, disk(low))) & (depth >= low) & (depth <= high)
-    od_total = c.od.sum(axis=2)
-    out = np.zeros(c.cells.shape, bool)
-    h, w = out.shape
-    for y, x in zip(*np.nonzero(peaks)):
-        r = int(round(depth[y, x]))
-        y0, y1, x0, x1 = max(y - r, 0), min(y + r + 1, h), max(x - r, 0), min(x + r + 1, w)
-        yy, xx = np.ogrid[y0 - y:y1 - y, x0 - x:x1 - x]
-        radius = np.sqrt(yy * yy + xx * xx) / max(r, 1)
-        disc = radius <= 1.0
-        centre, rim = radius <= 0.35, (radius > 0.5) & disc
-        roi = od_total[y0:y1, x0:x1]
-        if roi[centre].mean() < PALE_CENTRE * roi[rim].mean():
-            out[y0:y1, x0:x1] |= disc & c.cells[y0:y1, x0:x1]
-    return out
-
-
-def shaped_level(rgb: np.ndarray, p: SegmentationParams) -> Segmentation:
-    """Red-cell level over pale-centred red-cell-sized discs only (the shipped level where too few are found)."""
-    c = CellComponents.of(rgb, p)
-    red = pale_disc_pixels(c, p)
-    if red.sum() * p.working_mpp ** 2 < MIN_SHAPED_AREA_UM2:
-        return segment(rgb, p.working_mpp, p)
-    level = float(np.percentile(c.score[red], p.red_cell_percentile))
-    fixed = dataclasses.replace(p, nucleus_od=max(p.nucleus_od, p.nucleus_contrast * level), nucleus_contrast=0.0)
-    return segment(rgb, p.working_mpp, fixed)
+def all_cell_level(rgb: np.ndarray, p: SegmentationParams) -> Segmentation:
+    """The red-cell level over all cell pixels (the rule before red-cell discs)."""
+    return segment(rgb, p.working_mpp, dataclasses.replace(p, red_cell_discs=False))
 
 
 def relaxed_only(rgb: np.ndarray, p: SegmentationParams, contrast: float = RELAXED_CONTRAST) -> Segmentation:
@@ -212,7 +179,7 @@ def _subset(seg: Segmentation, keep: list[int]) -> Segmentation:
 
 
 RULES: dict[str, Callable[[np.ndarray, SegmentationParams], Segmentation]] = {
-    "shipped": shipped, "shaped_level": shaped_level,
+    "shipped": shipped, "all_cell_level": all_cell_level,
     "relaxed_only_2.5": relaxed_only, "relaxed_reject_2.5": relaxed_reject,
     "relaxed_only_2.0": functools.partial(relaxed_only, contrast=2.0),
     "relaxed_reject_2.0": functools.partial(relaxed_reject, contrast=2.0),

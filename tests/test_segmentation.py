@@ -17,7 +17,7 @@ import pytest
 import yaml
 from helpers import REPO, SHARED_DATA, shared
 
-from bcscan.scan.segmentation import Segmentation, SegmentationParams, segment
+from bcscan.scan.segmentation import Segmentation, SegmentationParams, optical_density, red_cell_discs, segment
 from bcscan.testing import groundtruth as V
 
 PARAMS = SegmentationParams()
@@ -30,7 +30,7 @@ NUCLEUS = (105, 55, 150)
 
 
 # --------------------------------------------------------------------------- synthetic smears
-def smear(mpp: float, size_um: float = 80.0, wbcs=(), red_cells=(), seed: int = 0) -> np.ndarray:
+def smear(mpp: float, size_um: float = 80.0, wbcs=(), red_cells=(), seed: int = 0, nucleus=NUCLEUS) -> np.ndarray:
     """Draw a field at `mpp`: discs in µm (cx, cy, radius), WBCs as (cx, cy, cell_r, nucleus_r)."""
     n = int(round(size_um / mpp))
     img = np.empty((n, n, 3), np.uint8)
@@ -41,7 +41,7 @@ def smear(mpp: float, size_um: float = 80.0, wbcs=(), red_cells=(), seed: int = 
         cv2.circle(img, (px(cx), px(cy)), px(r * 0.4), (225, 185, 190), -1, cv2.LINE_AA)  # pale centre
     for cx, cy, rc, rn in wbcs:
         cv2.circle(img, (px(cx), px(cy)), px(rc), CYTOPLASM, -1, cv2.LINE_AA)
-        cv2.circle(img, (px(cx), px(cy)), px(rn), NUCLEUS, -1, cv2.LINE_AA)
+        cv2.circle(img, (px(cx), px(cy)), px(rn), nucleus, -1, cv2.LINE_AA)
     noise = np.random.default_rng(seed).normal(0, 3, img.shape)
     return np.clip(img + noise, 0, 255).astype(np.uint8)
 
@@ -115,6 +115,22 @@ def test_lobes_further_apart_than_the_closing_are_one_cell():
     assert seg.cells[0].nucleus_area_um2 > 20  # both lobes
 
 
+def test_blasts_filling_a_field_do_not_raise_the_red_cell_level():
+    """36 pale-violet blasts (nucleus almost the whole cell) and a row of 12 red cells: over all cell pixels the
+    red-cell level is the blasts' own violet and none is found; over the pale-centred red-cell discs, all 36."""
+    mpp = PARAMS.working_mpp
+    blasts = [(20 + 13 * i, 15 + 13 * j, 5.5, 5.0) for i in range(6) for j in range(6)]
+    reds = [(8 + 9.5 * i, 108, 3.75) for i in range(12)]
+    img = smear(mpp, size_um=120, wbcs=blasts, red_cells=reds, nucleus=(150, 100, 175))
+    assert len(segment(img, mpp, PARAMS).cells) == 36
+    assert len(segment(img, mpp, dataclasses.replace(PARAMS, red_cell_discs=False)).cells) == 0
+
+    od = optical_density(cv2.GaussianBlur(img, (0, 0), PARAMS.smooth_um / mpp), PARAMS.background_percentile)
+    discs = red_cell_discs(od.sum(axis=2), od.mean(axis=2) > PARAMS.foreground_od, mpp)
+    assert not discs[: int(95 / mpp)].any()  # no blast is a red-cell disc
+    assert 12 * 0.8 * np.pi * 3.75 ** 2 < discs.sum() * mpp ** 2 < 12 * 1.5 * np.pi * 3.75 ** 2  # the red cells are
+
+
 def test_blank_tile_gives_nothing():
     for mpp in (0.25, 0.4, 0.45):
         assert segment(smear(mpp), mpp, PARAMS).cells == []
@@ -159,6 +175,10 @@ def test_params_validation():
         SegmentationParams(nucleus_od=float("nan"))
     with pytest.raises(ValueError):
         SegmentationParams(background_percentile=100.0)
+    with pytest.raises(ValueError, match="red_cell_discs"):
+        SegmentationParams(red_cell_discs=1)
+    with pytest.raises(ValueError, match="min_red_cell_disc_area_um2"):
+        SegmentationParams(min_red_cell_disc_area_um2=-1.0)
     with pytest.raises(ValueError):
         segment(np.zeros((10, 10), np.uint8), 0.4, PARAMS)
 

@@ -46,7 +46,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from bcscan.scan.segmentation import Segmentation, SegmentationParams, disk
+from bcscan.scan.segmentation import Segmentation, SegmentationParams, disk, red_cell_level
 
 # reason -> the figures that raise it: (TileQuality figure, QualityParams threshold, +1 = above it / -1 = below it).
 # measure_tile() and the benchmark that states how far past each threshold a degraded field went both read it.
@@ -311,8 +311,8 @@ def _faint_nucleus_values(od: np.ndarray, od_mean: np.ndarray, seg_params: Segme
     if cv2.countNonZero(cells.view(np.uint8)) < 50:
         return np.empty(0, np.float32)
     violet = od[..., 1] - od[..., 2]
-    red_cell_level = float(np.percentile(_sample(violet[cells]), seg_params.red_cell_percentile))
-    candidate = (violet > max(p.faint_nucleus_violet, seg_params.nucleus_contrast * red_cell_level)) & cells
+    level = red_cell_level(od, violet, cells, seg_params, spx)
+    candidate = (violet > max(p.faint_nucleus_violet, seg_params.nucleus_contrast * level)) & cells
     _, blobs, stats, _ = cv2.connectedComponentsWithStats(candidate.view(np.uint8), connectivity=8)
     nucleus_sized = stats[:, cv2.CC_STAT_AREA] * spx * spx >= p.faint_nucleus_area_um2
     nucleus_sized[0] = False

@@ -11,6 +11,9 @@ parameter set serves any scan resolution):
    (so a tile of red cells or glass yields nothing, no per-image Otsu), above
    a multiple of this image's red-cell level (stains where red cells look
    purple) and dominating the green absorption (dark red cells are not violet).
+   The red-cell level is read over the red cells themselves where the image
+   shows enough of them (discs of a red cell's size with a pale centre), so
+   blasts crowding a field cannot raise it; over all cell pixels otherwise.
    Violet pieces smaller than min_fragment_area_um2 (platelets, granules) are
    dropped first: one beside a WBC would widen its box.  Lobes closer than
    2 * nucleus_close_um are one nucleus; groups smaller than
@@ -31,6 +34,7 @@ parameter set serves any scan resolution):
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, fields
 
 import cv2
@@ -58,10 +62,13 @@ class SegmentationParams:
     nucleus_chroma: float = 0.6
     """...and a share of the green absorption at least this large (dark red cells are not violet)."""
     red_cell_percentile: float = 30.0
-    """Percentile of the violet score over all cell pixels taken as the red-cell level.
-
-    Assumes red cells are most of the cell area, true of smears; a field
-    crowded with blasts raises its own threshold and loses some (see report)."""
+    """Percentile of the violet score over the red cells taken as the red-cell level."""
+    red_cell_discs: bool = True
+    """Read the red-cell level over pale-centred red-cell discs (at least min_red_cell_disc_area_um2 of them);
+    False: over all cell pixels, which assumes red cells are most of the cell area, so a field crowded with
+    blasts raises its own threshold and loses some (issue 26)."""
+    min_red_cell_disc_area_um2: float = 100.0
+    """Less red-cell disc area than this (~2 cells) in an image: the level is read over all cell pixels."""
     foreground_od: float = 0.07
     """Minimum mean OD of any cell pixel (cytoplasm included) over the glass."""
     nucleus_close_um: float = 1.0
@@ -86,8 +93,12 @@ class SegmentationParams:
     max_cell_area_um2: float = 600.0
 
     def __post_init__(self) -> None:
+        if not isinstance(self.red_cell_discs, bool):
+            raise ValueError(f"red_cell_discs must be true or false, got {self.red_cell_discs!r}")
         for f in fields(self):
             value = getattr(self, f.name)
+            if f.name == "red_cell_discs":
+                continue
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not np.isfinite(value):
                 raise ValueError(f"{f.name} must be a finite number, got {value!r}")
         positive = ("working_mpp", "peak_min_distance_um", "split_min_radius_um", "split_min_area_um2", "min_cell_area_um2", "max_cell_area_um2",
@@ -95,7 +106,8 @@ class SegmentationParams:
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
-        for name in ("smooth_um", "nucleus_close_um", "lobe_gap_um", "min_nucleus_area_um2", "min_fragment_area_um2"):
+        for name in ("smooth_um", "nucleus_close_um", "lobe_gap_um", "min_nucleus_area_um2", "min_fragment_area_um2",
+                     "min_red_cell_disc_area_um2"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if not 50.0 <= self.background_percentile < 100.0:
@@ -178,7 +190,7 @@ def _segment_working(rgb: np.ndarray, p: SegmentationParams) -> tuple[np.ndarray
 
     # Nucleus: violet absorption well above that of this image's red cells.
     score = od[..., 1] - od[..., 2]
-    rbc_level = np.percentile(score[fg], p.red_cell_percentile)
+    rbc_level = red_cell_level(od, score, fg, p, p.working_mpp)
     nucleus = ((score > max(p.nucleus_od, p.nucleus_contrast * rbc_level))
                & (score > p.nucleus_chroma * od[..., 1])).astype(np.uint8)
     if p.min_fragment_area_um2 > 0:  # platelets and granules beside a nucleus would join its group
@@ -242,6 +254,60 @@ def _segment_working(rgb: np.ndarray, p: SegmentationParams) -> tuple[np.ndarray
         labels[roi][cell & (labels[roi] == 0)] = k
         kept_nucleus[roi] |= own
     return labels, kept_nucleus
+
+
+# A red cell's geometry, in µm: a disc 5-10 µm across whose centre absorbs less than its rim.
+RED_CELL_RADIUS_UM = (2.5, 5.0)
+PALE_CENTRE = 0.95  # mean OD within 0.35 of the radius below this share of the ring 0.5-1 of the radius
+
+
+def red_cell_level(od: np.ndarray, score: np.ndarray, fg: np.ndarray, p: SegmentationParams, mpp: float) -> float:
+    """The violet score of the red cells of an image at `mpp` µm/px (the `red_cell_percentile`): over its red-cell
+    discs where it shows enough of them (``p.red_cell_discs``), else over all its cell pixels `fg`."""
+    if p.red_cell_discs:
+        discs = red_cell_discs(cv2.transform(od, np.ones((1, 3), np.float32)), fg, mpp)
+        if cv2.countNonZero(discs.view(np.uint8)) * mpp ** 2 >= p.min_red_cell_disc_area_um2:
+            return float(np.percentile(score[discs], p.red_cell_percentile))
+    return float(np.percentile(score[fg], p.red_cell_percentile))
+
+
+def red_cell_discs(od_total: np.ndarray, fg: np.ndarray, mpp: float) -> np.ndarray:
+    """Pixels of red-cell-sized discs with a pale centre, centred on the (hole-filled) cell mask's distance peaks
+    RED_CELL_RADIUS_UM deep, so touching and crowded red cells count too; blasts have no pale centre.
+
+    Vectorised per whole-pixel radius: each peak's centre and ring are gathered from an edge-padded copy."""
+    cells = _fill_holes(fg.astype(np.uint8))
+    depth = cv2.distanceTransform(cells, cv2.DIST_L2, 5)
+    low, high = RED_CELL_RADIUS_UM[0] / mpp, RED_CELL_RADIUS_UM[1] / mpp
+    peaks = (depth >= low) & (depth <= high)
+    peaks &= depth >= cv2.dilate(depth, disk(low))
+    ys, xs = np.nonzero(peaks)
+    if len(ys) == 0:
+        return np.zeros(fg.shape, bool)
+    pad = int(np.ceil(high)) + 1
+    padded = np.pad(od_total.astype(np.float32), pad, mode="edge")
+    painted = np.zeros(padded.shape, bool)
+    radii = np.rint(depth[ys, xs]).astype(int)
+    for r in np.unique(radii):
+        at = radii == r
+        py, px = ys[at] + pad, xs[at] + pad
+        centre, rim, disc = _disc_offsets(int(r))
+        pale = _mean_at(padded, py, px, centre) < PALE_CENTRE * _mean_at(padded, py, px, rim)
+        painted[py[pale, None] + disc[0][None, :], px[pale, None] + disc[1][None, :]] = True
+    return painted[pad:-pad, pad:-pad] & (cells > 0)
+
+
+@functools.lru_cache(maxsize=None)
+def _disc_offsets(radius: int) -> tuple[tuple[np.ndarray, np.ndarray], ...]:
+    """(dy, dx) offsets of a disc of this radius: its centre (within 0.35 of the radius), its ring (0.5-1) and all."""
+    dy, dx = np.mgrid[-radius:radius + 1, -radius:radius + 1]
+    rel = np.hypot(dy, dx) / max(radius, 1)
+    return tuple((dy[m], dx[m]) for m in (rel <= 0.35, (rel > 0.5) & (rel <= 1.0), rel <= 1.0))
+
+
+def _mean_at(image: np.ndarray, ys: np.ndarray, xs: np.ndarray, offsets: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """Mean of `image` over the offsets (dy, dx) around each point (ys, xs)."""
+    return image[ys[:, None] + offsets[0][None, :], xs[:, None] + offsets[1][None, :]].mean(axis=1)
 
 
 def _merge_lobes(nuc_lab: np.ndarray, p: SegmentationParams) -> np.ndarray:
