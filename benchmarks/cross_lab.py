@@ -119,7 +119,7 @@ def colour_baseline_left_out(data_dir: Path, cfg_path: Path, splits_csv: Path, w
     split_smp = np.array([split[f] for f in tr.files], dtype=object)[tr.image]
     train_idx = np.nonzero(split_smp == "train")[0]
     train_idx = train_idx[balance_indices(tr.label[train_idx], np.random.default_rng(cfg.seed), cfg.balance,
-                                          tr.dataset[train_idx])]
+                                          tr.dataset[train_idx], tr.cell_type[train_idx])]
     clf = LogisticRegression().fit(hsv_histograms(tr.x[train_idx]), (tr.label[train_idx] == 0).astype(float))
     seg = SegmentationParams(working_mpp=cfg.segmentation.working_mpp)
     te = collect_samples(data_dir, lab_sources(lab), "cells", cfg.input_size, cfg.crop_um, 1.0, seg, cache_dir=work)

@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from helpers import REPO, SHARED_DATA, shared
 
 from bcscan.cli.train import train_command
-from bcscan.errors import ConfigError, ExitCode
+from bcscan.errors import ConfigError, ExitCode, TrainingError
 from bcscan.scan.single_cell import centre_cell
 from bcscan.training.duplicates import average_hash, near_duplicate_groups
 from bcscan.training.recipe import AugmentParams, SourceSpec, SplitParams, load_train_config, shortcut_check
@@ -161,6 +161,22 @@ def test_balance_source_class_gives_each_dataset_an_equal_share_of_its_class():
     assert counts == {("A", 0): 32, ("A", 1): 21, ("B", 0): 32, ("B", 1): 21, ("C", 0): 0, ("C", 1): 21}
     assert len(np.unique(chosen[(datasets[chosen] == "B") & (labels[chosen] == 0)])) == 5  # drawn with repeats
     assert np.array_equal(chosen, balance_indices(labels, np.random.default_rng(1), "source_class", datasets))
+
+
+def test_balance_source_type_splits_each_dataset_share_among_its_cell_types():
+    # lab A: 60 blasts; 36 neutrophils and 4 monocytes.  Lab B: 40 blasts; 40 lymphocytes.
+    labels = np.array([0] * 60 + [1] * 40 + [0] * 40 + [1] * 40)
+    datasets = np.array(["A"] * 100 + ["B"] * 80, dtype=object)
+    types = np.array(["blast"] * 60 + ["neutrophil"] * 36 + ["monocyte"] * 4 + ["blast"] * 40 + ["lymphocyte"] * 40,
+                     dtype=object)
+    chosen = balance_indices(labels, np.random.default_rng(3), "source_type", datasets, types)
+    counts = {(d, t): int(np.sum((datasets[chosen] == d) & (types[chosen] == t))) for d, t in set(zip(datasets, types))}
+    # 80 normal cells is the smaller class: 40 per dataset and class, A's 40 normal split 20 / 20 between its types
+    assert counts == {("A", "blast"): 40, ("A", "neutrophil"): 20, ("A", "monocyte"): 20, ("B", "blast"): 40,
+                      ("B", "lymphocyte"): 40}
+    assert len(np.unique(chosen[types[chosen] == "monocyte"])) == 4  # 4 monocytes drawn with repeats
+    with pytest.raises(TrainingError, match="cell type"):
+        balance_indices(labels, np.random.default_rng(3), "source_type", datasets)
 
 
 def test_rebalancing_each_epoch_keeps_the_balance_and_uses_every_training_cell():

@@ -138,6 +138,8 @@ BALANCE_WORDS = {
     "undersample": "classes balanced by random undersampling",
     "source_class": "classes balanced, and within a class every dataset an equal share (a dataset with both classes "
                     "gives them 1:1; small shares drawn with repeats)",
+    "source_type": "classes balanced, within a class every dataset an equal share, and within a dataset's share "
+                   "every cell type an equal part (small parts drawn with repeats)",
     "none": "not balanced",
 }
 

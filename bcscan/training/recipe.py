@@ -159,7 +159,7 @@ class TrainConfig:
     input_size: int = 64
     crop_um: float = 24.0            # cells mode: physical side of each crop
     crop_margin: float = 1.25        # cells mode: training crops cached this much larger (scale/shift room)
-    balance: str = "undersample"     # undersample | source_class | none (see splits.balance_indices)
+    balance: str = "undersample"     # undersample | source_class | source_type | none (see splits.balance_indices)
     max_images_per_source: int = 0   # 0 = all (a seeded random subset otherwise)
     seed: int = 0
     sources: list[SourceSpec] = field(default_factory=list)
@@ -176,7 +176,7 @@ class TrainConfig:
         return self.crop_margin if self.mode == "cells" else 1.0
 
 
-BALANCE_MODES = ("undersample", "source_class", "none")
+BALANCE_MODES = ("undersample", "source_class", "source_type", "none")
 TOP_KEYS = {"name", "mode", "input_size", "crop_um", "crop_margin", "balance", "max_images_per_source",
             "seed", "sources", "segmentation", "split", "model", "training", "augmentation", "finetune",
             "description"}

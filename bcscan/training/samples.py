@@ -54,6 +54,11 @@ class Samples:
         """Dataset name of each sample (what `balance: source_class` balances over)."""
         return np.array([s.dataset_name for s in self.sources], dtype=object)[self.source[self.image]]
 
+    @property
+    def cell_type(self) -> np.ndarray:
+        """Cell type each sample's source names ('' where it names none): what `balance: source_type` adds."""
+        return np.array([s.cell_type for s in self.sources], dtype=object)[self.source[self.image]]
+
 
 def list_images(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)

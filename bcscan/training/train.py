@@ -74,7 +74,8 @@ def train(data_dir: Path, config_path: Path, out_dir: Path, *, weights: Path | N
 
     data = _prepare_data(cfg, data_dir, work_dir, report_dir, echo, n_replay)
     draw = epoch_draws(data.train_pool, data.labels, data.samples.dataset, cfg.balance, cfg.seed, data.train_idx,
-                       cfg.training.epoch_cells) if cfg.training.rebalance_each_epoch else lambda epoch: data.train_idx
+                       cfg.training.epoch_cells, data.samples.cell_type) \
+        if cfg.training.rebalance_each_epoch else lambda epoch: data.train_idx
     fitted = fit_model(cfg, data.samples, _targets(cfg, data), draw, data.val_idx,
                        split_sha256=data.init_split_sha256, weights=weights, init_model=init_model, device=device,
                        work_dir=work_dir, report_dir=report_dir, echo=echo)
@@ -186,7 +187,8 @@ def _prepare_data(cfg: TrainConfig, data_dir: Path, work_dir: Path, report_dir: 
     if ft:
         in_run = ~unreplayed_images(samples, split_img, n_replay, ft, cfg.split, cfg.seed)[samples.image]
     train_pool = np.nonzero((split_smp == "train") & in_run)[0]
-    train_idx = train_pool[balance_indices(labels[train_pool], rng, cfg.balance, samples.dataset[train_pool])]
+    train_idx = train_pool[balance_indices(labels[train_pool], rng, cfg.balance, samples.dataset[train_pool],
+                                           samples.cell_type[train_pool])]
     val_idx = np.nonzero((split_smp == "val") & in_run)[0]
     test_idx = np.nonzero(split_smp == "test")[0]
     if len(train_idx) == 0 or len(val_idx) == 0:
