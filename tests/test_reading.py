@@ -163,3 +163,22 @@ def test_unreadable_permissions(tmp_path):
         pytest.skip("running as a user who can read any file (root): permission cannot be denied")
     with pytest.raises(ScanError, match="permission denied"):
         open_scan(path, PARAMS, mpp=0.4)
+
+
+def test_black_margins_read_as_glass_and_a_dark_object_at_the_edge_stays(tmp_path):
+    from bcscan.scan.reading import NO_DATA_RINGING_PX, black_margins_to_glass
+
+    rgb = np.full((60, 80, 3), (230, 200, 210), np.uint8)
+    rgb[:, :10] = (2, 1, 3)  # padding on the left (full columns) ...
+    rgb[50:] = 0  # ... and at the bottom: a cell cut near a corner of what was scanned
+    rgb[0:6, 40:50] = (5, 5, 5)  # a black speck cut by the top edge: part of the image, not padding
+    out = black_margins_to_glass(rgb)
+    glass = np.zeros((60, 80), bool)
+    glass[:, :10 + NO_DATA_RINGING_PX] = True
+    glass[50 - NO_DATA_RINGING_PX:] = True
+    assert (out[glass] == 255).all()
+    assert np.array_equal(out[~glass], rgb[~glass])  # the speck and the rest untouched
+    assert black_margins_to_glass(out) is out  # nothing to do: the same array back
+    path = tmp_path / "padded.png"
+    Image.fromarray(rgb).save(path)
+    assert np.array_equal(open_scan(path, ReadingParams(), mpp=0.4).read(0, 0, 0, 80, 60), out)

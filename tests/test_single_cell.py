@@ -86,3 +86,29 @@ def test_a_cell_the_segmenter_misses_is_the_image_centre():
     text = json.dumps(cells_geojson(table))
     (feature,) = json.loads(text, parse_constant=lambda name: pytest.fail(f"{name} in GeoJSON"))["features"]
     assert feature["properties"]["measurements"] == {"p_leukemic": 0.7}
+
+
+# lmu-aml-blood crops padded with black where the cell lay near the border of what was scanned
+PADDED = {"MYO": ["MYO_0009.jpg", "MYO_0014.jpg"], "NGS": ["NGS_2798.jpg", "NGS_0460.jpg"]}
+
+
+def test_black_padding_is_read_as_glass_so_padded_crops_count_their_cell(tmp_path):
+    for kind, names in PADDED.items():
+        (tmp_path / "in" / kind).mkdir(parents=True)
+        for name in names:
+            shutil.copy(shared("lmu-aml-blood", kind, name), tmp_path / "in" / kind / name)
+    scans, cells = scan(tmp_path / "in", tmp_path / "single", LMU_MPP, "--single-cell-images")
+    # read as stain, the padding failed the stain check and the image counted no cell
+    assert (scans["status"] == "ok").all(), scans["status"].to_dict()
+    assert (scans["n_cells"] == 1).all() and len(cells) == 4
+    classifier = CellClassifier(ClassificationParams(model=str(SHIPPED_MODEL)))
+    info = classifier.info
+    sources = [SourceSpec(path=kind, label=label, mpp=LMU_MPP, single_cell=True)
+               for kind, label in (("MYO", "leukemic"), ("NGS", "normal"))]
+    samples = collect_samples(tmp_path / "in", sources, "cells", info.input_size, info.crop_um, 1.0,
+                              SegmentationParams(working_mpp=info.working_mpp))
+    assert not (samples.x.max(axis=3) <= 12).any(axis=(1, 2)).any(), "no black left in the training crops"
+    expected = dict(zip(np.array(samples.files)[samples.image], classifier.predict(samples.x)))
+    got = cells.set_index("scan")["p_leukemic"]
+    for file, p in expected.items():
+        assert got[file] == pytest.approx(p, abs=1e-3), file

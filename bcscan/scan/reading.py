@@ -238,6 +238,38 @@ def to_rgb8(image: np.ndarray) -> np.ndarray:
     raise ValueError(f"unsupported number of channels ({channels})")
 
 
+NO_DATA_LEVEL = 12  # a pixel no channel of which exceeds this is black (JPEG leaves pure black at 0-10)
+NO_DATA_SHARE = 0.9  # an edge row or column this black is padding, not a dark object cut by the edge
+NO_DATA_RINGING_PX = 2  # JPEG ringing along the padding's inner edge, whitened with it
+
+
+def black_margins_to_glass(rgb: np.ndarray) -> np.ndarray:
+    """Black rows and columns along an image's edges as white glass.
+
+    Cell-analyser exports cut around a cell near the border of what was scanned pad the rest with black
+    (13 of lmu-aml-blood's 2,113 crops); read as stain, that black fails the stain check and spoils the cell's
+    crop.  OpenSlide's no-data pixels are read as glass too (:func:`rgba_to_rgb`).  Only whole edge rows and
+    columns count, so a dark object cut by the edge stays."""
+    black = rgb.max(axis=2) <= NO_DATA_LEVEL
+    rows, cols = black.mean(axis=1) >= NO_DATA_SHARE, black.mean(axis=0) >= NO_DATA_SHARE
+    margins = [_run_length(rows), _run_length(rows[::-1]), _run_length(cols), _run_length(cols[::-1])]
+    if not any(margins):
+        return rgb
+    top, bottom, left, right = (m + NO_DATA_RINGING_PX if m else 0 for m in margins)
+    out = rgb.copy()
+    h, w = out.shape[:2]
+    out[:top] = 255
+    out[h - bottom:] = 255
+    out[:, :left] = 255
+    out[:, w - right:] = 255
+    return out
+
+
+def _run_length(flags: np.ndarray) -> int:
+    """How many leading entries of `flags` are True."""
+    return int(np.argmin(flags)) if not flags.all() else len(flags)
+
+
 def composite_on_white(colour: np.ndarray, alpha: np.ndarray) -> np.ndarray:
     a = alpha.astype(np.float32)[..., None] / 255.0
     return np.round(colour.astype(np.float32) * a + 255.0 * (1.0 - a)).astype(np.uint8)
@@ -370,6 +402,7 @@ def open_scan(path: Path, params: ReadingParams, mpp: float | None = None) -> Sc
         raise ScanError(f"{path}: cannot decode image ({exc})") from exc
     if min(rgb.shape[:2]) < 8:
         raise ScanError(f"{path}: image of {rgb.shape[1]}x{rgb.shape[0]} pixels is too small to hold a cell")
+    rgb = black_margins_to_glass(rgb)
     scale = mpp or recorded_mpp or params.default_mpp
     if not scale:
         raise ScanError(f"{path}: scale unknown (no resolution recorded in the image); "

@@ -26,7 +26,7 @@ from bcscan.training.recipe import SourceSpec
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"}
-CACHE_VERSION = 3
+CACHE_VERSION = 4
 
 
 @dataclass
@@ -88,10 +88,12 @@ def discover(data_dir: Path, sources: list[SourceSpec], max_per_source: int = 0,
 def _read_rgb(path: Path) -> np.ndarray:
     import cv2
 
+    from bcscan.scan.reading import black_margins_to_glass
+
     bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if bgr is None:
         raise TrainingError(f"{path}: cannot decode image")
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    return black_margins_to_glass(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))  # as bcscan scan reads it
 
 
 def _extract_one(args):
