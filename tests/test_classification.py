@@ -6,6 +6,7 @@ import csv
 
 import numpy as np
 import pytest
+import yaml
 from helpers import REPO, shared
 from PIL import Image
 
@@ -16,6 +17,7 @@ from bcscan.scan.pipeline import cells_in_field
 from bcscan.scan.segmentation import SegmentationParams
 
 SHIPPED = REPO / "models" / "bcscan-vgg16.keras"
+OPERATING_THRESHOLD = yaml.safe_load((REPO / "configs" / "default.yaml").read_text())["classification"]["threshold"]
 SCALES = {"ghaderzadeh-all": 0.45, "pbc-normal": 0.088, "mll-bone-marrow": 0.075, "lmu-aml-blood": 0.117}
 
 
@@ -40,7 +42,11 @@ def backends_agree(crops: np.ndarray) -> None:
     assert (tensorflow.engine, onnx.engine) == ("cpu/tensorflow-xla", "cpu/onnxruntime")
     p_tf, p_onnx = tensorflow.predict(crops), onnx.predict(crops)
     assert np.abs(p_tf - p_onnx).max() <= 1e-3
-    assert np.array_equal(p_tf >= 0.5, p_onnx >= 0.5)
+    for threshold in (0.5, OPERATING_THRESHOLD):
+        # a cell within that of the threshold can be called either way (1 of 3,920 at 0.5 on 2026-12-07: 0.50002
+        # against 0.49999); no more than one in a thousand
+        flipped = np.sum((p_tf >= threshold) != (p_onnx >= threshold))
+        assert flipped <= max(1, 0.001 * len(p_tf)), (threshold, flipped)
     assert 0.05 < np.mean(p_tf >= 0.5) < 0.95  # both classes present: a real check, not all-one-class
 
 

@@ -25,7 +25,7 @@ from bcscan.training.recipe import SourceSpec
 from bcscan.training.samples import collect_samples
 
 # lmu-aml-blood images whose field scan finds neighbours beside the centre cell (2-3 cells), and plain ones
-CROWDED = {"MYO": ["MYO_0052.jpg", "MYO_0098.jpg"], "NGS": ["NGS_0064.jpg", "NGS_0344.jpg"]}
+CROWDED = {"MYO": ["MYO_0052.jpg", "MYO_0094.jpg"], "NGS": ["NGS_0064.jpg", "NGS_0344.jpg"]}
 PLAIN = {"MYO": ["MYO_0001.jpg", "MYO_0004.jpg"], "NGS": ["NGS_0014.jpg", "NGS_0018.jpg"]}
 
 
