@@ -46,6 +46,22 @@ def balanced_batch(samples, train: np.ndarray, cfg, rng: np.random.Generator, ce
     return rng.choice(pool, min(cells, len(pool)), replace=False)
 
 
+def recipe_samples(data_dir: Path, cfg, work: Path):
+    """The recipe's crops as `bcscan train` cut them (its cache in `work`)."""
+    return collect_samples(data_dir, cfg.sources, cfg.mode, cfg.input_size, cfg.crop_um, cfg.margin, cfg.segmentation,
+                           seed=cfg.seed, hash_size=cfg.split.hash_size, cache_dir=work)
+
+
+def model_and_norms(path: Path):
+    """The saved model, its metadata and its batch-norm layers."""
+    import keras
+
+    from bcscan.model.network import load_keras_model
+
+    model, info = load_keras_model(path)
+    return model, info, [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+
+
 def split_of(samples, splits_csv: Path) -> np.ndarray:
     with open(splits_csv, newline="", encoding="utf-8") as fh:
         named = {row["file"]: row["split"] for row in csv.DictReader(fh)}
@@ -54,10 +70,8 @@ def split_of(samples, splits_csv: Path) -> np.ndarray:
 
 def folds(args) -> None:
     """Leave one lab out: each fold model's left-out lab, stored against re-estimated statistics."""
-    import keras
     from cross_lab import left_out_cells
 
-    from bcscan.model.network import load_keras_model
     from bcscan.training.metrics import metrics_block
 
     print("| left-out lab | run | stored: cell balanced accuracy / ROC AUC | re-estimated: cell balanced accuracy / ROC AUC |")
@@ -66,13 +80,10 @@ def folds(args) -> None:
         for fold_dir in sorted(d for d in run.iterdir() if (d / "config.yaml").is_file()):
             lab = fold_dir.name
             cfg = load_train_config(fold_dir / "config.yaml")
-            samples = collect_samples(args.data_dir, cfg.sources, cfg.mode, cfg.input_size, cfg.crop_um, cfg.margin,
-                                      cfg.segmentation, seed=cfg.seed, hash_size=cfg.split.hash_size,
-                                      cache_dir=args.work)
+            samples = recipe_samples(args.data_dir, cfg, args.work)
             train = np.nonzero(split_of(samples, fold_dir / "model" / f"lolo-{lab}" / "splits.csv") == "train")[0]
-            model, info = load_keras_model(fold_dir / "model" / f"lolo-{lab}.keras")
+            model, info, norms = model_and_norms(fold_dir / "model" / f"lolo-{lab}.keras")
             left = left_out_cells(args.data_dir, lab, info, args.work)
-            norms = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
             row = [f"`{lab}`", run.name]
             for reestimated in (False, True):
                 if reestimated:
@@ -98,17 +109,11 @@ def main() -> None:
         folds(args)
         return
 
-    import keras
-
-    from bcscan.model.network import load_keras_model
-
     cfg = load_train_config(args.config)
-    samples = collect_samples(args.data_dir, cfg.sources, cfg.mode, cfg.input_size, cfg.crop_um, cfg.margin,
-                              cfg.segmentation, seed=cfg.seed, hash_size=cfg.split.hash_size, cache_dir=args.work)
+    samples = recipe_samples(args.data_dir, cfg, args.work)
     split = split_of(samples, args.splits)
     train, val, test = (np.nonzero(split == name)[0] for name in ("train", "val", "test"))
-    model, _ = load_keras_model(args.model)
-    norms = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    model, _, norms = model_and_norms(args.model)
     labs = sorted(set(samples.dataset[test]))
 
     def scores() -> list[str]:

@@ -36,28 +36,43 @@ def scan(folder, out, mpp, *flags):
     return pd.read_csv(out / "scans.csv").set_index("scan"), pd.read_csv(out / "cells.csv")
 
 
+def copy_lmu(images: dict[str, list[str]], folder) -> None:
+    """lmu-aml-blood images, {kind: names}, into folder/kind/."""
+    for kind, names in images.items():
+        (folder / kind).mkdir(parents=True, exist_ok=True)
+        for name in names:
+            shutil.copy(shared("lmu-aml-blood", kind, name), folder / kind / name)
+
+
+def as_evaluate_crops(folder):
+    """The MYO (leukemic) and NGS (normal) images of `folder` cut as training and `bcscan evaluate` cut
+    single-cell sources: (their samples, {file: p_leukemic of the shipped model})."""
+    classifier = CellClassifier(ClassificationParams(model=str(SHIPPED_MODEL)))
+    info = classifier.info
+    sources = [SourceSpec(path=kind, label=label, mpp=LMU_MPP, single_cell=True)
+               for kind, label in (("MYO", "leukemic"), ("NGS", "normal"))]
+    samples = collect_samples(folder, sources, "cells", info.input_size, info.crop_um, 1.0,
+                              SegmentationParams(working_mpp=info.working_mpp))
+    return samples, dict(zip(np.array(samples.files)[samples.image], classifier.predict(samples.x)))
+
+
+def assert_called_as(cells: pd.DataFrame, expected: dict) -> None:
+    got = cells.set_index("scan")["p_leukemic"]
+    for file, p in expected.items():
+        assert got[file] == pytest.approx(p, abs=1e-3), file
+
+
 def test_each_image_counts_its_centre_cell_called_as_evaluate_calls_it(tmp_path):
-    for kind in ("MYO", "NGS"):
-        (tmp_path / "in" / kind).mkdir(parents=True)
-        for name in CROWDED[kind] + PLAIN[kind]:
-            shutil.copy(shared("lmu-aml-blood", kind, name), tmp_path / "in" / kind / name)
+    copy_lmu({kind: CROWDED[kind] + PLAIN[kind] for kind in ("MYO", "NGS")}, tmp_path / "in")
     fields, _ = scan(tmp_path / "in", tmp_path / "fields", LMU_MPP)
     scans, cells = scan(tmp_path / "in", tmp_path / "single", LMU_MPP, "--single-cell-images")
     crowded = [f"{kind}/{name}" for kind, names in CROWDED.items() for name in names]
     assert (fields.loc[crowded, "n_cells"] >= 2).all()  # as field images they count their neighbours too
     assert (scans["n_cells"] == 1).all() and len(cells) == len(scans) == 8
     # the cell of each image is the one training and `bcscan evaluate` crop (single_cell sources)
-    classifier = CellClassifier(ClassificationParams(model=str(SHIPPED_MODEL)))
-    info = classifier.info
-    sources = [SourceSpec(path=kind, label=label, mpp=LMU_MPP, single_cell=True)
-               for kind, label in (("MYO", "leukemic"), ("NGS", "normal"))]
-    samples = collect_samples(tmp_path / "in", sources, "cells", info.input_size, info.crop_um, 1.0,
-                              SegmentationParams(working_mpp=info.working_mpp))
-    expected = dict(zip(np.array(samples.files)[samples.image], classifier.predict(samples.x)))
-    got = cells.set_index("scan")["p_leukemic"]
+    _, expected = as_evaluate_crops(tmp_path / "in")
     assert len(expected) == 8
-    for file, p in expected.items():
-        assert got[file] == pytest.approx(p, abs=1e-3), file
+    assert_called_as(cells, expected)
     # centred: the cell lies within a quarter of the image's side of its middle (256 px images)
     assert np.all(np.hypot(cells["x"] - 128, cells["y"] - 128) <= 64)
 
@@ -93,22 +108,11 @@ PADDED = {"MYO": ["MYO_0009.jpg", "MYO_0014.jpg"], "NGS": ["NGS_2798.jpg", "NGS_
 
 
 def test_black_padding_is_read_as_glass_so_padded_crops_count_their_cell(tmp_path):
-    for kind, names in PADDED.items():
-        (tmp_path / "in" / kind).mkdir(parents=True)
-        for name in names:
-            shutil.copy(shared("lmu-aml-blood", kind, name), tmp_path / "in" / kind / name)
+    copy_lmu(PADDED, tmp_path / "in")
     scans, cells = scan(tmp_path / "in", tmp_path / "single", LMU_MPP, "--single-cell-images")
     # read as stain, the padding failed the stain check and the image counted no cell
     assert (scans["status"] == "ok").all(), scans["status"].to_dict()
     assert (scans["n_cells"] == 1).all() and len(cells) == 4
-    classifier = CellClassifier(ClassificationParams(model=str(SHIPPED_MODEL)))
-    info = classifier.info
-    sources = [SourceSpec(path=kind, label=label, mpp=LMU_MPP, single_cell=True)
-               for kind, label in (("MYO", "leukemic"), ("NGS", "normal"))]
-    samples = collect_samples(tmp_path / "in", sources, "cells", info.input_size, info.crop_um, 1.0,
-                              SegmentationParams(working_mpp=info.working_mpp))
+    samples, expected = as_evaluate_crops(tmp_path / "in")
     assert not (samples.x.max(axis=3) <= 12).any(axis=(1, 2)).any(), "no black left in the training crops"
-    expected = dict(zip(np.array(samples.files)[samples.image], classifier.predict(samples.x)))
-    got = cells.set_index("scan")["p_leukemic"]
-    for file, p in expected.items():
-        assert got[file] == pytest.approx(p, abs=1e-3), file
+    assert_called_as(cells, expected)

@@ -52,12 +52,15 @@ class Samples:
     @property
     def dataset(self) -> np.ndarray:
         """Dataset name of each sample (what `balance: source_class` balances over)."""
-        return np.array([s.dataset_name for s in self.sources], dtype=object)[self.source[self.image]]
+        return self._per_sample([s.dataset_name for s in self.sources])
 
     @property
     def cell_type(self) -> np.ndarray:
         """Cell type each sample's source names ('' where it names none): what `balance: source_type` adds."""
-        return np.array([s.cell_type for s in self.sources], dtype=object)[self.source[self.image]]
+        return self._per_sample([s.cell_type for s in self.sources])
+
+    def _per_sample(self, per_source: list[str]) -> np.ndarray:
+        return np.array(per_source, dtype=object)[self.source[self.image]]
 
 
 def list_images(folder: Path) -> list[Path]:
