@@ -249,8 +249,11 @@ def black_margins_to_glass(rgb: np.ndarray) -> np.ndarray:
     Cell-analyser exports cut around a cell near the border of what was scanned pad the rest with black
     (13 of lmu-aml-blood's 2,113 crops); read as stain, that black fails the stain check and spoils the cell's
     crop.  OpenSlide's no-data pixels are read as glass too (:func:`rgba_to_rgb`).  Only whole edge rows and
-    columns count, so a dark object cut by the edge stays."""
-    black = rgb.max(axis=2) <= NO_DATA_LEVEL
+    columns count, so a dark object cut by the edge stays.  The four outermost lines are looked at first: when
+    none is padding (nearly every image) the rest is not read."""
+    if not any(_black(line).mean() >= NO_DATA_SHARE for line in (rgb[0], rgb[-1], rgb[:, 0], rgb[:, -1])):
+        return rgb
+    black = _black(rgb)
     rows, cols = black.mean(axis=1) >= NO_DATA_SHARE, black.mean(axis=0) >= NO_DATA_SHARE
     margins = [_run_length(rows), _run_length(rows[::-1]), _run_length(cols), _run_length(cols[::-1])]
     if not any(margins):
@@ -263,6 +266,11 @@ def black_margins_to_glass(rgb: np.ndarray) -> np.ndarray:
     out[:, :left] = 255
     out[:, w - right:] = 255
     return out
+
+
+def _black(rgb: np.ndarray) -> np.ndarray:
+    """Pixels no channel of which exceeds NO_DATA_LEVEL."""
+    return rgb.max(axis=-1) <= NO_DATA_LEVEL
 
 
 def _run_length(flags: np.ndarray) -> int:
