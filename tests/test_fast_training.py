@@ -209,3 +209,57 @@ def test_train_with_the_cell_type_head_end_to_end(tmp_path):
     assert model.get_layer("cell_type").output.shape[-1] == 2
     metrics = json.loads((out / "tiny" / "metrics.json").read_text())
     assert metrics["epochs_run"] == 2 and len(metrics["history"]["val_loss"]) == 2
+
+
+def test_weight_average_keeps_the_mean_of_the_last_epochs_batch_norm_statistics_included():
+    from bcscan.model.network import build_vgg16
+    from bcscan.training.fit import _WeightAverage
+
+    model = build_vgg16(32, 2, 8, 0.1, True, None, 0, False, False, 0.25)
+    average = _WeightAverage.make(after_epochs=1)
+    average.set_model(model)
+    average.on_train_begin()
+    rng = np.random.default_rng(0)
+    per_epoch = []
+    for epoch in range(3):
+        weights = [rng.normal(size=w.shape).astype(w.dtype) for w in model.get_weights()]
+        model.set_weights(weights)
+        per_epoch.append(weights)
+        average.on_epoch_end(epoch)
+    assert average.epochs == [2, 3]
+    assert any("moving_variance" in w.path for w in model.weights)
+    for kept, second, third in zip(average.mean(), per_epoch[1], per_epoch[2]):
+        np.testing.assert_allclose(kept, (second + third) / 2, rtol=1e-6, atol=1e-7)
+        assert kept.dtype == second.dtype
+
+
+def test_train_keeps_the_averaged_weights_and_says_so_in_the_card(tmp_path):
+    import json
+
+    from click.testing import CliRunner
+    from test_training import write_config, write_dataset
+
+    from bcscan.cli.train import train_command
+    from bcscan.errors import ExitCode
+
+    data = write_dataset(tmp_path / "data")
+    cfg = write_config(tmp_path / "tiny.yaml", model={"batch_norm": True, "hidden_units": 16, "dropout": 0.1,
+                                                      "width": 0.25},
+                       training={"epochs": 3, "batch_size": 8, "jit_compile": False, "input_pipeline": "tf_data",
+                                 "rebalance_each_epoch": True, "epoch_cells": 24, "lr_schedule": "cosine",
+                                 "average_last_epochs": 2},
+                       augmentation={"rotation_deg": 30})
+    out = tmp_path / "model"
+    result = CliRunner().invoke(train_command, [str(data), "--config", str(cfg), "--out", str(out)])
+    assert result.exit_code in (0, ExitCode.DID_NOT_LEARN), result.output
+    metrics = json.loads((out / "tiny" / "metrics.json").read_text())
+    assert metrics["averaged_epochs"]["epochs"] == [2, 3] and metrics["averaged_epochs"]["val_loss"] > 0
+    assert "kept the mean weights of epochs 2-3 of 3 run" in (out / "tiny.md").read_text()
+    assert (out / "tiny" / "best-epoch.weights.h5").is_file()
+
+
+def test_weight_average_needs_the_planned_end_of_training():
+    with pytest.raises(ValueError):
+        TrainParams(epochs=10, average_last_epochs=4, early_stopping_patience=2)
+    with pytest.raises(ValueError):
+        TrainParams(epochs=3, average_last_epochs=4)

@@ -193,8 +193,7 @@ def _recipe(cfg: TrainConfig, metrics: dict[str, Any]) -> list[str]:
         f"schedule `{tp.lr_schedule}`, batch {tp.batch_size}, ≤ {tp.epochs} epochs"
         f"{f' of {tp.epoch_cells} cells' if tp.epoch_cells else ''}, input pipeline `{tp.input_pipeline}`, "
         f"early stopping patience {tp.early_stopping_patience or 'off'}, "
-        f"time budget {tp.max_minutes or 'none'} min; best epoch by validation loss: "
-        f"{metrics['best_epoch']} of {metrics['epochs_run']} run",
+        f"time budget {tp.max_minutes or 'none'} min; {_kept_weights(metrics)}",
         *([f"- second stage: continued from `{init['path']}` (SHA-256 "
            f"{init['sha256'][:12]}…, {init['epochs_before']} epochs before, same "
            "data, seed and split) with the settings above; epochs counted in this stage"]
@@ -331,3 +330,14 @@ def _closing(cfg: TrainConfig, metrics: dict[str, Any], rel: str, extra: str) ->
             "- Scales (µm/px) of the sources are estimates from typical cell sizes.",
             "- Trained from scratch (no ImageNet weights offline) on a few thousand crops.",
             ""]
+
+
+def _kept_weights(metrics: dict) -> str:
+    """Which weights the model kept: the best epoch's, or the mean of the last epochs'."""
+    averaged = metrics.get("averaged_epochs")
+    if averaged:
+        first, last = averaged["epochs"]
+        return (f"kept the mean weights of epochs {first}-{last} of {metrics['epochs_run']} run (validation loss "
+                f"{averaged['val_loss']:g}; the best single epoch was {metrics['best_epoch']})")
+    return f"best epoch by validation loss: {metrics['best_epoch']} of {metrics['epochs_run']} run"
+

@@ -1,11 +1,12 @@
 """Build and fit the VGG-16: seeded model, optimiser and learning-rate schedule, augmented
-training batches, callbacks (best checkpoint by validation loss, CSV history, early stopping,
-time budget), and continuing a model trained earlier on the same split (`--init-model`)."""
+training batches, callbacks (best checkpoint by validation loss or the mean of the last epochs' weights, CSV
+history, early stopping, time budget), and continuing a model trained earlier on the same split (`--init-model`)."""
 from __future__ import annotations
 
 import logging
 import math
 import os
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass
@@ -22,13 +23,17 @@ from bcscan.training.samples import Samples
 
 log = logging.getLogger(__name__)
 
+BEST_EPOCH_WEIGHTS = "best-epoch.weights.h5"   # in the report folder when the mean weights were kept
+
 
 @dataclass
 class Fitted:
-    """What the fit step hands on: the best model (by validation loss) and how it got there."""
+    """What the fit step hands on: the model kept (the best epoch by validation loss, or the mean weights of the
+    last epochs) and how it got there."""
     model: Any
     history: dict[str, list[float]]
     best_epoch: int
+    averaged: dict | None   # {"epochs": [first, last], "val_loss": ...} when the mean weights were kept
     fit_s: float
     stopped_for_time: bool
     init_info: Any          # ModelInfo of the --init-model, or None
@@ -41,7 +46,8 @@ def fit_model(cfg: TrainConfig, samples: Samples, labels: np.ndarray, draw: Call
               report_dir: Path, echo=print) -> Fitted:
     """Build (or continue) the configured VGG-16 and fit it on the balanced training samples, `draw(epoch)`
     (one size every epoch), to `labels` (the model class of each sample, or its cell type for
-    `model.head: cell_types`); returns the checkpoint of the best epoch by validation loss."""
+    `model.head: cell_types`); returns the checkpoint of the best epoch by validation loss, or with
+    `training.average_last_epochs` the mean weights of the last epochs (batch-norm statistics included)."""
     from bcscan.model.classifier import configure_backend, keras_backend
 
     dev = configure_backend(device)
@@ -79,14 +85,26 @@ def fit_model(cfg: TrainConfig, samples: Samples, labels: np.ndarray, draw: Call
     with tempfile.TemporaryDirectory(dir=work_dir, prefix="fit-") as private:
         ckpt = Path(private) / "checkpoint-best.weights.h5"
         callbacks, budget = _callbacks(tp, ckpt, report_dir / "history.csv")
+        average = _WeightAverage.make(tp.epochs - tp.average_last_epochs) if tp.average_last_epochs else None
         t_fit = time.time()
         hist = trainee.fit(train_batches, validation_data=validation, validation_batch_size=64, epochs=tp.epochs,
-                           steps_per_epoch=steps, callbacks=callbacks, verbose=2)
+                           steps_per_epoch=steps, callbacks=callbacks + ([average] if average else []), verbose=2)
         fit_s = time.time() - t_fit
-        if ckpt.is_file():
+        averaged = None
+        if average and average.epochs:
+            # shared layers: `model` has them too
+            trainee.set_weights(average.mean())
+            val_loss = trainee.evaluate(*validation, batch_size=64, verbose=0, return_dict=True)["loss"]
+            averaged = {"epochs": [average.epochs[0], average.epochs[-1]], "val_loss": round(float(val_loss), 4)}
+            echo(f"[train] kept the mean weights of epochs {average.epochs[0]}-{average.epochs[-1]}: "
+                 f"validation loss {val_loss:.4f}")
+            if ckpt.is_file():  # the best single epoch's, beside the report, to compare with (benchmarks/kept_weights.py)
+                shutil.copyfile(ckpt, report_dir / BEST_EPOCH_WEIGHTS)
+        elif ckpt.is_file():
             trainee.load_weights(ckpt)  # best epoch by validation loss (shared layers: `model` has them too)
     history = {k: [float(v) for v in vals] for k, vals in hist.history.items()}
-    return Fitted(model=model, history=history, best_epoch=int(np.argmin(history["val_loss"])) + 1, fit_s=fit_s,
+    return Fitted(model=model, history=history, best_epoch=int(np.argmin(history["val_loss"])) + 1,
+                  averaged=averaged, fit_s=fit_s,
                   stopped_for_time=bool(budget.stopped_for_time) if budget else False, init_info=init_info,
                   device=dev)
 
@@ -216,6 +234,33 @@ class _TimeBudget:
                     log.warning("time budget of %.0f min reached after epoch %d: stopping", minutes, epoch + 1)
 
         return TimeBudget()
+
+
+class _WeightAverage:
+    """Keras callback factory: the running sum of every weight (batch-norm statistics included) at the end of
+    each epoch after `after_epochs`.  Near the end of training the validation loss swings from epoch to epoch
+    (batch-norm statistics of the last batches), so the single best epoch is partly chosen by chance."""
+
+    @staticmethod
+    def make(after_epochs: int):
+        import keras
+
+        class WeightAverage(keras.callbacks.Callback):
+            def on_train_begin(self, logs=None):
+                self.totals, self.epochs = None, []
+
+            def on_epoch_end(self, epoch, logs=None):
+                if epoch + 1 <= after_epochs:
+                    return
+                weights = [np.asarray(w, np.float64) for w in self.model.get_weights()]
+                self.totals = weights if self.totals is None else [t + w for t, w in zip(self.totals, weights)]
+                self.epochs.append(epoch + 1)
+
+            def mean(self):
+                dtypes = [w.dtype for w in self.model.get_weights()]
+                return [(total / len(self.epochs)).astype(dtype) for total, dtype in zip(self.totals, dtypes)]
+
+        return WeightAverage()
 
 
 def _cosine_time_callback(lr0: float, minutes: float, alpha: float = 0.02):

@@ -89,6 +89,7 @@ class TrainParams:
     store_float16: bool = False          # store weights as float16 (half the file)
     rebalance_each_epoch: bool = False   # a fresh balanced draw of the training cells every epoch (all are seen)
     epoch_cells: int = 0                 # > 0: an epoch is this many cells of the balanced draw (validation more often)
+    average_last_epochs: int = 0         # > 0: keep the mean weights of the last N epochs, not the best epoch's
 
     def __post_init__(self):
         if self.lr_schedule not in {"constant", "plateau", "cosine", "cosine_time"}:
@@ -97,6 +98,8 @@ class TrainParams:
             raise ValueError("lr_schedule cosine_time needs max_minutes > 0")
         if self.epoch_cells and not self.rebalance_each_epoch:
             raise ValueError("epoch_cells needs rebalance_each_epoch: true")
+        if self.average_last_epochs and (self.early_stopping_patience or self.average_last_epochs > self.epochs):
+            raise ValueError("average_last_epochs needs early_stopping_patience 0 and at most `epochs` epochs")
         if self.input_pipeline not in {"keras", "tf_data"}:
             raise ValueError("input_pipeline must be keras or tf_data")
         if self.epochs < 1 or self.batch_size < 1 or self.learning_rate <= 0:

@@ -93,7 +93,7 @@ def train(data_dir: Path, config_path: Path, out_dir: Path, *, weights: Path | N
                "classes": CLASSES,
                **assessed,
                "source_shortcut_warning": data.shortcut,
-               "best_epoch": fitted.best_epoch, "epochs_run": len(history.get("loss", [])),
+               "best_epoch": fitted.best_epoch, "averaged_epochs": fitted.averaged, "epochs_run": len(history.get("loss", [])),
                "stopped_for_time_budget": fitted.stopped_for_time,
                "history": history, "data": data.summary, "weights": str(weights) if weights else None,
                "init_model": init_summary(init_model, fitted.init_info),
@@ -353,7 +353,8 @@ def _model_info(cfg: TrainConfig, metrics: dict[str, Any], split_sha256: str, co
                                "segmentation": dataclasses.asdict(cfg.segmentation),
                                "weights": str(weights) if weights else None,
                                "init_model": metrics["init_model"], "epochs_run": metrics["epochs_run"],
-                               "best_epoch": metrics["best_epoch"], "data": metrics["data"],
+                               "best_epoch": metrics["best_epoch"],
+                               "averaged_epochs": metrics["averaged_epochs"], "data": metrics["data"],
                                "did_not_learn": metrics["did_not_learn"]},
                      metrics={k: metrics[k] for k in ("accuracy", "balanced_accuracy", "roc_auc", "ece")}
                      | {"ece_before_calibration": calib.get("ece_test_images_before", calib["ece_test_before"]),
