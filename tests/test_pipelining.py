@@ -18,6 +18,7 @@ from helpers import comparable_tables, run_timings
 from bcscan.batch.executors.pipelined import _CropBuffer, _ScanState
 from bcscan.batch.settings import PipelineParams
 from bcscan.cli.main import main
+from bcscan.errors import ExitCode
 from bcscan.testing.synthetic import draw_smear, write_field_png, write_pyramidal_tiff
 
 
@@ -122,3 +123,29 @@ def test_killing_a_pipelined_run_leaves_no_worker_behind(batch, tmp_path, untrai
     proc.wait()
     gone, alive = psutil.wait_procs(workers, timeout=20)
     assert alive == []
+
+
+def test_a_store_that_fails_stops_the_pipelined_run_as_the_in_process_one(batch, tmp_path, untrained_model,
+                                                                          monkeypatch):
+    """The pipelined run stores finished scans on a writer thread; a full disk must still stop it, in one line
+    naming the error, and keep what was stored before."""
+    import errno
+
+    from bcscan.batch.store import ResultStore
+
+    save, saved = ResultStore.save, []
+
+    def disk_full_at_the_second_scan(self, key, meta, result):
+        saved.append(key)
+        if len(saved) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device", str(self.dir / key))
+        return save(self, key, meta, result)
+
+    monkeypatch.setattr(ResultStore, "save", disk_full_at_the_second_scan)
+    for workers in ("0", "2"):
+        saved.clear()
+        result = run_scan(batch, tmp_path / f"workers-{workers}", untrained_model, "--tile-workers", workers)
+        assert result.exit_code == ExitCode.CANNOT_RUN, workers
+        assert "cannot write the results (No space left on device)" in result.output.splitlines()[-1], workers
+        stored = tmp_path / f"workers-{workers}" / ".bcscan" / "scans" / f"{saved[0]}.json"
+        assert stored.is_file(), workers

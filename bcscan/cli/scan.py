@@ -101,7 +101,11 @@ def scan_command(scan_dir, out_dir, config_path, mpp, model, manifest, patient_p
         with tqdm(total=n_found, unit="scan", disable=not show_bar, file=sys.stderr) as bar, \
                 redirect, reported_errors():
             run = BatchRun(scan_dir, out_dir, settings, mpp=mpp, force=force, argv=sys.argv, progress=bar.update)
-            result = run_batch(run, executor)
+            try:
+                result = run_batch(run, executor)
+            except OSError as exc:  # a full or lost output disk: what was stored stays, a rerun continues
+                fail(f"{exc.filename or out_dir}: cannot write the results ({exc.strerror or exc}); the scans "
+                     "stored before are kept and a rerun continues from them")
             reviewed = republish(out_dir, run.scan_dir, settings.reporting, signed_only=True)
         if reviewed is not None:
             say_reconciled(reviewed[0])

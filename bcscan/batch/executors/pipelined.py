@@ -10,6 +10,8 @@ while this process classifies the crops, so the model (the slowest stage) is kep
   idle, and the classifier fills its batches with crops of whichever scans are in flight.
 - Results come back in submission order, so cells are numbered exactly as in the in-process path
   and a scan's stored result is the same however it was computed.
+- A finished scan's result is built and stored (written atomically, synced) on one writer thread, in order,
+  while this one goes on classifying; a store that fails stops the run as it would inline.
 - A scan whose tile fails becomes a failed row; the others go on.  A worker process that dies
   (e.g. a slide that crashes the reader library) breaks the pool: the scans in flight are then
   retried one at a time, and the one that kills a worker again is recorded as failed.
@@ -21,7 +23,7 @@ import os
 import threading
 import time
 from collections import OrderedDict, deque
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -180,40 +182,54 @@ class _Pipeline:
                                                  self.settings.platelets, self.run_.mpp,
                                                  self.model_info.crop_um,
                                                  self.model_info.input_size))
+        writer = ThreadPoolExecutor(1, thread_name_prefix="bcscan-store")
+        stored: deque[Future] = deque()
+        try:
+            suspects = self._loop(executor, writer, stored, todo, scans_in_flight)
+        finally:
+            executor.shutdown(wait=True, cancel_futures=True)
+            writer.shutdown(wait=True)
+        for future in stored:
+            future.result()
+        return suspects
+
+    def _loop(self, executor: ProcessPoolExecutor, writer: ThreadPoolExecutor, stored: deque[Future],
+              todo: deque[int], scans_in_flight: int) -> list[int]:
+        """`run`'s scheduling: plan and tile tasks to the workers, their crops to the model, each finished scan
+        to the writer thread (its store future appended to `stored`)."""
         active: OrderedDict[int, _ScanState] = OrderedDict()
         in_flight: deque = deque()
         buffer = _CropBuffer()
-        try:
-            while todo or active:
-                while todo and len(active) < scans_in_flight:
-                    index = todo.popleft()
-                    state = _ScanState(index, self.jobs[index])
-                    active[state.index] = state
-                    in_flight.append((executor.submit(_plan_task, str(state.job.path)), state))
-                    state.in_flight += 1
-                self._fill(executor, active, in_flight)
-                if self.classifier is None:  # workers start reading while TensorFlow loads
-                    self.classifier = classifier_for(self.settings.classification)
-                if in_flight:
-                    future, state = in_flight.popleft()
-                    try:
-                        outcome = future.result()
-                    except BrokenProcessPool:
-                        log.error("a tile worker process died; retrying the %d scan(s) in flight one at a time",
-                                  len(active))
-                        return list(active)
-                    state.in_flight -= 1
-                    self._take(state, outcome, buffer)
-                batch = self.classifier.batch_size
-                while buffer.size >= batch:
-                    self._classify(buffer, batch)
-                for state in [s for s in active.values() if s.done()]:
-                    if state.unclassified:
-                        self._classify(buffer, buffer.size)
-                    self._finish(state)
-                    del active[state.index]
-        finally:
-            executor.shutdown(wait=True, cancel_futures=True)
+        while todo or active:
+            while todo and len(active) < scans_in_flight:
+                index = todo.popleft()
+                state = _ScanState(index, self.jobs[index])
+                active[state.index] = state
+                in_flight.append((executor.submit(_plan_task, str(state.job.path)), state))
+                state.in_flight += 1
+            self._fill(executor, active, in_flight)
+            if self.classifier is None:  # workers start reading while TensorFlow loads
+                self.classifier = classifier_for(self.settings.classification)
+            if in_flight:
+                future, state = in_flight.popleft()
+                try:
+                    outcome = future.result()
+                except BrokenProcessPool:
+                    log.error("a tile worker process died; retrying the %d scan(s) in flight one at a time",
+                              len(active))
+                    return list(active)
+                state.in_flight -= 1
+                self._take(state, outcome, buffer)
+            batch = self.classifier.batch_size
+            while buffer.size >= batch:
+                self._classify(buffer, batch)
+            for state in [s for s in active.values() if s.done()]:
+                if state.unclassified:
+                    self._classify(buffer, buffer.size)
+                stored.append(writer.submit(self._finish, state))
+                del active[state.index]
+            while stored and stored[0].done():
+                stored.popleft().result()  # raises what a failed store raised
         return []
 
     def _fill(self, executor, active, in_flight) -> None:
