@@ -41,10 +41,11 @@ def test_batch_norm_momentum_reaches_every_layer_and_is_checked():
         ModelParams(batch_norm_momentum=1.0)                                    # running statistics never move
 
 
-def _tf(params: AugmentParams, x: np.ndarray, input_size: int, margin: float, seed: int = 0) -> np.ndarray:
+def _tf(params: AugmentParams, x: np.ndarray, input_size: int, margin: float, seed: int = 0,
+        crop_um: float = 18.0) -> np.ndarray:
     from bcscan.training.tf_augment import make_tf_augmenter
 
-    return make_tf_augmenter(params, input_size, margin)(x, np.array([seed, 0], np.int64)).numpy()
+    return make_tf_augmenter(params, input_size, margin, crop_um)(x, np.array([seed, 0], np.int64)).numpy()
 
 
 def test_tf_augmenter_keeps_the_crop_window_flips_and_turns_it_like_the_opencv_one():
@@ -89,11 +90,33 @@ def test_tf_augmenter_matches_the_opencv_stain_jitter_and_repeats_with_its_seed(
     assert np.allclose(tinted.reshape(2, -1, 3).std(axis=1), 0, atol=1e-6) and (tinted < 0.999).any()
 
 
+def test_tf_blur_is_opencvs_gaussian_per_sample_and_the_augmenter_draws_it_in_micrometres():
+    import cv2
+
+    from bcscan.training.tf_augment import gaussian_blur
+
+    x = np.random.default_rng(1).uniform(0, 1, (3, 30, 30, 3)).astype(np.float32)
+    sigmas = np.array([0.0, 0.8, 2.0], np.float32)
+    blurred = gaussian_blur(x, sigmas, radius=6).numpy()
+    assert np.array_equal(blurred[0], x[0])                      # under 0.05 px: untouched
+    for i in (1, 2):
+        assert np.abs(blurred[i] - cv2.GaussianBlur(x[i], (13, 13), float(sigmas[i]))).max() < 1e-4
+    # blur_um 1 at 64 px over 18 um: sigma ~ U(0, 3.6) px; edges soften, sample by sample, repeatably
+    edge = np.zeros((8, 80, 80, 3), np.uint8)
+    edge[:, :, 40:] = 255
+    sharp = _tf(AugmentParams(horizontal_flip=False), edge, 64, 1.25)
+    soft = _tf(AugmentParams(horizontal_flip=False, blur_um=1.0), edge, 64, 1.25, seed=5)
+    step = soft[:, 32, 28:36, 0]
+    assert np.array_equal(sharp[:, 32, 28:36, 0], np.repeat([[0, 0, 0, 0, 1, 1, 1, 1]], 8, axis=0).astype(np.float32))
+    assert (step[:, 3] > 0.05).sum() >= 6 and len({round(float(v), 3) for v in step[:, 3]}) >= 6
+    assert np.array_equal(soft, _tf(AugmentParams(horizontal_flip=False, blur_um=1.0), edge, 64, 1.25, seed=5))
+
+
 def test_tf_pipeline_refuses_augmentations_it_does_not_implement():
     from bcscan.training.tf_augment import make_tf_augmenter
 
-    with pytest.raises(ConfigError, match="hue, blur_um, jpeg_quality_min"):
-        make_tf_augmenter(AugmentParams(hue=0.1, blur_um=0.5, jpeg_quality_min=80), 32, 1.25)
+    with pytest.raises(ConfigError, match="hue, stain_transfer_p, jpeg_quality_min"):
+        make_tf_augmenter(AugmentParams(hue=0.1, stain_transfer_p=0.5, jpeg_quality_min=80), 32, 1.25, 18.0)
     with pytest.raises(ValueError, match="rebalance_each_epoch"):
         TrainParams(epoch_cells=100)
     with pytest.raises(ValueError, match="input_pipeline"):

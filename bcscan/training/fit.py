@@ -172,7 +172,7 @@ def _tf_data_batches(cfg: TrainConfig, x_margin: np.ndarray, labels: np.ndarray,
 
     from bcscan.training.tf_augment import make_tf_augmenter
 
-    augment = make_tf_augmenter(cfg.augmentation, cfg.input_size, cfg.margin)
+    augment = make_tf_augmenter(cfg.augmentation, cfg.input_size, cfg.margin, cfg.crop_um)
     batch_size, seed, side = cfg.training.batch_size, cfg.seed, x_margin.shape[1]
 
     def batches():

@@ -1,7 +1,7 @@
 """Training augmentation as TensorFlow ops, for the `tf_data` input pipeline (`training.input_pipeline`).
 
-The same geometry and stain jitter as `augment.make_augmenter` (one affine warp from the margin crop,
-HED optical-density jitter, channel gain, contrast, brightness, grey samples), but run by tf.data's own
+The same geometry, stain jitter and blur as `augment.make_augmenter` (one affine warp from the margin crop,
+HED optical-density jitter, Gaussian blur, channel gain, contrast, brightness, grey samples), but run by tf.data's own
 threads outside Python's lock: on a 2-core CPU the NumPy/OpenCV augmenter in a Keras worker thread
 competes with the model for the interpreter, and a network at a quarter width trains faster than it is
 fed.  Random draws are stateless, seeded per (run seed, epoch, batch), so a run repeats.
@@ -14,7 +14,7 @@ from bcscan.errors import ConfigError
 from bcscan.training.recipe import AugmentParams
 
 # augmentations only the NumPy/OpenCV augmenter has: a recipe asking for them keeps the `keras` pipeline
-NOT_IN_TF = ("hue", "saturation", "stain_transfer_p", "blur_um")
+NOT_IN_TF = ("hue", "saturation", "stain_transfer_p")
 
 
 def unsupported(params: AugmentParams) -> list[str]:
@@ -23,7 +23,28 @@ def unsupported(params: AugmentParams) -> list[str]:
     return names + (["jpeg_quality_min"] if params.jpeg_quality_min < 100 else [])
 
 
-def make_tf_augmenter(params: AugmentParams, input_size: int, margin: float):
+def gaussian_blur(x, sigma_px, radius: int):
+    """Each float B×H×W×C sample of `x` blurred by a Gaussian of its own σ (`sigma_px`, B; under 0.05 px left
+    as it is, as augment.optics_jitter does), separable, `radius` px each side, mirrored border (OpenCV's
+    default)."""
+    import tensorflow as tf
+
+    offsets = tf.range(-radius, radius + 1, dtype=tf.float32)
+    sigma = tf.maximum(sigma_px, 1e-3)[:, None]
+    weights = tf.exp(-0.5 * tf.square(offsets[None, :] / sigma))
+    weights = tf.where((sigma_px > 0.05)[:, None], weights / tf.reduce_sum(weights, axis=1, keepdims=True),
+                       tf.cast(tf.equal(offsets, 0.0), tf.float32)[None, :])
+    # one depthwise convolution per axis, each sample's channels as channels of one image
+    b, h, w, c = tf.shape(x)[0], tf.shape(x)[1], tf.shape(x)[2], x.shape[3]
+    stacked = tf.reshape(tf.transpose(x, [1, 2, 0, 3]), [1, h, w, b * c])
+    padded = tf.pad(stacked, [[0, 0], [radius, radius], [radius, radius], [0, 0]], mode="REFLECT")
+    taps = tf.transpose(tf.repeat(weights, c, axis=0))                    # 2r+1 × B·C
+    along_x = tf.nn.depthwise_conv2d(padded, taps[None, :, :, None], [1, 1, 1, 1], "VALID")
+    both = tf.nn.depthwise_conv2d(along_x, taps[:, None, :, None], [1, 1, 1, 1], "VALID")
+    return tf.transpose(tf.reshape(both, [h, w, b, c]), [2, 0, 1, 3])
+
+
+def make_tf_augmenter(params: AugmentParams, input_size: int, margin: float, crop_um: float):
     """`augment(uint8 B×M×M×3 margin crops, int64 seed[2]) → float32 B×S×S×3 in [0, 1]` as TF ops."""
     import tensorflow as tf
     from skimage.color import hed_from_rgb, rgb_from_hed
@@ -36,6 +57,8 @@ def make_tf_augmenter(params: AugmentParams, input_size: int, margin: float):
     to_hed = tf.constant(hed_from_rgb, tf.float32)
     to_rgb = tf.constant(rgb_from_hed, tf.float32)
     stain_on = params.hed_scale > 0 or params.hed_shift > 0
+    blur_px = params.blur_um * input_size / crop_um   # the margin crop has the output's pixel size
+    blur_radius = int(np.ceil(3 * blur_px))
 
     def uniform(seed, shape, low, high):
         return tf.random.stateless_uniform(shape, seed, low, high)
@@ -62,7 +85,7 @@ def make_tf_augmenter(params: AugmentParams, input_size: int, margin: float):
         return tf.stack([a0, a1, a2, b0, b1, b2, zero, zero], axis=1)
 
     def augment(batch, seed):
-        seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), num=10)
+        seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), num=11)
         b = tf.shape(batch)[0]
         side = batch.shape[1]
         x = tf.cast(batch, tf.float32) / 255.0
@@ -72,6 +95,8 @@ def make_tf_augmenter(params: AugmentParams, input_size: int, margin: float):
             hed = hed * spread(seeds[4], [b, 1, 1, 3], params.hed_scale) \
                 + uniform(seeds[5], [b, 1, 1, 3], -params.hed_shift, params.hed_shift)
             x = tf.clip_by_value(tf.exp(-tf.einsum("bhwd,dc->bhwc", hed, to_rgb) * log_adjust), 0.0, 1.0)
+        if blur_px > 0:
+            x = gaussian_blur(x, uniform(seeds[10], [b], 0.0, blur_px), blur_radius)
         x = tf.raw_ops.ImageProjectiveTransformV3(images=x, transforms=warp_matrices(seeds, b, side),
                                                   output_shape=[input_size, input_size], fill_value=0.0,
                                                   interpolation="BILINEAR", fill_mode="REFLECT")
