@@ -46,8 +46,8 @@ def folds(args) -> None:
     print("| left-out lab | run | mean of the last epochs: cell balanced accuracy / ROC AUC | best epoch: same |")
     print("|---|---|---|---|")
     for run in args.runs:
-        for fold_dir in sorted(d for d in run.iterdir() if (d / "config.yaml").is_file()):
-            lab = fold_dir.name
+        for fold_dir in sorted(d for d in run.iterdir() if (d / "model" / f"lolo-{d.name}.keras").is_file()):
+            lab = fold_dir.name  # (a fold still training has no model yet)
             model, info, load_best = both_weights(fold_dir / "model" / f"lolo-{lab}.keras",
                                                   fold_dir / "model" / f"lolo-{lab}")
             left = left_out_cells(args.data_dir, lab, info, args.work)
