@@ -340,4 +340,3 @@ def _kept_weights(metrics: dict) -> str:
         return (f"kept the mean weights of epochs {first}-{last} of {metrics['epochs_run']} run (validation loss "
                 f"{averaged['val_loss']:g}; the best single epoch was {metrics['best_epoch']})")
     return f"best epoch by validation loss: {metrics['best_epoch']} of {metrics['epochs_run']} run"
-

@@ -98,7 +98,7 @@ def fit_model(cfg: TrainConfig, samples: Samples, labels: np.ndarray, draw: Call
             averaged = {"epochs": [average.epochs[0], average.epochs[-1]], "val_loss": round(float(val_loss), 4)}
             echo(f"[train] kept the mean weights of epochs {average.epochs[0]}-{average.epochs[-1]}: "
                  f"validation loss {val_loss:.4f}")
-            if ckpt.is_file():  # the best single epoch's, beside the report, to compare with (benchmarks/kept_weights.py)
+            if ckpt.is_file():  # the best single epoch's, beside the report (benchmarks/kept_weights.py)
                 shutil.copyfile(ckpt, report_dir / BEST_EPOCH_WEIGHTS)
         elif ckpt.is_file():
             trainee.load_weights(ckpt)  # best epoch by validation loss (shared layers: `model` has them too)
@@ -247,18 +247,20 @@ class _WeightAverage:
 
         class WeightAverage(keras.callbacks.Callback):
             def on_train_begin(self, logs=None):
-                self.totals, self.epochs = None, []
+                self.totals, self.dtypes, self.epochs = None, None, []
 
             def on_epoch_end(self, epoch, logs=None):
                 if epoch + 1 <= after_epochs:
                     return
-                weights = [np.asarray(w, np.float64) for w in self.model.get_weights()]
-                self.totals = weights if self.totals is None else [t + w for t, w in zip(self.totals, weights)]
+                weights = self.model.get_weights()
+                if self.totals is None:
+                    self.totals, self.dtypes = [w.astype(np.float64) for w in weights], [w.dtype for w in weights]
+                else:
+                    self.totals = [t + w for t, w in zip(self.totals, weights)]
                 self.epochs.append(epoch + 1)
 
             def mean(self):
-                dtypes = [w.dtype for w in self.model.get_weights()]
-                return [(total / len(self.epochs)).astype(dtype) for total, dtype in zip(self.totals, dtypes)]
+                return [(total / len(self.epochs)).astype(dtype) for total, dtype in zip(self.totals, self.dtypes)]
 
         return WeightAverage()
 
