@@ -3,16 +3,21 @@ epochs' (`training.average_last_epochs`)?  Both come from the same training, so 
 
     python benchmarks/kept_weights.py --runs runs/cross-lab/avg12-s0 [...]      # leave one lab out
     python benchmarks/kept_weights.py --model runs/ship7/bcscan-vgg16.keras [--config configs/train-fourlabs.yaml]
+    python benchmarks/kept_weights.py --runs runs/cross-lab/blur06-s0 --export-best runs/cross-lab/blur06best-s0
 
 A training that keeps the mean weights also writes the best epoch's beside its report (best-epoch.weights.h5).
 With --runs, each leave-one-lab-out fold of benchmarks/cross_lab.py: its left-out lab's cells, cell balanced
 accuracy at p >= 0.5 and ROC AUC (neither depends on the calibration temperature).  With --model, each lab's test
 cells of the model's own split, balanced accuracy at p >= 0.5 (pbc-normal: the share called normal).
 Prints one markdown table.  Reads the recipe's crop cache (--work), so run it where the model was trained.
+With --export-best OUT, each fold's best epoch becomes the model the recipe without the average trains
+(`train_best_epoch`: calibrated, reported, carded), in a folder that benchmarks/cross_lab.py --out OUT then scores
+on every figure without training again (give it the run's --set options less training.average_last_epochs).
 """
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 from pathlib import Path
 
@@ -27,6 +32,7 @@ from precise_bn import per_lab_balanced, recipe_samples, split_of  # noqa: E402
 from bcscan.training.fit import BEST_EPOCH_WEIGHTS  # noqa: E402
 from bcscan.training.metrics import metrics_block  # noqa: E402
 from bcscan.training.recipe import load_train_config  # noqa: E402
+from bcscan.training.train import train_best_epoch  # noqa: E402
 
 
 def both_weights(model_file: Path, report_dir: Path):
@@ -59,6 +65,25 @@ def folds(args) -> None:
             print("| " + " | ".join(row) + " |", flush=True)
 
 
+def export_best(args) -> None:
+    """Each trained fold of the one run in --runs as the recipe without the weight average: OUT/<lab>/model."""
+    import yaml
+
+    (run,) = args.runs
+    for fold_dir in sorted(d for d in run.iterdir() if (d / "model" / f"lolo-{d.name}.keras").is_file()):
+        lab, out = fold_dir.name, args.export_best / fold_dir.name
+        if (out / "model" / f"lolo-{lab}.keras").is_file():
+            continue
+        out.mkdir(parents=True, exist_ok=True)
+        cfg = yaml.safe_load((fold_dir / "config.yaml").read_text(encoding="utf-8"))
+        cfg["training"].pop("average_last_epochs", None)
+        (out / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False), encoding="utf-8")
+        shutil.copyfile(fold_dir / "train_wall.json", out / "train_wall.json")
+        print(f"[kept-weights] {lab}: the best epoch of {fold_dir} → {out / 'model'}", flush=True)
+        train_best_epoch(args.data_dir, out / "config.yaml", out / "model", fold_dir / "model" / f"lolo-{lab}",
+                         work_dir=args.work)
+
+
 def own_test_split(args) -> None:
     cfg = load_train_config(args.config)
     samples = recipe_samples(args.data_dir, cfg, args.work)
@@ -82,10 +107,17 @@ def main() -> None:
     ap.add_argument("--config", type=Path, default=ROOT / "configs" / "train-fourlabs.yaml")
     ap.add_argument("--work", type=Path, default=ROOT / "runs" / "cross-lab" / "work")
     ap.add_argument("--runs", nargs="+", type=Path, help="benchmarks/cross_lab.py output folders: judge each fold")
+    ap.add_argument("--export-best", type=Path, metavar="OUT",
+                    help="with one --runs folder: write its folds' best epochs as cross_lab.py folds in OUT")
     args = ap.parse_args()
     if bool(args.runs) == bool(args.model):
         ap.error("give --runs or --model")
-    folds(args) if args.runs else own_test_split(args)
+    if args.export_best and len(args.runs or ()) != 1:
+        ap.error("--export-best takes exactly one --runs folder")
+    if args.export_best:
+        export_best(args)
+    else:
+        folds(args) if args.runs else own_test_split(args)
 
 
 if __name__ == "__main__":

@@ -281,6 +281,43 @@ def test_train_keeps_the_averaged_weights_and_says_so_in_the_card(tmp_path):
     assert (out / "tiny" / "best-epoch.weights.h5").is_file()
 
 
+def test_the_best_epoch_of_an_averaging_run_is_the_model_the_recipe_without_averaging_trains(tmp_path):
+    """The weight average only reads the weights: the same run without it keeps that best epoch, so one training
+    judges both ways of keeping weights (train_best_epoch)."""
+    import json
+
+    import numpy as np
+    from test_training import write_config, write_dataset
+
+    from bcscan.model.network import load_keras_model, load_model_info
+    from bcscan.training.train import train, train_best_epoch
+
+    data = write_dataset(tmp_path / "data")
+    recipe = {"model": {"batch_norm": True, "hidden_units": 16, "dropout": 0.1, "width": 0.25},
+              "augmentation": {"rotation_deg": 30}}
+    training = {"epochs": 3, "batch_size": 8, "jit_compile": False, "input_pipeline": "tf_data",
+                "rebalance_each_epoch": True, "epoch_cells": 24, "lr_schedule": "cosine", "store_float16": False}
+    averaging = write_config(tmp_path / "tiny.yaml", **recipe, training=training | {"average_last_epochs": 2})
+    (tmp_path / "plain").mkdir()
+    plain = write_config(tmp_path / "plain" / "tiny.yaml", **recipe, training=training)
+    quiet = lambda *a, **k: None  # noqa: E731
+    averaged = train(data, averaging, tmp_path / "averaged", work_dir=tmp_path / "work", echo=quiet)
+    without = train(data, plain, tmp_path / "without", work_dir=tmp_path / "work", echo=quiet)
+    rebuilt = train_best_epoch(data, plain, tmp_path / "rebuilt", tmp_path / "averaged" / "tiny",
+                               work_dir=tmp_path / "work", echo=quiet)
+    assert averaged["history"] == without["history"]
+    assert rebuilt["best_epoch"] == without["best_epoch"] and rebuilt["averaged_epochs"] is None
+    for kept, expected in zip(load_keras_model(tmp_path / "rebuilt" / "tiny.keras")[0].get_weights(),
+                              load_keras_model(tmp_path / "without" / "tiny.keras")[0].get_weights()):
+        np.testing.assert_array_equal(kept, expected)
+    assert load_model_info(tmp_path / "rebuilt" / "tiny.keras").temperature == \
+        load_model_info(tmp_path / "without" / "tiny.keras").temperature
+    assert rebuilt["test_cells"]["balanced_accuracy"] == without["test_cells"]["balanced_accuracy"]
+    assert json.loads((tmp_path / "rebuilt" / "tiny" / "metrics.json").read_text())["best_epoch_of_run"] \
+        == str(tmp_path / "averaged" / "tiny")
+    assert "taken from" in (tmp_path / "rebuilt" / "tiny.md").read_text()
+
+
 def test_weight_average_needs_the_planned_end_of_training():
     with pytest.raises(ValueError):
         TrainParams(epochs=10, average_last_epochs=4, early_stopping_patience=2)

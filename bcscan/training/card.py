@@ -339,4 +339,6 @@ def _kept_weights(metrics: dict) -> str:
         first, last = averaged["epochs"]
         return (f"kept the mean weights of epochs {first}-{last} of {metrics['epochs_run']} run (validation loss "
                 f"{averaged['val_loss']:g}; the best single epoch was {metrics['best_epoch']})")
-    return f"best epoch by validation loss: {metrics['best_epoch']} of {metrics['epochs_run']} run"
+    kept = f"best epoch by validation loss: {metrics['best_epoch']} of {metrics['epochs_run']} run"
+    earlier = metrics.get("best_epoch_of_run")
+    return f"{kept} (taken from {earlier}, which kept the mean of its last epochs)" if earlier else kept

@@ -3,6 +3,7 @@ training batches, callbacks (best checkpoint by validation loss or the mean of t
 history, early stopping, time budget), and continuing a model trained earlier on the same split (`--init-model`)."""
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -48,26 +49,8 @@ def fit_model(cfg: TrainConfig, samples: Samples, labels: np.ndarray, draw: Call
     (one size every epoch), to `labels` (the model class of each sample, or its cell type for
     `model.head: cell_types`); returns the checkpoint of the best epoch by validation loss, or with
     `training.average_last_epochs` the mean weights of the last epochs (batch-norm statistics included)."""
-    from bcscan.model.classifier import configure_backend, keras_backend
-
-    dev = configure_backend(device)
-    import keras
-
-    from bcscan.model.network import build_vgg16
-
-    keras.utils.set_random_seed(cfg.seed)
-    if cfg.training.deterministic and keras_backend() == "tensorflow":
-        import tensorflow as tf
-
-        tf.config.experimental.enable_op_determinism()
-    type_classes = cell_type_table(cfg.sources)[1] if cfg.model.head == "cell_types" else None
-    model = build_vgg16(cfg.input_size, len(CLASSES), cfg.model.hidden_units, cfg.model.dropout,
-                        cfg.model.batch_norm, weights, cfg.seed, cfg.model.grey_input,
-                        cfg.model.stain_standardise, cfg.model.width, type_classes,
-                        batch_norm_momentum=cfg.model.batch_norm_momentum)
+    dev, model, trainee = _configured_model(cfg, device, weights)
     init_info = continue_from(model, Path(init_model), cfg, split_sha256) if init_model else None
-    # the layers fitted: up to the cell-type softmax when the head has one (its fixed sum is not trained)
-    trainee = keras.Model(model.input, model.get_layer("cell_type").output) if type_classes else model
     tp = cfg.training
     _compile(trainee, tp, len(draw(0)), dev)
     if tp.input_pipeline == "tf_data":
@@ -107,6 +90,46 @@ def fit_model(cfg: TrainConfig, samples: Samples, labels: np.ndarray, draw: Call
                   averaged=averaged, fit_s=fit_s,
                   stopped_for_time=bool(budget.stopped_for_time) if budget else False, init_info=init_info,
                   device=dev)
+
+
+def _configured_model(cfg: TrainConfig, device: str, weights: Path | None):
+    """(device, the recipe's seeded VGG-16, the layers fitted: up to the cell-type softmax when the head has one,
+    whose fixed sum is not trained)."""
+    from bcscan.model.classifier import configure_backend, keras_backend
+
+    dev = configure_backend(device)
+    import keras
+
+    from bcscan.model.network import build_vgg16
+
+    keras.utils.set_random_seed(cfg.seed)
+    if cfg.training.deterministic and keras_backend() == "tensorflow":
+        import tensorflow as tf
+
+        tf.config.experimental.enable_op_determinism()
+    type_classes = cell_type_table(cfg.sources)[1] if cfg.model.head == "cell_types" else None
+    model = build_vgg16(cfg.input_size, len(CLASSES), cfg.model.hidden_units, cfg.model.dropout,
+                        cfg.model.batch_norm, weights, cfg.seed, cfg.model.grey_input,
+                        cfg.model.stain_standardise, cfg.model.width, type_classes,
+                        batch_norm_momentum=cfg.model.batch_norm_momentum)
+    trainee = keras.Model(model.input, model.get_layer("cell_type").output) if type_classes else model
+    return dev, model, trainee
+
+
+def best_epoch_of(cfg: TrainConfig, report_dir: Path, device: str = "auto") -> Fitted:
+    """The fit of an earlier run of this recipe with its best epoch's weights instead of the mean it kept
+    (`training.average_last_epochs` writes them beside its report, BEST_EPOCH_WEIGHTS).  The weight average only
+    reads the weights, so the run's trajectory, and thus this epoch, is the one the recipe without it keeps."""
+    weights_file, metrics_file = report_dir / BEST_EPOCH_WEIGHTS, report_dir / "metrics.json"
+    for f in (weights_file, metrics_file):
+        if not f.is_file():
+            raise TrainingError(f"{f}: missing; the run must have kept the mean weights (training.average_last_epochs)")
+    earlier = json.loads(metrics_file.read_text(encoding="utf-8"))
+    dev, model, trainee = _configured_model(cfg, device, None)
+    trainee.load_weights(weights_file)
+    return Fitted(model=model, history=earlier["history"], best_epoch=earlier["best_epoch"], averaged=None,
+                  fit_s=earlier["timing_s"]["fit"], stopped_for_time=bool(earlier["stopped_for_time_budget"]),
+                  init_info=None, device=dev)
 
 
 def _compile(model, tp: TrainParams, n_train: int, device: str) -> None:

@@ -36,7 +36,7 @@ from bcscan.training.card import write_model_card
 from bcscan.training.domain_fit import fit_domain
 from bcscan.training.finetune import (finetune_groups, finetune_sources, holdout_verdict, replay_digest,
                                       unreplayed_images)
-from bcscan.training.fit import Fitted, fit_model, init_summary
+from bcscan.training.fit import Fitted, best_epoch_of, fit_model, init_summary
 from bcscan.training.metrics import ece, image_level, metrics_block, per_source
 from bcscan.training.predict import predict_probs
 from bcscan.training.recipe import TrainConfig, cell_type_table, load_train_config, shortcut_check
@@ -73,13 +73,44 @@ def train(data_dir: Path, config_path: Path, out_dir: Path, *, weights: Path | N
     t_start = time.time()
 
     data = _prepare_data(cfg, data_dir, work_dir, report_dir, echo, n_replay)
-    draw = epoch_draws(data.train_pool, data.labels, data.samples.dataset, cfg.balance, cfg.seed, data.train_idx,
-                       cfg.training.epoch_cells, data.samples.cell_type) \
-        if cfg.training.rebalance_each_epoch else lambda epoch: data.train_idx
+    draw = _draws(cfg, data)
     fitted = fit_model(cfg, data.samples, _targets(cfg, data), draw, data.val_idx,
                        split_sha256=data.init_split_sha256, weights=weights, init_model=init_model, device=device,
                        work_dir=work_dir, report_dir=report_dir, echo=echo)
-    history, n_train = fitted.history, len(draw(0))
+    return _finish(cfg, data, fitted, len(draw(0)), t_start, config_path=config_path, data_dir=data_dir,
+                   out_dir=out_dir, report_dir=report_dir, weights=weights, init_model=init_model,
+                   replay_data=replay_data, card_extra=card_extra, echo=echo)
+
+
+def train_best_epoch(data_dir: Path, config_path: Path, out_dir: Path, earlier_report_dir: Path, *,
+                     work_dir: Path, device: str = "auto", echo=print) -> dict:
+    """The model `train` writes for this recipe, made from the best epoch of an earlier run of it that kept the
+    mean of its last epochs' weights (`training.average_last_epochs` in that run, not in `config_path`): same data,
+    split, calibration, domain reference, reports and card, without fitting again.  Lets one training judge
+    both ways of keeping weights on every figure (benchmarks/kept_weights.py --export-best)."""
+    data_dir, out_dir = Path(data_dir), Path(out_dir)
+    cfg, _ = _load_recipe(config_path, {}, data_dir, None, None)
+    if cfg.finetune:
+        raise ConfigError(f"{config_path}: a fine-tuning recipe cannot be rebuilt from an earlier run's weights")
+    report_dir = out_dir / cfg.name
+    report_dir.mkdir(parents=True, exist_ok=True)
+    t_start = time.time()
+    data = _prepare_data(cfg, data_dir, Path(work_dir), report_dir, echo)
+    draw = _draws(cfg, data)
+    fitted = best_epoch_of(cfg, Path(earlier_report_dir), device)
+    echo(f"[train] the best epoch ({fitted.best_epoch}) of {earlier_report_dir}")
+    return _finish(cfg, data, fitted, len(draw(0)), t_start, config_path=config_path, data_dir=data_dir,
+                   out_dir=out_dir, report_dir=report_dir, weights=None, init_model=None, replay_data=None,
+                   card_extra="", echo=echo, best_epoch_of_run=Path(earlier_report_dir))
+
+
+def _finish(cfg: TrainConfig, data: PreparedData, fitted: Fitted, n_train: int, t_start: float, *,
+            config_path: Path, data_dir: Path, out_dir: Path, report_dir: Path, weights: Path | None,
+            init_model: Path | None, replay_data: Path | None, card_extra: str, echo,
+            best_epoch_of_run: Path | None = None) -> dict:
+    """Assess, calibrate and save a fitted model; returns its metrics (also in REPORT/metrics.json).
+    `best_epoch_of_run`: the earlier run whose best epoch this model is (train_best_epoch), for provenance."""
+    history = fitted.history
     assessed = _assess(cfg, data, fitted.model, echo)
     if cfg.finetune:
         assessed["finetune"] = _finetune_verdict(cfg, data, fitted.model, init_model, replay_data, echo)
@@ -94,6 +125,7 @@ def train(data_dir: Path, config_path: Path, out_dir: Path, *, weights: Path | N
                **assessed,
                "source_shortcut_warning": data.shortcut,
                "best_epoch": fitted.best_epoch, "averaged_epochs": fitted.averaged,
+               "best_epoch_of_run": str(best_epoch_of_run) if best_epoch_of_run else None,
                "epochs_run": len(history.get("loss", [])),
                "stopped_for_time_budget": fitted.stopped_for_time,
                "history": history, "data": data.summary, "weights": str(weights) if weights else None,
@@ -208,6 +240,14 @@ def _prepare_data(cfg: TrainConfig, data_dir: Path, work_dir: Path, report_dir: 
     init_sha256 = replay_digest(samples, split_img, n_replay) if ft else split_sha256
     return PreparedData(samples, split_img, split_sha256, init_sha256, n_replay, labels, train_idx, train_pool,
                         val_idx, test_idx, summary, shortcut, collect_s)
+
+
+def _draws(cfg: TrainConfig, data: PreparedData):
+    """The training samples of each epoch: drawn afresh per epoch (training.rebalance_each_epoch) or the same."""
+    if not cfg.training.rebalance_each_epoch:
+        return lambda epoch: data.train_idx
+    return epoch_draws(data.train_pool, data.labels, data.samples.dataset, cfg.balance, cfg.seed, data.train_idx,
+                       cfg.training.epoch_cells, data.samples.cell_type)
 
 
 def _targets(cfg: TrainConfig, data: PreparedData) -> np.ndarray:
