@@ -30,14 +30,15 @@ NUCLEUS = (105, 55, 150)
 
 
 # --------------------------------------------------------------------------- synthetic smears
-def smear(mpp: float, size_um: float = 80.0, wbcs=(), red_cells=(), seed: int = 0, nucleus=NUCLEUS) -> np.ndarray:
+def smear(mpp: float, size_um: float = 80.0, wbcs=(), red_cells=(), seed: int = 0, nucleus=NUCLEUS,
+          red_cell=RED_CELL) -> np.ndarray:
     """Draw a field at `mpp`: discs in µm (cx, cy, radius), WBCs as (cx, cy, cell_r, nucleus_r)."""
     n = int(round(size_um / mpp))
     img = np.empty((n, n, 3), np.uint8)
     img[:] = GLASS
     px = lambda v: int(round(v / mpp))  # noqa: E731
     for cx, cy, r in red_cells:
-        cv2.circle(img, (px(cx), px(cy)), px(r), RED_CELL, -1, cv2.LINE_AA)
+        cv2.circle(img, (px(cx), px(cy)), px(r), red_cell, -1, cv2.LINE_AA)
         cv2.circle(img, (px(cx), px(cy)), px(r * 0.4), (225, 185, 190), -1, cv2.LINE_AA)  # pale centre
     for cx, cy, rc, rn in wbcs:
         cv2.circle(img, (px(cx), px(cy)), px(rc), CYTOPLASM, -1, cv2.LINE_AA)
@@ -122,13 +123,30 @@ def test_blasts_filling_a_field_do_not_raise_the_red_cell_level():
     blasts = [(20 + 13 * i, 15 + 13 * j, 5.5, 5.0) for i in range(6) for j in range(6)]
     reds = [(8 + 9.5 * i, 108, 3.75) for i in range(12)]
     img = smear(mpp, size_um=120, wbcs=blasts, red_cells=reds, nucleus=(150, 100, 175))
-    assert len(segment(img, mpp, PARAMS).cells) == 36
-    assert len(segment(img, mpp, dataclasses.replace(PARAMS, red_cell_discs=False)).cells) == 0
+    strict = dataclasses.replace(PARAMS, compact_nucleus_contrast=0.0)  # the level alone, not the compact rule
+    assert len(segment(img, mpp, strict).cells) == 36
+    assert len(segment(img, mpp, dataclasses.replace(strict, red_cell_discs=False)).cells) == 0
 
     od = optical_density(cv2.GaussianBlur(img, (0, 0), PARAMS.smooth_um / mpp), PARAMS.background_percentile)
     discs = red_cell_discs(od.sum(axis=2), od.mean(axis=2) > PARAMS.foreground_od, mpp)
     assert not discs[: int(95 / mpp)].any()  # no blast is a red-cell disc
     assert 12 * 0.8 * np.pi * 3.75 ** 2 < discs.sum() * mpp ** 2 < 12 * 1.5 * np.pi * 3.75 ** 2  # the red cells are
+
+
+def test_faint_compact_nuclei_are_found_and_red_cell_rims_are_not():
+    """Six blasts whose nucleus is only ~2.5x as violet as the field's violet-tinged red cells: the strict contrast
+    (3.5x) finds none; the plain lower contrast (2x) finds them and also the 16 red cells' rims; the compact rule
+    (2x where a 2.5 µm disc fits) finds the six blasts and no red cell."""
+    mpp = PARAMS.working_mpp
+    blasts = [(20 + 13 * i, 15 + 13 * j, 5.5, 5.0) for i in range(3) for j in range(2)]
+    reds = [(8 + 9.5 * i, y, 3.75) for y in (60, 72) for i in range(8)]
+    img = smear(mpp, wbcs=blasts, red_cells=reds, nucleus=(165, 120, 185), red_cell=(190, 130, 185))
+
+    found = segment(img, mpp, PARAMS).cells
+    assert len(found) == 6 and all(c.y * mpp < 40 for c in found)
+    assert not segment(img, mpp, dataclasses.replace(PARAMS, compact_nucleus_contrast=0.0)).cells
+    plain = segment(img, mpp, dataclasses.replace(PARAMS, nucleus_contrast=2.0, compact_nucleus_contrast=0.0)).cells
+    assert sum(c.y * mpp > 50 for c in plain) == 16
 
 
 def test_blank_tile_gives_nothing():
@@ -179,6 +197,9 @@ def test_params_validation():
         SegmentationParams(red_cell_discs=1)
     with pytest.raises(ValueError, match="min_red_cell_disc_area_um2"):
         SegmentationParams(min_red_cell_disc_area_um2=-1.0)
+    with pytest.raises(ValueError, match="compact_nucleus_radius_um"):
+        SegmentationParams(compact_nucleus_radius_um=0.0)
+    SegmentationParams(compact_nucleus_contrast=0.0, compact_nucleus_radius_um=0.0)  # the rule off needs no radius
     with pytest.raises(ValueError):
         segment(np.zeros((10, 10), np.uint8), 0.4, PARAMS)
 

@@ -11,6 +11,9 @@ parameter set serves any scan resolution):
    (so a tile of red cells or glass yields nothing, no per-image Otsu), above
    a multiple of this image's red-cell level (stains where red cells look
    purple) and dominating the green absorption (dark red cells are not violet).
+   Fainter violet (compact_nucleus_contrast x that level) counts too where it
+   forms compact regions: blasts crowding a field can be barely more violet
+   than the red cells, whose rims are thin.
    The red-cell level is read over the red cells themselves where the image
    shows enough of them (discs of a red cell's size with a pale centre), so
    blasts crowding a field cannot raise it; over all cell pixels otherwise.
@@ -61,6 +64,15 @@ class SegmentationParams:
     """...and at least this multiple of the red-cell level (stains where red cells look violet)."""
     nucleus_chroma: float = 0.6
     """...and a share of the green absorption at least this large (dark red cells are not violet)."""
+    compact_nucleus_contrast: float = 1.6
+    """Violet pixels at only this multiple of the red-cell level are nucleus too where they form compact regions
+    (0: off), in an image whose level is read over its red cells (red_cell_discs; a level over all cell pixels is
+    the white cells' own where they fill the image).  Crowded blasts' nuclei can be as little as 1.5-2.5x as
+    violet as the red cells; at that contrast red-cell rims and the bridges between touching cells pass as well,
+    but they are thin (issue 26)..."""
+    compact_nucleus_radius_um: float = 3.0
+    """...so only regions that hold a disc of this radius count (a morphological opening): a blast's nucleus
+    (>= 5 µm across its narrowest) stays, a red cell's rim (1-2 µm) goes."""
     red_cell_percentile: float = 30.0
     """Percentile of the violet score over the red cells taken as the red-cell level."""
     red_cell_discs: bool = True
@@ -107,11 +119,13 @@ class SegmentationParams:
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
         for name in ("smooth_um", "nucleus_close_um", "lobe_gap_um", "min_nucleus_area_um2", "min_fragment_area_um2",
-                     "min_red_cell_disc_area_um2"):
+                     "min_red_cell_disc_area_um2", "compact_nucleus_contrast"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if not 50.0 <= self.background_percentile < 100.0:
             raise ValueError(f"background_percentile must be in [50, 100), got {self.background_percentile}")
+        if self.compact_nucleus_contrast > 0 and self.compact_nucleus_radius_um <= 0:
+            raise ValueError("compact_nucleus_radius_um must be > 0 when compact_nucleus_contrast is on")
         if self.min_cell_area_um2 >= self.max_cell_area_um2:
             raise ValueError("min_cell_area_um2 must be < max_cell_area_um2")
 
@@ -190,9 +204,12 @@ def _segment_working(rgb: np.ndarray, p: SegmentationParams) -> tuple[np.ndarray
 
     # Nucleus: violet absorption well above that of this image's red cells.
     score = od[..., 1] - od[..., 2]
-    rbc_level = red_cell_level(od, score, fg, p, p.working_mpp)
-    nucleus = ((score > max(p.nucleus_od, p.nucleus_contrast * rbc_level))
-               & (score > p.nucleus_chroma * od[..., 1])).astype(np.uint8)
+    rbc_level, over_red_cells = red_cell_level(od, score, fg, p, p.working_mpp)
+    violet = score > p.nucleus_chroma * od[..., 1]
+    nucleus = ((score > max(p.nucleus_od, p.nucleus_contrast * rbc_level)) & violet).astype(np.uint8)
+    if p.compact_nucleus_contrast > 0 and over_red_cells:  # faint but compact: blasts crowding a field
+        faint = ((score > max(p.nucleus_od, p.compact_nucleus_contrast * rbc_level)) & violet).astype(np.uint8)
+        nucleus |= cv2.morphologyEx(faint, cv2.MORPH_OPEN, disk(p.compact_nucleus_radius_um * um))
     if p.min_fragment_area_um2 > 0:  # platelets and granules beside a nucleus would join its group
         _, pieces, stats, _ = cv2.connectedComponentsWithStats(nucleus, connectivity=8)
         nucleus &= (stats[:, cv2.CC_STAT_AREA] * px2 >= p.min_fragment_area_um2).astype(np.uint8)[pieces]
@@ -261,14 +278,16 @@ RED_CELL_RADIUS_UM = (2.5, 5.0)
 PALE_CENTRE = 0.95  # mean OD within 0.35 of the radius below this share of the ring 0.5-1 of the radius
 
 
-def red_cell_level(od: np.ndarray, score: np.ndarray, fg: np.ndarray, p: SegmentationParams, mpp: float) -> float:
-    """The violet score of the red cells of an image at `mpp` µm/px (the `red_cell_percentile`): over its red-cell
-    discs where it shows enough of them (``p.red_cell_discs``), else over all its cell pixels `fg`."""
+def red_cell_level(od: np.ndarray, score: np.ndarray, fg: np.ndarray, p: SegmentationParams,
+                   mpp: float) -> tuple[float, bool]:
+    """The violet score of the red cells of an image at `mpp` µm/px (the `red_cell_percentile`), and whether it was
+    read over its red-cell discs (where it shows enough of them, ``p.red_cell_discs``) or over all its cell pixels
+    `fg`, which white cells filling the image raise."""
     if p.red_cell_discs:
         discs = red_cell_discs(cv2.transform(od, np.ones((1, 3), np.float32)), fg, mpp)
         if cv2.countNonZero(discs.view(np.uint8)) * mpp ** 2 >= p.min_red_cell_disc_area_um2:
-            return float(np.percentile(score[discs], p.red_cell_percentile))
-    return float(np.percentile(score[fg], p.red_cell_percentile))
+            return float(np.percentile(score[discs], p.red_cell_percentile)), True
+    return float(np.percentile(score[fg], p.red_cell_percentile)), False
 
 
 def red_cell_discs(od_total: np.ndarray, fg: np.ndarray, mpp: float) -> np.ndarray:
