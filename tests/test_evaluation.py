@@ -174,7 +174,7 @@ def test_evaluate_errors_are_one_line(tmp_path):
 
 @pytest.mark.slow
 def test_shipped_model_on_held_out_pbc_normal_cells(tmp_path):
-    """The shipped model's own test split of pbc-normal called normal: a floor a little under the 0.971 measured
+    """The shipped model's own test split of pbc-normal called normal: a floor a little under the 0.962 measured
     (README, "The model"), a regression guard; issue 24's target, 0.98, is not met by this model."""
     shared("pbc-normal")
     splits = REPO / "models" / "bcscan-vgg16" / "splits.csv"
@@ -184,17 +184,17 @@ def test_shipped_model_on_held_out_pbc_normal_cells(tmp_path):
                                               "--out", str(tmp_path), "--mpp", "0.088", "--splits", str(splits)])
     assert r.exit_code == 0, r.output
     m = json.loads((tmp_path / "metrics.json").read_text())
-    assert m["called_normal_rate_images"] >= 0.96
+    assert m["called_normal_rate_images"] >= 0.95
 
 
 G = "ghaderzadeh-all/images"
 # lab: (class maps, µm/px, single cell, balanced-accuracy floor). Floors sit a little under what the shipped
 # model measured on each lab's own test split (README, "The model"), a regression guard; issue 24's target is 0.95.
 SHIPPED_TEST_SPLITS = {
-    "ghaderzadeh-all": ([f"leukemic={G}/Early,{G}/Pre,{G}/Pro", f"normal={G}/Benign"], 0.45, False, 0.94),
+    "ghaderzadeh-all": ([f"leukemic={G}/Early,{G}/Pre,{G}/Pro", f"normal={G}/Benign"], 0.45, False, 0.93),
     "mll-bone-marrow": (["leukemic=mll-bone-marrow/BLA",
                          "normal=" + ",".join(f"mll-bone-marrow/{c}" for c in ("LYT", "MON", "NGS", "EOS"))],
-                        0.075, True, 0.82),
+                        0.075, True, 0.81),
     "lmu-aml-blood": (["leukemic=lmu-aml-blood/MYO,lmu-aml-blood/MOB",
                        "normal=" + ",".join(f"lmu-aml-blood/{c}" for c in ("NGS", "LYT", "MON", "EOS", "BAS"))],
                       0.117, True, 0.95),
