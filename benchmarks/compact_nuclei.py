@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
+import operator
 import time
 from pathlib import Path
 
@@ -31,33 +33,23 @@ OFF = (0.0, 2.5)
 NORMAL_SOURCES = ("bccd", "bccd-640", "bcd-416", "pbc-360", "raabin-575")
 
 
-def fields(data: Path, normal_step: int, working_mpp: float) -> list[tuple[G.WorkingField, list[bool]]]:
-    """(field at the working resolution, which of its boxes are blasts) for every leukaemic and every
-    `normal_step`-th normal field."""
-    kinds = [[b.kind == "blast" for b in boxes] for boxes in G.leukaemic_boxes_by_image().values()]
-    out = [(G.WorkingField.of(s, working_mpp), blast) for s, blast in zip(G.leukaemic_samples(data), kinds)]
+def normal_fields(data: Path, step: int, working_mpp: float) -> list[G.WorkingField]:
+    """Every `step`-th field of each normal box-labelled source, at the working resolution."""
     normal = list(G.bccd_samples(data)) + list(G.txl_samples(data))
-    for source in NORMAL_SOURCES:
-        out += [(G.WorkingField.of(s, working_mpp), [False] * len(s.boxes))
-                for s in [x for x in normal if x.source == source][::normal_step]]
-    return out
+    return [G.WorkingField.of(s, working_mpp)
+            for source in NORMAL_SOURCES for s in [x for x in normal if x.source == source][::step]]
 
 
-def score(pair: tuple[float, float], fields_: list, platelets: PlateletParams) -> dict[str, tuple[G.DetectionScore, int, int]]:
-    """Per source: (detection score, blast boxes, blast boxes matched) with `pair` as the compact-nucleus rule."""
+def score(pair: tuple[float, float], normal: list[G.WorkingField], platelets: PlateletParams,
+          data: Path) -> dict[str, G.BlastScore]:
+    """Per source, detections with `pair` as the compact-nucleus rule: the leukaemic fields as
+    benchmarks/leukaemic_fields.py scores them (white cells and blasts), then the normal sources (no blasts)."""
     p = SegmentationParams(compact_nucleus_contrast=pair[0], compact_nucleus_radius_um=pair[1])
-    out: dict[str, tuple[G.DetectionScore, int, int]] = {}
-    for field, blast in fields_:
-        found = field.detections(p, platelets)
-        matched = {j for _, j, _ in G.match_boxes(found, field.sample.boxes)}
-        s = G.score_boxes(found, field.sample.boxes)
-        b = (sum(blast), sum(1 for j, is_blast in enumerate(blast) if is_blast and j in matched))
+    out = G.leukaemic_scores(p, platelets, data)
+    for field in normal:
+        s = G.BlastScore(field.score(p, platelets), 0, 0)
         src = field.sample.source
-        if src in out:
-            s0, b0, m0 = out[src]
-            out[src] = (s0 + s, b0 + b[0], m0 + b[1])
-        else:
-            out[src] = (s, *b)
+        out[src] = out[src] + s if src in out else s
     return out
 
 
@@ -76,7 +68,7 @@ def costs(pair: tuple[float, float], fields_: list, repeats: int = 3) -> dict[st
     for _ in range(repeats):
         for name, run in runs.items():
             t = time.perf_counter()
-            for field, _ in fields_:
+            for field in fields_:
                 run(field.rgb)
             best[name] = min(best[name], time.perf_counter() - t)
     return best
@@ -87,14 +79,14 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=G.SHARED_DATA)
     ap.add_argument("--normal-step", type=int, default=1, help="every N-th normal field")
     args = ap.parse_args()
-    platelets = PlateletParams()
-    fields_ = fields(args.data, args.normal_step, SegmentationParams().working_mpp)
+    platelets, working_mpp = PlateletParams(), SegmentationParams().working_mpp
+    normal = normal_fields(args.data, args.normal_step, working_mpp)
     pairs = [OFF] + [(c, r) for c in CONTRASTS for r in RADII_UM]
-    results = {pair: score(pair, fields_, platelets) for pair in pairs}
+    results = {pair: score(pair, normal, platelets, args.data) for pair in pairs}
     sources = list(results[OFF])
 
     def mean_f1(pair, among):
-        return float(np.mean([results[pair][s][0].f1 for s in among]))
+        return float(np.mean([results[pair][s].cells.f1 for s in among]))
 
     def label(pair):
         return "off" if pair == OFF else f"{pair[0]:g} x, {pair[1]:g} µm"
@@ -102,7 +94,7 @@ def main() -> None:
     print("| pair | " + " | ".join(f"{s} F1" for s in sources) + " | mean F1 |")
     print("|---|" + "---|" * (len(sources) + 1))
     for pair in pairs:
-        print(f"| {label(pair)} | " + " | ".join(f"{results[pair][s][0].f1:.3f}" for s in sources)
+        print(f"| {label(pair)} | " + " | ".join(f"{results[pair][s].cells.f1:.3f}" for s in sources)
               + f" | {mean_f1(pair, sources):.3f} |")
     print("\n| left-out source | pair chosen on the others | P / R / F1 | blast recall | rule off: P / R / F1 | rule off: blast recall |")
     print("|---|---|---|---|---|---|")
@@ -110,22 +102,25 @@ def main() -> None:
         chosen = max(pairs, key=lambda pair: mean_f1(pair, [o for o in sources if o != s]))
         row = []
         for pair in (chosen, OFF):
-            d, blasts, found = results[pair][s]
-            row += [f"{d.precision:.3f} / {d.recall:.3f} / {d.f1:.3f}", f"{found / blasts:.3f} ({found}/{blasts})" if blasts else "–"]
+            b = results[pair][s]
+            row += [f"{b.cells.precision:.3f} / {b.cells.recall:.3f} / {b.cells.f1:.3f}",
+                    f"{b.blast_recall:.3f} ({b.blasts_found}/{b.blasts})" if b.blasts else "–"]
         print(f"| {s} | {label(chosen)} | " + " | ".join(row) + " |")
     shipped = max(pairs, key=lambda pair: mean_f1(pair, sources))
     leukaemic = [s for s in sources if s not in NORMAL_SOURCES]
     for pair in (shipped, OFF):
-        d = G.pooled(results[pair][s][0] for s in leukaemic)
-        blasts = sum(results[pair][s][1] for s in leukaemic)
-        found = sum(results[pair][s][2] for s in leukaemic)
+        b = functools.reduce(operator.add, (results[pair][s] for s in leukaemic))
+        d = b.cells
         print(f"\n{label(pair)}{' (chosen on all sources)' if pair == shipped else ''}: leukaemic fields pooled "
-              f"P / R / F1 {d.precision:.3f} / {d.recall:.3f} / {d.f1:.3f}, blasts {found / blasts:.3f} ({found}/{blasts})")
+              f"P / R / F1 {d.precision:.3f} / {d.recall:.3f} / {d.f1:.3f}, blasts {b.blast_recall:.3f} "
+              f"({b.blasts_found}/{b.blasts})")
+    fields_ = [G.WorkingField.of(s, working_mpp) for s in G.leukaemic_samples(args.data)] + normal
     t = costs(shipped, fields_)
     against_issue = t["shipped detection"] / t["issue 26's detector"]
-    print(f"\ncost per megapixel ({sum(f.rgb.size // 3 for f, _ in fields_) / 1e6:.1f} working megapixels, one run): "
+    print(f"\ncost per megapixel ({sum(f.rgb.size // 3 for f in fields_) / 1e6:.1f} working megapixels, one run): "
           f"segment() with {label(shipped)} x{t['pair'] / t['off']:.2f} of the rule off; the shipped detection "
           f"(segment(), platelet test) x{against_issue:.2f} of issue 26's detector")
+
 
 if __name__ == "__main__":
     main()
