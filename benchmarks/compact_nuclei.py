@@ -8,8 +8,7 @@ shipped platelet-clump test; IoU >= 0.5, one-to-one).  For each source, the pair
 OTHER sources is chosen and scored on it; the pair chosen on all sources is what ships.  Leukaemic sources: the
 six of bcscan/testing/data/leukaemic_boxes.csv (Ghaderzadeh's subtypes, mll-bone-marrow and lmu-aml-blood crops);
 normal: BCCD and the four TXL-PBC sources.  Cost, best of 3 interleaved passes over the same fields: segment() with
-the chosen pair against the rule off, and the whole shipped detection (segment(), then the platelet-clump test)
-against the detector issue 26 set its 1.5x limit on (red-cell level over all cell pixels, neither rule nor test).
+the chosen pair against the rule off (the whole detection against issue 26's: benchmarks/segmentation_cost.py).
 Prints markdown tables.
 """
 from __future__ import annotations
@@ -54,16 +53,12 @@ def score(pair: tuple[float, float], normal: list[G.WorkingField], platelets: Pl
 
 
 def costs(pair: tuple[float, float], fields_: list, repeats: int = 3) -> dict[str, float]:
-    """Seconds per pass over `fields_` (best of `repeats`, interleaved) of: segment() with the rule off and with
-    `pair`; the whole detection as shipped (with `pair`, then the platelet-clump test); and the detector issue 26
-    measured its limit against (red-cell level over all cell pixels, no compact rule, no platelet test)."""
+    """Seconds per pass over `fields_` (best of `repeats`, interleaved) of segment() with the rule off and with
+    `pair` (the whole detection against issue 26's: benchmarks/segmentation_cost.py)."""
     with_pair = SegmentationParams(compact_nucleus_contrast=pair[0], compact_nucleus_radius_um=pair[1])
     off = dataclasses.replace(with_pair, compact_nucleus_contrast=0.0)
-    issue = dataclasses.replace(off, red_cell_discs=False)
     runs = {"off": lambda rgb: segment(rgb, off.working_mpp, off),
-            "pair": lambda rgb: segment(rgb, with_pair.working_mpp, with_pair),
-            "shipped detection": lambda rgb: white_cells(rgb, with_pair, PlateletParams()),
-            "issue 26's detector": lambda rgb: segment(rgb, issue.working_mpp, issue)}
+            "pair": lambda rgb: segment(rgb, with_pair.working_mpp, with_pair)}
     best = {name: float("inf") for name in runs}
     for _ in range(repeats):
         for name, run in runs.items():
@@ -116,10 +111,8 @@ def main() -> None:
               f"({b.blasts_found}/{b.blasts})")
     fields_ = [G.WorkingField.of(s, working_mpp) for s in G.leukaemic_samples(args.data)] + normal
     t = costs(shipped, fields_)
-    against_issue = t["shipped detection"] / t["issue 26's detector"]
     print(f"\ncost per megapixel ({sum(f.rgb.size // 3 for f in fields_) / 1e6:.1f} working megapixels, one run): "
-          f"segment() with {label(shipped)} x{t['pair'] / t['off']:.2f} of the rule off; the shipped detection "
-          f"(segment(), platelet test) x{against_issue:.2f} of issue 26's detector")
+          f"segment() with {label(shipped)} x{t['pair'] / t['off']:.2f} of the rule off")
 
 
 if __name__ == "__main__":

@@ -311,7 +311,7 @@ def _faint_nucleus_values(od: np.ndarray, od_mean: np.ndarray, seg_params: Segme
     if cv2.countNonZero(cells.view(np.uint8)) < 50:
         return np.empty(0, np.float32)
     violet = od[..., 1] - od[..., 2]
-    level, _ = red_cell_level(od, violet, cells, seg_params, spx)
+    level, _ = red_cell_level(od_mean, violet, cells, seg_params, spx)
     candidate = (violet > max(p.faint_nucleus_violet, seg_params.nucleus_contrast * level)) & cells
     _, blobs, stats, _ = cv2.connectedComponentsWithStats(candidate.view(np.uint8), connectivity=8)
     nucleus_sized = stats[:, cv2.CC_STAT_AREA] * spx * spx >= p.faint_nucleus_area_um2
