@@ -39,11 +39,10 @@ def normal_fields(data: Path, step: int, working_mpp: float) -> list[G.WorkingFi
             for source in NORMAL_SOURCES for s in [x for x in normal if x.source == source][::step]]
 
 
-def score(pair: tuple[float, float], normal: list[G.WorkingField], platelets: PlateletParams,
+def score(p: SegmentationParams, normal: list[G.WorkingField], platelets: PlateletParams,
           data: Path) -> dict[str, G.BlastScore]:
-    """Per source, detections with `pair` as the compact-nucleus rule: the leukaemic fields as
-    benchmarks/leukaemic_fields.py scores them (white cells and blasts), then the normal sources (no blasts)."""
-    p = SegmentationParams(compact_nucleus_contrast=pair[0], compact_nucleus_radius_um=pair[1])
+    """Per source, detections with `p`: the leukaemic fields as benchmarks/leukaemic_fields.py scores them (white
+    cells and blasts), then the normal sources (no blasts)."""
     out = G.leukaemic_scores(p, platelets, data)
     for field in normal:
         s = G.BlastScore(field.score(p, platelets), 0, 0)
@@ -77,7 +76,8 @@ def main() -> None:
     platelets, working_mpp = PlateletParams(), SegmentationParams().working_mpp
     normal = normal_fields(args.data, args.normal_step, working_mpp)
     pairs = [OFF] + [(c, r) for c in CONTRASTS for r in RADII_UM]
-    results = {pair: score(pair, normal, platelets, args.data) for pair in pairs}
+    results = {pair: score(SegmentationParams(compact_nucleus_contrast=pair[0], compact_nucleus_radius_um=pair[1]),
+                           normal, platelets, args.data) for pair in pairs}
     sources = list(results[OFF])
 
     def mean_f1(pair, among):

@@ -31,7 +31,7 @@ NUCLEUS = (105, 55, 150)
 
 # --------------------------------------------------------------------------- synthetic smears
 def smear(mpp: float, size_um: float = 80.0, wbcs=(), red_cells=(), seed: int = 0, nucleus=NUCLEUS,
-          red_cell=RED_CELL) -> np.ndarray:
+          red_cell=RED_CELL, pale_centres: bool = True) -> np.ndarray:
     """Draw a field at `mpp`: discs in µm (cx, cy, radius), WBCs as (cx, cy, cell_r, nucleus_r)."""
     n = int(round(size_um / mpp))
     img = np.empty((n, n, 3), np.uint8)
@@ -39,7 +39,8 @@ def smear(mpp: float, size_um: float = 80.0, wbcs=(), red_cells=(), seed: int = 
     px = lambda v: int(round(v / mpp))  # noqa: E731
     for cx, cy, r in red_cells:
         cv2.circle(img, (px(cx), px(cy)), px(r), red_cell, -1, cv2.LINE_AA)
-        cv2.circle(img, (px(cx), px(cy)), px(r * 0.4), (225, 185, 190), -1, cv2.LINE_AA)  # pale centre
+        if pale_centres:
+            cv2.circle(img, (px(cx), px(cy)), px(r * 0.4), (225, 185, 190), -1, cv2.LINE_AA)
     for cx, cy, rc, rn in wbcs:
         cv2.circle(img, (px(cx), px(cy)), px(rc), CYTOPLASM, -1, cv2.LINE_AA)
         cv2.circle(img, (px(cx), px(cy)), px(rn), nucleus, -1, cv2.LINE_AA)
@@ -131,6 +132,24 @@ def test_blasts_filling_a_field_do_not_raise_the_red_cell_level():
     discs = red_cell_discs(od.sum(axis=2), od.mean(axis=2) > PARAMS.foreground_od, mpp)
     assert not discs[: int(95 / mpp)].any()  # no blast is a red-cell disc
     assert 12 * 0.8 * np.pi * 3.75 ** 2 < discs.sum() * mpp ** 2 < 12 * 1.5 * np.pi * 3.75 ** 2  # the red cells are
+
+
+def test_blasts_filling_a_field_without_red_cell_discs_do_not_raise_the_red_cell_level():
+    """The field above with red cells that show no pale centre (crowded Pre-B fields): no disc, so the level is
+    read over the cell pixels below the nucleus floor and all 36 blasts are found; over all of them (0) none.  A crop
+    smaller than field_min_area_um2 reads all its cell pixels: there they are mostly the cell's own."""
+    mpp = PARAMS.working_mpp
+    blasts = [(20 + 13 * i, 15 + 13 * j, 5.5, 5.0) for i in range(6) for j in range(6)]
+    reds = [(8 + 9.5 * i, 108, 3.75) for i in range(12)]
+    img = smear(mpp, size_um=120, wbcs=blasts, red_cells=reds, nucleus=(150, 100, 175), pale_centres=False)
+    strict = dataclasses.replace(PARAMS, compact_nucleus_contrast=0.0)
+    od = optical_density(cv2.GaussianBlur(img, (0, 0), PARAMS.smooth_um / mpp), PARAMS.background_percentile)
+    assert not red_cell_discs(od.sum(axis=2), od.mean(axis=2) > PARAMS.foreground_od, mpp).any()
+    assert 120 ** 2 >= PARAMS.field_min_area_um2
+    assert len(segment(img, mpp, strict).cells) == 36
+    assert len(segment(img, mpp, dataclasses.replace(strict, field_min_area_um2=0.0)).cells) == 0
+    as_crop = dataclasses.replace(strict, field_min_area_um2=120 ** 2 + 1)
+    assert len(segment(img, mpp, as_crop).cells) == 0
 
 
 def test_faint_compact_nuclei_are_found_and_red_cell_rims_are_not():

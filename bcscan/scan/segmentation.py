@@ -16,7 +16,8 @@ parameter set serves any scan resolution):
    than the red cells, whose rims are thin.
    The red-cell level is read over the red cells themselves where the image
    shows enough of them (discs of a red cell's size with a pale centre), so
-   blasts crowding a field cannot raise it; over all cell pixels otherwise.
+   blasts crowding a field cannot raise it; otherwise over the cell pixels
+   below the nucleus floor in a field, over all cell pixels in a crop.
    Violet pieces smaller than min_fragment_area_um2 (platelets, granules) are
    dropped first: one beside a WBC would widen its box.  Lobes closer than
    2 * nucleus_close_um are one nucleus; groups smaller than
@@ -80,7 +81,11 @@ class SegmentationParams:
     False: over all cell pixels, which assumes red cells are most of the cell area, so a field crowded with
     blasts raises its own threshold and loses some (issue 26)."""
     min_red_cell_disc_area_um2: float = 100.0
-    """Less red-cell disc area than this (~2 cells) in an image: the level is read over all cell pixels."""
+    """Less red-cell disc area than this (~2 cells) in an image: the level is read over its cell pixels, ..."""
+    field_min_area_um2: float = 2500.0
+    """...those below nucleus_od in an image at least this large (a field or a tile: blasts crowding it, whose red
+    cells show no pale centre, cannot raise the level), all of them in a smaller one (a crop of a cell or two,
+    whose own violet is its level) or when 0."""
     foreground_od: float = 0.07
     """Minimum mean OD of any cell pixel (cytoplasm included) over the glass."""
     nucleus_close_um: float = 1.0
@@ -119,7 +124,7 @@ class SegmentationParams:
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
         for name in ("smooth_um", "nucleus_close_um", "lobe_gap_um", "min_nucleus_area_um2", "min_fragment_area_um2",
-                     "min_red_cell_disc_area_um2", "compact_nucleus_contrast"):
+                     "min_red_cell_disc_area_um2", "field_min_area_um2", "compact_nucleus_contrast"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if not 50.0 <= self.background_percentile < 100.0:
@@ -295,14 +300,18 @@ PALE_CENTRE = 0.95  # mean OD within 0.35 of the radius below this share of the 
 def red_cell_level(absorbance: np.ndarray, score: np.ndarray, fg: np.ndarray, p: SegmentationParams,
                    mpp: float) -> tuple[float, bool]:
     """The violet score of the red cells of an image at `mpp` µm/px (the `red_cell_percentile`), and whether it was
-    read over its red-cell discs (where it shows enough of them, ``p.red_cell_discs``) or over all its cell pixels
-    `fg`, which white cells filling the image raise.  `absorbance`: the total or mean optical density per pixel
+    read over its red-cell discs (where it shows enough of them, ``p.red_cell_discs``).  Otherwise it is read over
+    the cell pixels `fg`: in a field (``p.field_min_area_um2``) those below the nucleus floor, since white cells
+    filling it would raise it; in a crop all of them.  `absorbance`: the total or mean optical density per pixel
     (only its ratios are read: a red cell's pale centre)."""
+    cells = score[fg]
     if p.red_cell_discs:
         discs = red_cell_discs(absorbance, fg, mpp)
         if cv2.countNonZero(discs.view(np.uint8)) * mpp ** 2 >= p.min_red_cell_disc_area_um2:
             return float(np.percentile(score[discs], p.red_cell_percentile)), True
-    return float(np.percentile(score[fg], p.red_cell_percentile)), False
+        if 0 < p.field_min_area_um2 <= fg.size * mpp ** 2 and (cells < p.nucleus_od).any():
+            cells = cells[cells < p.nucleus_od]
+    return float(np.percentile(cells, p.red_cell_percentile)), False
 
 
 def red_cell_discs(od_total: np.ndarray, fg: np.ndarray, mpp: float) -> np.ndarray:
