@@ -304,13 +304,13 @@ def red_cell_level(absorbance: np.ndarray, score: np.ndarray, fg: np.ndarray, p:
     the cell pixels `fg`: in a field (``p.field_min_area_um2``) those below the nucleus floor, since white cells
     filling it would raise it; in a crop all of them.  `absorbance`: the total or mean optical density per pixel
     (only its ratios are read: a red cell's pale centre)."""
-    cells = score[fg]
     if p.red_cell_discs:
         discs = red_cell_discs(absorbance, fg, mpp)
         if cv2.countNonZero(discs.view(np.uint8)) * mpp ** 2 >= p.min_red_cell_disc_area_um2:
             return float(np.percentile(score[discs], p.red_cell_percentile)), True
-        if 0 < p.field_min_area_um2 <= fg.size * mpp ** 2 and (cells < p.nucleus_od).any():
-            cells = cells[cells < p.nucleus_od]
+    cells = score[fg]
+    if p.red_cell_discs and 0 < p.field_min_area_um2 <= fg.size * mpp ** 2 and (cells < p.nucleus_od).any():
+        cells = cells[cells < p.nucleus_od]
     return float(np.percentile(cells, p.red_cell_percentile)), False
 
 
