@@ -83,8 +83,11 @@ def targets(h: int, w: int, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray, 
     return heat, size, mask
 
 
-def augment(od: np.ndarray, boxes: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """A random quarter turn and flip (boxes follow) and a stain gain per channel."""
+def augment(od: np.ndarray, boxes: np.ndarray, rng: np.random.Generator, stain_mix: float = 0.0,
+            blur_px: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """A random quarter turn and flip (boxes follow) and a stain gain per channel; optionally each channel's
+    optical density mixed with the others' (up to `stain_mix` of each: dyes absorbing elsewhere, Raabin's violet
+    red cells) and a Gaussian blur of up to `blur_px`."""
     h, w = od.shape[:2]
     turns = rng.integers(4)
     od = np.rot90(od, turns)
@@ -95,7 +98,13 @@ def augment(od: np.ndarray, boxes: np.ndarray, rng: np.random.Generator) -> tupl
         od = od[:, ::-1]
         boxes = np.stack([w - boxes[:, 2], boxes[:, 1], w - boxes[:, 0], boxes[:, 3]], 1) if len(boxes) else boxes
     od = od * rng.uniform(0.75, 1.3, 3).astype(np.float32) * rng.uniform(0.8, 1.2)
-    return np.ascontiguousarray(od), boxes
+    if stain_mix > 0:
+        mix = np.eye(3, dtype=np.float32) + rng.uniform(-stain_mix, stain_mix, (3, 3)).astype(np.float32) * (1 - np.eye(3, dtype=np.float32))
+        od = np.maximum(od @ mix, 0.0)
+    if blur_px > 0:
+        sigma = rng.uniform(0, blur_px)
+        od = cv2.GaussianBlur(np.ascontiguousarray(od), (0, 0), sigma) if sigma > 0.1 else od
+    return np.ascontiguousarray(od, dtype=np.float32), boxes
 
 
 def crop(od: np.ndarray, boxes: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -112,7 +121,7 @@ def crop(od: np.ndarray, boxes: np.ndarray, rng: np.random.Generator) -> tuple[n
     return out, b[inside]
 
 
-def batches(items: list[dict], rng: np.random.Generator, size: int = 32):
+def batches(items: list[dict], rng: np.random.Generator, size: int = 32, **augmentation):
     """Endless batches (input, heat map, box size, size mask), every source an equal share."""
     by_source: dict[str, list[dict]] = {}
     for item in items:
@@ -123,7 +132,7 @@ def batches(items: list[dict], rng: np.random.Generator, size: int = 32):
         for _ in range(size):
             group = by_source[sources[rng.integers(len(sources))]]
             item = group[rng.integers(len(group))]
-            od, boxes = crop(*augment(item["od"], item["boxes"], rng), rng)
+            od, boxes = crop(*augment(item["od"], item["boxes"], rng, **augmentation), rng)
             parts.append((od, *targets(CROP, CROP, boxes)))
         x, heat, box_size, mask = (np.stack(p).astype(np.float32) for p in zip(*parts))
         yield x, heat[..., None], box_size, mask[..., None]
@@ -151,7 +160,7 @@ def network(width: int = 8):
     return tf.keras.Model(inputs, [heat, layers.Conv2D(2, 1)(u)])
 
 
-def train(items: list[dict], steps: int, seed: int):
+def train(items: list[dict], steps: int, seed: int, **augmentation):
     """The network trained `steps` batches on `items` (focal loss on the heat map, L1 on the sizes)."""
     import tensorflow as tf
     tf.keras.utils.set_random_seed(seed)
@@ -171,7 +180,7 @@ def train(items: list[dict], steps: int, seed: int):
         optimiser.apply_gradients(zip(tape.gradient(loss, model.trainable_variables), model.trainable_variables))
         return loss
 
-    draws = batches(items, np.random.default_rng(seed))
+    draws = batches(items, np.random.default_rng(seed), **augmentation)
     for _ in range(steps):
         step(*next(draws))
     return model
@@ -264,6 +273,10 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--steps", type=int, default=2000)
     ap.add_argument("--folds", default="all", help="comma-separated sources to leave out, or all")
+    ap.add_argument("--stain-mix", type=float, default=0.0, help="augmentation: mix up to this share of each "
+                    "channel's optical density into the others")
+    ap.add_argument("--blur-px", type=float, default=0.0, help="augmentation: Gaussian blur of up to this sigma")
+    ap.add_argument("--name", default="", help="suffix of the kept fold models' names (a variant)")
     ap.add_argument("--reuse", action="store_true", help="score the fold models kept in --work, train the missing")
     ap.add_argument("--cost", action="store_true", help="only time the first fold's model against the shipped "
                     "detection, one thread")
@@ -283,11 +296,12 @@ def main() -> None:
     rows = {}
     for fold in folds:
         t = time.perf_counter()
-        path = args.work / f"s{args.seed}-without-{fold}.keras"
+        path = args.work / f"s{args.seed}{args.name}-without-{fold}.keras"
         if args.reuse and path.exists():
             model = tf.keras.models.load_model(path)
         else:
-            model = train([item for item in items if item["source"] != fold], args.steps, args.seed)
+            model = train([item for item in items if item["source"] != fold], args.steps, args.seed,
+                          stain_mix=args.stain_mix, blur_px=args.blur_px)
             model.save(path)
         left_out = [item for item in items if item["source"] == fold]
         for threshold in THRESHOLDS:
