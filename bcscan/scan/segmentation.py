@@ -309,8 +309,9 @@ def red_cell_level(absorbance: np.ndarray, score: np.ndarray, fg: np.ndarray, p:
         if cv2.countNonZero(discs.view(np.uint8)) * mpp ** 2 >= p.min_red_cell_disc_area_um2:
             return float(np.percentile(score[discs], p.red_cell_percentile)), True
     cells = score[fg]
-    if p.red_cell_discs and 0 < p.field_min_area_um2 <= fg.size * mpp ** 2 and (cells < p.nucleus_od).any():
-        cells = cells[cells < p.nucleus_od]
+    if p.red_cell_discs and 0 < p.field_min_area_um2 <= fg.size * mpp ** 2:
+        below_floor = cells[cells < p.nucleus_od]
+        cells = below_floor if below_floor.size else cells
     return float(np.percentile(cells, p.red_cell_percentile)), False
 
 
@@ -380,7 +381,6 @@ def _split_touching_nuclei(nuc_lab: np.ndarray, p: SegmentationParams) -> np.nda
     A core is a distance-transform peak at least ``split_min_radius_um`` deep:
     neutrophil lobes are thinner than that, so a lobed nucleus stays whole.
     """
-    um = 1.0 / p.working_mpp
     out = np.zeros_like(nuc_lab)
     k = 0
     for n, box in enumerate(find_objects(nuc_lab), start=1):
@@ -390,24 +390,26 @@ def _split_touching_nuclei(nuc_lab: np.ndarray, p: SegmentationParams) -> np.nda
         y0, x0 = max(box[0].start - pad, 0), max(box[1].start - pad, 0)
         roi = (slice(y0, box[0].stop + pad), slice(x0, box[1].stop + pad))
         own = nuc_lab[roi] == n
-        if (box[0].stop - box[0].start) * (box[1].stop - box[1].start) * p.working_mpp ** 2 < p.split_min_area_um2:
-            out[roi][own] = k + 1  # the nucleus, closed and filled, stays within its box: smaller than two nuclei
-            k += 1
-            continue
-        solid = cv2.morphologyEx(own.astype(np.uint8), cv2.MORPH_CLOSE, disk(0.5 * um))
-        solid = _fill_holes(solid)
-        dist = cv2.distanceTransform(solid, cv2.DIST_L2, 5)
-        core = p.split_min_radius_um * um
-        peaks = (dist >= cv2.dilate(dist, disk(2 * core))) & (dist >= core)
-        n_peaks, markers = cv2.connectedComponents(peaks.astype(np.uint8), connectivity=8)
-        if n_peaks <= 2 or solid.sum() * p.working_mpp ** 2 < p.split_min_area_um2:  # one core or one nucleus' size
-            out[roi][own] = k + 1
-            k += 1
-            continue
-        parts = watershed(-dist, markers, mask=solid > 0)
-        out[roi][own] = parts[own] + k
-        k += n_peaks - 1
+        # The nucleus, closed and filled, stays within its box: one smaller than two nuclei is not tried.
+        box_area_um2 = (box[0].stop - box[0].start) * (box[1].stop - box[1].start) * p.working_mpp ** 2
+        parts, count = _cores(own, p) if box_area_um2 >= p.split_min_area_um2 else (None, 1)
+        out[roi][own] = k + 1 if parts is None else parts[own] + k
+        k += count
     return out
+
+
+def _cores(own: np.ndarray, p: SegmentationParams) -> tuple[np.ndarray | None, int]:
+    """A nucleus (bool mask) split by watershed between its cores, and how many; (None, 1) where it has one core
+    or one nucleus' area."""
+    um = 1.0 / p.working_mpp
+    solid = _fill_holes(cv2.morphologyEx(own.astype(np.uint8), cv2.MORPH_CLOSE, disk(0.5 * um)))
+    dist = cv2.distanceTransform(solid, cv2.DIST_L2, 5)
+    core = p.split_min_radius_um * um
+    peaks = (dist >= cv2.dilate(dist, disk(2 * core))) & (dist >= core)
+    n_peaks, markers = cv2.connectedComponents(peaks.astype(np.uint8), connectivity=8)
+    if n_peaks <= 2 or solid.sum() * p.working_mpp ** 2 < p.split_min_area_um2:
+        return None, 1
+    return watershed(-dist, markers, mask=solid > 0), n_peaks - 1
 
 
 def _fill_holes(mask: np.ndarray) -> np.ndarray:
