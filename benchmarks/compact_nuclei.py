@@ -17,7 +17,6 @@ import argparse
 import dataclasses
 import functools
 import operator
-import time
 from pathlib import Path
 
 import numpy as np
@@ -25,18 +24,16 @@ import numpy as np
 from bcscan.scan.platelets import PlateletParams, white_cells
 from bcscan.scan.segmentation import SegmentationParams, segment
 from bcscan.testing import groundtruth as G
+from segmentation_cost import best_seconds
 
 CONTRASTS = (2.5, 2.0, 1.6, 1.4)  # ties (1.4 and 1.6 both sit on nucleus_od) go to the higher contrast
 RADII_UM = (2.0, 2.5, 3.0, 3.5, 4.0)
 OFF = (0.0, 2.5)
-NORMAL_SOURCES = ("bccd", "bccd-640", "bcd-416", "pbc-360", "raabin-575")
 
 
 def normal_fields(data: Path, step: int, working_mpp: float) -> list[G.WorkingField]:
     """Every `step`-th field of each normal box-labelled source, at the working resolution."""
-    normal = list(G.bccd_samples(data)) + list(G.txl_samples(data))
-    return [G.WorkingField.of(s, working_mpp)
-            for source in NORMAL_SOURCES for s in [x for x in normal if x.source == source][::step]]
+    return [G.WorkingField.of(s, working_mpp) for s in G.normal_box_samples(data, step)]
 
 
 def score(p: SegmentationParams, normal: list[G.WorkingField], platelets: PlateletParams,
@@ -58,14 +55,7 @@ def costs(pair: tuple[float, float], fields_: list, repeats: int = 3) -> dict[st
     off = dataclasses.replace(with_pair, compact_nucleus_contrast=0.0)
     runs = {"off": lambda rgb: segment(rgb, off.working_mpp, off),
             "pair": lambda rgb: segment(rgb, with_pair.working_mpp, with_pair)}
-    best = {name: float("inf") for name in runs}
-    for _ in range(repeats):
-        for name, run in runs.items():
-            t = time.perf_counter()
-            for field in fields_:
-                run(field.rgb)
-            best[name] = min(best[name], time.perf_counter() - t)
-    return best
+    return best_seconds(runs, [field.rgb for field in fields_], repeats)
 
 
 def main() -> None:
@@ -102,7 +92,7 @@ def main() -> None:
                     f"{b.blast_recall:.3f} ({b.blasts_found}/{b.blasts})" if b.blasts else "–"]
         print(f"| {s} | {label(chosen)} | " + " | ".join(row) + " |")
     shipped = max(pairs, key=lambda pair: mean_f1(pair, sources))
-    leukaemic = [s for s in sources if s not in NORMAL_SOURCES]
+    leukaemic = [s for s in sources if s not in G.NORMAL_BOX_SOURCES]
     for pair in (shipped, OFF):
         b = functools.reduce(operator.add, (results[pair][s] for s in leukaemic))
         d = b.cells

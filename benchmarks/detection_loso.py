@@ -46,7 +46,6 @@ from bcscan.scan.segmentation import SegmentationParams
 from bcscan.testing import groundtruth as V
 from bcscan.training.duplicates import average_hash
 
-SOURCES = ("bccd", "bccd-640", "bcd-416", "pbc-360", "raabin-575")
 # Candidate values per field around the defaults; the other fields stay as in START.  nucleus_contrast
 # stays at 3.5: 4.5 (chosen when searched) gains PBC detection (F1 0.967 -> 0.981) but costs the Zheng 2018
 # Dataset 2 masks (cell / nucleus Dice 0.80 / 0.88 -> 0.74 / 0.80, every 4th image): a WBC that fills a
@@ -136,7 +135,7 @@ class Evaluator:
     def by_source(self, params: SegmentationParams, use: np.ndarray) -> dict[str, V.DetectionScore]:
         scores = self.scores(params)
         return {s: V.pooled(scores[i] for i in np.nonzero(use & (self.sources == s))[0])
-                for s in SOURCES if (use & (self.sources == s)).any()}
+                for s in V.NORMAL_BOX_SOURCES if (use & (self.sources == s)).any()}
 
     def objective(self, params: SegmentationParams, use: np.ndarray) -> tuple[float, float]:
         """Mean per-source F1 over the fields in `use`, then mean count-exact fraction (ties)."""
@@ -228,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
           flush=True)
     loso: dict[str, V.DetectionScore] = {}
     fold_params: dict[str, SegmentationParams] = {}
-    for source in SOURCES:
+    for source in V.NORMAL_BOX_SOURCES:
         held_out = evaluator.sources == source
         fitting = ~held_out & ~near_duplicates_of(hashes, held_out)
         params = evaluator.fit(fitting, args.rounds, args.min_gain_cells * evaluator.one_cell(fitting), guard)
@@ -242,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
                "all-sources fit": evaluator.by_source(fitted, everything)}
     print("\n| source | images | GT WBC | " + " | ".join(f"{c}: P / R / F1 / count exact" for c in columns) + " |")
     print("|---|---|---|" + "---|" * len(columns))
-    for source in SOURCES:
+    for source in V.NORMAL_BOX_SOURCES:
         first = columns["before (START)"][source]
         cells = [f"{s.precision:.3f} / {s.recall:.3f} / **{s.f1:.3f}** / {s.count_exact:.3f}"
                  for s in (col[source] for col in columns.values())]

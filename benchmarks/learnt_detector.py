@@ -40,7 +40,6 @@ CROP = 64          # px of a training crop
 SIGMA_UM = 2.0     # spread of a centre's mark on the heat map
 THRESHOLDS = (0.2, 0.3, 0.4, 0.5)
 THRESHOLD = 0.3
-NORMAL_SOURCES = ("bccd", "bccd-640", "bcd-416", "pbc-360", "raabin-575")
 
 
 def fields(data: Path, cache: Path) -> list[dict]:
@@ -49,7 +48,7 @@ def fields(data: Path, cache: Path) -> list[dict]:
     if cache.exists():
         return pickle.loads(cache.read_bytes())
     blasts = {image: [b.kind == "blast" for b in boxes] for image, boxes in G.leukaemic_boxes_by_image().items()}
-    samples = [s for s in list(G.bccd_samples(data)) + list(G.txl_samples(data)) if s.source in NORMAL_SOURCES]
+    samples = [s for s in list(G.bccd_samples(data)) + list(G.txl_samples(data)) if s.source in G.NORMAL_BOX_SOURCES]
     out = []
     for s in samples + list(G.leukaemic_samples(data)):
         rgb = G.read_rgb(s.image)
@@ -186,13 +185,18 @@ def train(items: list[dict], steps: int, seed: int, **augmentation):
     return model
 
 
-def detect(model, od: np.ndarray, threshold: float) -> np.ndarray:
-    """Boxes (x0, y0, x1, y1) at MPP of the heat map's peaks above `threshold`."""
+def network_maps(model, od: np.ndarray) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
+    """The network's heat map and box sizes on `od` (padded to a multiple of 8), and `od`'s height and width."""
     h, w = od.shape[:2]
     x = np.zeros((1, -(-h // 8) * 8, -(-w // 8) * 8, 3), np.float32)
     x[0, :h, :w] = od
     heat, size = (t.numpy()[0] for t in model(x, training=False))
-    heat = heat[..., 0]
+    return heat[..., 0], size, (h, w)
+
+
+def detect(maps: tuple[np.ndarray, np.ndarray, tuple[int, int]], threshold: float) -> np.ndarray:
+    """Boxes (x0, y0, x1, y1) at MPP of the heat map's peaks above `threshold` (`maps`: network_maps)."""
+    heat, size, (h, w) = maps
     ys, xs = np.nonzero((heat == cv2.dilate(heat, np.ones((3, 3), np.uint8))) & (heat > threshold))
     cx, cy = (xs + 0.5) * STRIDE, (ys + 0.5) * STRIDE
     keep = (cx < w) & (cy < h)
@@ -212,14 +216,15 @@ def with_rule(rule: np.ndarray, learnt: np.ndarray) -> np.ndarray:
     return np.concatenate(kept + [learnt[~inside.any(axis=0)]]).reshape(-1, 4)
 
 
-def score(model, items: list[dict], threshold: float, rule: dict[int, np.ndarray] | None = None
+def score(maps: dict[int, tuple], items: list[dict], threshold: float, rule: dict[int, np.ndarray] | None = None
           ) -> dict[str, G.BlastScore]:
     """Per source, the detections against the boxes (own pixels, IoU >= 0.5, one-to-one) and blasts found;
-    given `rule` (the shipped detections of each item, by id), those reconciled with the network's (with_rule)."""
+    `maps`: each item's network_maps, by id; given `rule` (the shipped detections of each item, by id), those
+    reconciled with the network's (with_rule)."""
     out: dict[str, G.BlastScore] = {}
     for item in items:
         h, w = item["od"].shape[:2]
-        found = np.clip(detect(model, item["od"], threshold), 0, [w, h, w, h]) * item["to_original"]
+        found = np.clip(detect(maps[id(item)], threshold), 0, [w, h, w, h]) * item["to_original"]
         if rule is not None:
             found = with_rule(rule[id(item)], found)
         s = blast_score(found, item)
@@ -246,22 +251,17 @@ def cost(model, data: Path, repeats: int = 5) -> dict[str, float]:
     """ms per working megapixel, one thread, best of `repeats` interleaved passes over benchmarks/
     segmentation_cost.py's 1,024-px tiles: the shipped detection, and the network with its input (optical density
     at MPP) and its peaks."""
-    from segmentation_cost import boxed_fields, mosaics
+    from segmentation_cost import best_seconds, boxed_fields, mosaics
     params, platelets = SegmentationParams(), PlateletParams()
     tiles = mosaics([(f.sample.source, f.rgb) for f in boxed_fields(data, params.working_mpp)])
-    detect(model, np.zeros((64, 64, 3), np.float32), THRESHOLD)  # warm-up (graph, kernels)
+    detect(network_maps(model, np.zeros((64, 64, 3), np.float32)), THRESHOLD)  # warm-up (graph, kernels)
 
     def network_pass(rgb):
-        detect(model, np.minimum(optical_density(resample(rgb, params.working_mpp, MPP), 90.0), 3.0), THRESHOLD)
+        od = np.minimum(optical_density(resample(rgb, params.working_mpp, MPP), 90.0), 3.0)
+        detect(network_maps(model, od), THRESHOLD)
 
     runs = {"shipped detection": lambda rgb: white_cells(rgb, params, platelets), "network": network_pass}
-    best = {name: float("inf") for name in runs}
-    for _ in range(repeats):
-        for name, run in runs.items():
-            t = time.perf_counter()
-            for tile in tiles:
-                run(tile)
-            best[name] = min(best[name], time.perf_counter() - t)
+    best = best_seconds(runs, tiles, repeats)
     megapixels = sum(t.shape[0] * t.shape[1] for t in tiles) / 1e6
     return {name: 1000 * seconds / megapixels for name, seconds in best.items()}
 
@@ -304,15 +304,16 @@ def main() -> None:
                           stain_mix=args.stain_mix, blur_px=args.blur_px)
             model.save(path)
         left_out = [item for item in items if item["source"] == fold]
+        maps = {id(item): network_maps(model, item["od"]) for item in left_out}
         for threshold in THRESHOLDS:
-            c = score(model, left_out, threshold)[fold].cells
+            c = score(maps, left_out, threshold)[fold].cells
             print(f"{fold} threshold {threshold}: P {c.precision:.3f} R {c.recall:.3f} F1 {c.f1:.3f} "
                   f"({time.perf_counter() - t:.0f} s)", flush=True)
-        rows[fold] = (score(model, left_out, THRESHOLD)[fold], score(model, left_out, THRESHOLD, rule)[fold],
+        rows[fold] = (score(maps, left_out, THRESHOLD)[fold], score(maps, left_out, THRESHOLD, rule)[fold],
                       functools.reduce(operator.add, (blast_score(rule[id(i)], i) for i in left_out)))
     print(f"\n| left-out source (seed {args.seed}) | network: P / R / F1 | blast recall | network with the rule: "
           f"P / R / F1 | blast recall | shipped rule: P / R / F1 | blast recall |\n|---|---|---|---|---|---|---|")
-    leukaemic = [f for f in rows if f not in NORMAL_SOURCES]
+    leukaemic = [f for f in rows if f not in G.NORMAL_BOX_SOURCES]
     if leukaemic:
         rows["leukaemic sources pooled"] = tuple(functools.reduce(operator.add, (rows[f][k] for f in leukaemic))
                                                  for k in range(3))

@@ -21,7 +21,7 @@ import numpy as np
 from bcscan.scan.platelets import PlateletParams
 from bcscan.scan.segmentation import SegmentationParams
 from bcscan.testing import groundtruth as G
-from compact_nuclei import NORMAL_SOURCES, normal_fields, score
+from compact_nuclei import normal_fields, score
 
 AREAS_UM2 = (0.0, 1000.0, 2500.0, 10000.0)  # single-cell crops: 350-1,000 µm²; Ghaderzadeh fields 10,000
 
@@ -49,14 +49,14 @@ def main() -> None:
           "| 0: blast recall |")
     print("|---|---|---|---|---|---|")
     for s in sources:
-        chosen = max(AREAS_UM2, key=lambda a: (round(mean_f1(a, [o for o in sources if o != s]), 6), -a == 0))
+        chosen = max(AREAS_UM2, key=lambda a: (round(mean_f1(a, [o for o in sources if o != s]), 6), a == 0.0))
         row = []
         for a in (chosen, 0.0):
             b = results[a][s]
             row += [f"{b.cells.precision:.3f} / {b.cells.recall:.3f} / {b.cells.f1:.3f}",
                     f"{b.blast_recall:.3f} ({b.blasts_found}/{b.blasts})" if b.blasts else "–"]
         print(f"| {s} | {chosen:g} | " + " | ".join(row) + " |")
-    leukaemic = [s for s in sources if s not in NORMAL_SOURCES]
+    leukaemic = [s for s in sources if s not in G.NORMAL_BOX_SOURCES]
     for a in AREAS_UM2:
         b = functools.reduce(operator.add, (results[a][s] for s in leukaemic))
         print(f"\n{a:g}{' (shipped)' if a == shipped.field_min_area_um2 else ''}: leukaemic fields pooled P / R / F1 "

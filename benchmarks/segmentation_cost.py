@@ -32,7 +32,6 @@ from bcscan.testing import groundtruth as G
 
 ISSUE_26_COMMIT = "39fa26e"  # bcscan/scan/segmentation.py when issue 26 was filed (2026-12-05)
 TILE_PX = 1024
-NORMAL_SOURCES = ("bccd", "bccd-640", "bcd-416", "pbc-360", "raabin-575")
 
 
 def issue_26_segmentation() -> types.ModuleType:
@@ -47,8 +46,7 @@ def issue_26_segmentation() -> types.ModuleType:
 
 def boxed_fields(data: Path, working_mpp: float) -> list[G.WorkingField]:
     """The leukaemic fields and every field of the normal box-labelled sources, at the working resolution."""
-    normal = [s for s in list(G.bccd_samples(data)) + list(G.txl_samples(data)) if s.source in NORMAL_SOURCES]
-    return [G.WorkingField.of(s, working_mpp) for s in list(G.leukaemic_samples(data)) + normal]
+    return [G.WorkingField.of(s, working_mpp) for s in list(G.leukaemic_samples(data)) + G.normal_box_samples(data)]
 
 
 def mosaics(images: list[tuple[str, np.ndarray]], side: int = TILE_PX) -> list[np.ndarray]:

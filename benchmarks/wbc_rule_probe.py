@@ -40,7 +40,6 @@ from bcscan.scan.platelets import PlateletParams, drop_platelet_clumps
 from bcscan.scan.segmentation import PALE_CENTRE, Segmentation, SegmentationParams, optical_density, segment
 from bcscan.testing import groundtruth as G
 
-NORMAL_SOURCES = ("bccd", "bccd-640", "bcd-416", "pbc-360", "raabin-575")
 LEUKAEMIC_SOURCES = ("ghaderzadeh-early", "ghaderzadeh-pre", "ghaderzadeh-pro", "ghaderzadeh-benign",
                      "mll-bone-marrow", "lmu-aml-blood")
 
@@ -219,10 +218,7 @@ def main() -> None:
 
     leukaemic = [G.WorkingField.of(s, p.working_mpp) for s in G.leukaemic_samples(args.data)]
     kinds = [[b.kind == "blast" for b in boxes] for boxes in G.leukaemic_boxes_by_image().values()]
-    normal_samples = list(G.bccd_samples(args.data)) + list(G.txl_samples(args.data))
-    normal = [G.WorkingField.of(s, p.working_mpp)
-              for source in NORMAL_SOURCES
-              for s in [x for x in normal_samples if x.source == source][::args.normal_step]]
+    normal = [G.WorkingField.of(s, p.working_mpp) for s in G.normal_box_samples(args.data, args.normal_step)]
 
     rows = {}
     for name in rules:
@@ -255,7 +251,7 @@ def main() -> None:
     costs = rule_costs({name: RULES[name] for name in rules}, leukaemic + normal, p)
     base_cost = costs.get("shipped", float("nan"))
     header = (["rule", "leukaemic R / F1 / blast R (all)"] + [f"{s} R / blast R" for s in LEUKAEMIC_SOURCES]
-              + [f"{s} F1" for s in NORMAL_SOURCES] + ["cost × shipped"])
+              + [f"{s} F1" for s in G.NORMAL_BOX_SOURCES] + ["cost × shipped"])
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     for name, (cells, blasts, normal_scores, _) in rows.items():
@@ -266,7 +262,7 @@ def main() -> None:
         for s in LEUKAEMIC_SOURCES:
             br = f"{blasts[s][1] / blasts[s][0]:.2f}" if blasts[s][0] else "–"
             out.append(f"{cells[s].recall:.2f} / {br}")
-        out += [f"{normal_scores[s].f1:.3f}" for s in NORMAL_SOURCES]
+        out += [f"{normal_scores[s].f1:.3f}" for s in G.NORMAL_BOX_SOURCES]
         out.append(f"{cost / base_cost:.2f}")
         print("| " + " | ".join(out) + " |")
     print(f"\nnormal fields: every {args.normal_step}th ({len(normal)}); leukaemic fields: {len(leukaemic)}")

@@ -277,6 +277,16 @@ def txl_samples(data: Path = SHARED_DATA, splits: Sequence[str] = ("train", "val
             yield BoxSample(img, boxes, mpp, TXL_SOURCE_BY_SIZE[(w_full, h_full)])
 
 
+NORMAL_BOX_SOURCES = ("bccd", "bccd-640", "bcd-416", "pbc-360", "raabin-575")
+"""The box-labelled sources of normal blood: BCCD and the four TXL-PBC sources (told apart by image size)."""
+
+
+def normal_box_samples(data: Path = SHARED_DATA, step: int = 1) -> list[BoxSample]:
+    """Every `step`-th field of each of NORMAL_BOX_SOURCES (train and val parts), source by source."""
+    samples = list(bccd_samples(data)) + list(txl_samples(data))
+    return [s for source in NORMAL_BOX_SOURCES for s in [x for x in samples if x.source == source][::step]]
+
+
 def zheng_samples(data: Path = SHARED_DATA, dataset: str = "Dataset1") -> Iterator[MaskSample]:
     root = Path(data) / "wbc-seg-zheng2018" / dataset
     for img in sorted((root / "images").glob("*.png")):
