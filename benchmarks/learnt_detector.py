@@ -1,35 +1,52 @@
 """A learnt white-cell detector (issue 26 item 2), leave one source out: what a small network does where the
-colour rules stop.
+colour rules stop; and the training of the centre network bcscan ships (`scan.centres`).
 
     python benchmarks/learnt_detector.py [--data ../shared/data] [--work runs/learnt-detector] [--seed 0]
                                          [--folds all | SOURCE,...] [--steps 2000]
+    python benchmarks/learnt_detector.py --ship models/bcscan-centres.onnx     # every source, about 4 minutes
 
 The network: a small U-Net (8-64 channels, 0.16 M parameters) on each image's optical density at 0.8 µm/px, that
 marks white-cell centres as a heat map at 1.6 µm/px and regresses each cell's box size there (CenterNet's
 penalty-reduced focal loss; Zhou et al. 2019, "Objects as points").  Trained from scratch on the box-labelled
 sources, every (source) an equal share of each batch of 32 random 64 x 64 crops (images smaller than a crop are
 padded with glass), quarter turns, flips and a stain gain per channel; 2,000 steps (3-4 minutes on this CPU).
-Detections: heat-map peaks (3 x 3 maxima) above 0.3 with their regressed boxes.
+Detections: heat-map peaks above 0.3 (none within 3.2 µm of a higher one: `scan.centres.peaks`) with their
+regressed boxes.
+
+Scored three ways: the network alone (its peaks and boxes), the shipped detection (the colour rules' cells
+reconciled with the fold's network exported to ONNX, `scan.centres`, then the platelet test) and the colour rules
+alone.
+
+Platelet clumps are taught as what is not a white cell: the fit half of `pbc-normal/platelet` (even images by
+name, as benchmarks/platelet_clumps.py splits them) joins every fold's training as one more source, with no box
+(`--no-platelet-negatives`: without).  Each fold reports the share of the report half (odd images, never trained
+on) with any detection of the shipped detection (issue 26: <= 5 %).
 
 Sources: the leukaemic fields boxed by eye (bcscan/testing/data/leukaemic_boxes.csv: Ghaderzadeh Early, Pre, Pro,
 Benign, mll-bone-marrow, lmu-aml-blood) and the normal box-labelled sources (BCCD and the four TXL-PBC sources),
 as benchmarks/compact_nuclei.py scores them (IoU >= 0.5, one-to-one; blasts: boxes marked blast).  For each source
 a model is trained on all the others and scored on it, at the threshold 0.3 and, for reading only, 0.2 / 0.4 / 0.5.
-Prints one line per fold and threshold and a markdown table; the fold models are kept in --work.
+Prints one line per fold and threshold and a markdown table; the fold models are kept in --work (Keras and ONNX).
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import datetime as dt
 import functools
+import json
 import operator
 import pickle
+import subprocess
 import time
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from bcscan.scan.platelets import PlateletParams, white_cells
+from bcscan.model.onnx_backend import keras_to_onnx
+from bcscan.scan.centres import METADATA_KEYS, CentreMaps, CentreParams, peaks
+from bcscan.scan.platelets import PlateletParams
 from bcscan.scan.reading import resample
 from bcscan.scan.segmentation import SegmentationParams, optical_density
 from bcscan.testing import groundtruth as G
@@ -38,8 +55,11 @@ MPP = 0.8          # µm/px of the network's input
 STRIDE = 2         # its heat map is at MPP * STRIDE
 CROP = 64          # px of a training crop
 SIGMA_UM = 2.0     # spread of a centre's mark on the heat map
+BACKGROUND_PERCENTILE = 90.0  # the glass of an image's optical density: its brightest tenth
+MAX_OD = 3.0       # optical density clipped here
+SIZE_UNIT_UM = 10.0  # box sizes are regressed in this unit
+PLATELETS = "pbc-platelet"  # the source name of the platelet images taught as negatives
 THRESHOLDS = (0.2, 0.3, 0.4, 0.5)
-THRESHOLD = 0.3
 
 
 def fields(data: Path, cache: Path) -> list[dict]:
@@ -55,7 +75,7 @@ def fields(data: Path, cache: Path) -> list[dict]:
         work = resample(rgb, s.mpp, MPP)
         scale = np.array([work.shape[1] / rgb.shape[1], work.shape[0] / rgb.shape[0]] * 2)
         boxes = np.asarray(s.boxes, float).reshape(-1, 4)
-        out.append(dict(source=s.source, image=s.image, mpp=s.mpp, od=np.minimum(optical_density(work, 90.0), 3.0).astype(np.float32),
+        out.append(dict(source=s.source, image=s.image, mpp=s.mpp, od=np.minimum(optical_density(work, BACKGROUND_PERCENTILE), MAX_OD).astype(np.float32),
                         boxes=boxes * scale, original_boxes=boxes, to_original=1 / scale,
                         blast=np.array(blasts.get(str(s.image.relative_to(data)), [False] * len(boxes)), bool)))
     cache.parent.mkdir(parents=True, exist_ok=True)
@@ -63,8 +83,26 @@ def fields(data: Path, cache: Path) -> list[dict]:
     return out
 
 
+def platelet_negatives(data: Path, half: str) -> list[dict]:
+    """The PBC platelet images of one half ("fit": even by name, "report": odd) as items without boxes."""
+    paths = sorted((data / "pbc-normal" / "platelet").glob("*.jpg"))[{"fit": 0, "report": 1}[half]::2]
+    none = np.zeros((0, 4))
+    return [dict(source=PLATELETS, image=path, mpp=G.PBC_MPP, boxes=none, original_boxes=none, blast=np.zeros(0, bool),
+                 od=np.minimum(optical_density(resample(G.read_rgb(path), G.PBC_MPP, MPP), BACKGROUND_PERCENTILE),
+                               MAX_OD).astype(np.float32))
+            for path in paths]
+
+
+def platelet_share(items: list[dict], centres: CentreParams) -> float:
+    """The share of platelet images (`items`) with any detection of the shipped detection."""
+    params = SegmentationParams()
+    return float(np.mean([len(G.WorkingField.of(G.BoxSample(item["image"], item["boxes"], item["mpp"], item["source"]),
+                                                params.working_mpp).detections(params, PlateletParams(), centres)) > 0
+                          for item in items]))
+
+
 def targets(h: int, w: int, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Heat map, box size (µm / 10) and where a size is set, at the heat map's resolution."""
+    """Heat map, box size (µm / SIZE_UNIT_UM) and where a size is set, at the heat map's resolution."""
     oh, ow = -(-h // STRIDE), -(-w // STRIDE)
     heat = np.zeros((oh, ow), np.float32)
     size = np.zeros((oh, ow, 2), np.float32)
@@ -77,7 +115,7 @@ def targets(h: int, w: int, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray, 
             continue
         heat = np.maximum(heat, np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * sigma ** 2)))
         heat[int(cy), int(cx)] = 1.0
-        size[int(cy), int(cx)] = ((x1 - x0) * MPP / 10, (y1 - y0) * MPP / 10)
+        size[int(cy), int(cx)] = ((x1 - x0) * MPP / SIZE_UNIT_UM, (y1 - y0) * MPP / SIZE_UNIT_UM)
         mask[int(cy), int(cx)] = 1.0
     return heat, size, mask
 
@@ -194,40 +232,24 @@ def network_maps(model, od: np.ndarray) -> tuple[np.ndarray, np.ndarray, tuple[i
     return heat[..., 0], size, (h, w)
 
 
-def detect(maps: tuple[np.ndarray, np.ndarray, tuple[int, int]], threshold: float) -> np.ndarray:
-    """Boxes (x0, y0, x1, y1) at MPP of the heat map's peaks above `threshold` (`maps`: network_maps)."""
+def detect(maps: tuple[np.ndarray, np.ndarray, tuple[int, int]], params: CentreParams) -> np.ndarray:
+    """Boxes (x0, y0, x1, y1) at MPP of the heat map's peaks, as `scan.centres` finds them (`maps`: network_maps)."""
     heat, size, (h, w) = maps
-    ys, xs = np.nonzero((heat == cv2.dilate(heat, np.ones((3, 3), np.uint8))) & (heat > threshold))
-    cx, cy = (xs + 0.5) * STRIDE, (ys + 0.5) * STRIDE
-    keep = (cx < w) & (cy < h)
-    half = size[ys[keep], xs[keep]] * 10 / MPP / 2
-    return np.stack([cx[keep] - half[:, 0], cy[keep] - half[:, 1], cx[keep] + half[:, 0], cy[keep] + half[:, 1]], 1)
+    centres, box_um = peaks(CentreMaps(heat, size * SIZE_UNIT_UM, MPP * STRIDE, np.array([STRIDE, STRIDE], float)),
+                            params)
+    keep = (centres[:, 0] < w) & (centres[:, 1] < h)
+    half = box_um[keep] / MPP / 2
+    return np.concatenate([centres[keep] - half, centres[keep] + half], 1)
 
 
-def with_rule(rule: np.ndarray, learnt: np.ndarray) -> np.ndarray:
-    """The shipped detections `rule` reconciled with the network's `learnt` boxes (same pixels): a rule detection
-    holding one learnt centre stays, one holding several gives way to their learnt boxes (touching cells merged),
-    one holding none is dropped; learnt centres outside every rule detection add their boxes (cells the colour
-    rules missed).  What a detector combining the two would give: the rule's outlines, the network's count."""
-    cx, cy = (learnt[:, 0] + learnt[:, 2]) / 2, (learnt[:, 1] + learnt[:, 3]) / 2
-    inside = ((cx[None, :] >= rule[:, 0:1]) & (cx[None, :] <= rule[:, 2:3])
-              & (cy[None, :] >= rule[:, 1:2]) & (cy[None, :] <= rule[:, 3:4]))  # rule x learnt
-    kept = [rule[i:i + 1] if inside[i].sum() == 1 else learnt[inside[i]] for i in range(len(rule))]
-    return np.concatenate(kept + [learnt[~inside.any(axis=0)]]).reshape(-1, 4)
-
-
-def score(maps: dict[int, tuple], items: list[dict], threshold: float, rule: dict[int, np.ndarray] | None = None
-          ) -> dict[str, G.BlastScore]:
-    """Per source, the detections against the boxes (own pixels, IoU >= 0.5, one-to-one) and blasts found;
-    `maps`: each item's network_maps, by id; given `rule` (the shipped detections of each item, by id), those
-    reconciled with the network's (with_rule)."""
+def score(maps: dict[int, tuple], items: list[dict], threshold: float) -> dict[str, G.BlastScore]:
+    """Per source, the network's detections against the boxes (own pixels, IoU >= 0.5, one-to-one) and blasts
+    found; `maps`: each item's network_maps, by id."""
     out: dict[str, G.BlastScore] = {}
     for item in items:
         h, w = item["od"].shape[:2]
-        found = np.clip(detect(maps[id(item)], threshold), 0, [w, h, w, h]) * item["to_original"]
-        if rule is not None:
-            found = with_rule(rule[id(item)], found)
-        s = blast_score(found, item)
+        found = detect(maps[id(item)], dataclasses.replace(CentreParams(), threshold=threshold))
+        s = blast_score(np.clip(found, 0, [w, h, w, h]) * item["to_original"], item)
         out[item["source"]] = out[item["source"]] + s if item["source"] in out else s
     return out
 
@@ -239,31 +261,26 @@ def blast_score(found: np.ndarray, item: dict) -> G.BlastScore:
     return G.BlastScore(G.score_boxes(found, item["original_boxes"]), len(blasts), len(blasts & matched))
 
 
-def shipped_detections(items: list[dict]) -> dict[int, np.ndarray]:
-    """The shipped detector's boxes (segment() and the platelet-clump test) of each item, in its own pixels."""
+def pipeline_score(items: list[dict], centres: CentreParams | None) -> G.BlastScore:
+    """The detections of segment(), reconciled with the learnt centres given `centres`, and the platelet test, as
+    `bcscan scan` runs them on fields, against the items' boxes."""
     params = SegmentationParams()
-    return {id(item): G.WorkingField.of(G.BoxSample(item["image"], item["original_boxes"], item["mpp"],
-                                                    item["source"]), params.working_mpp).detections(params, PlateletParams())
-            for item in items}
+    return functools.reduce(operator.add, (
+        blast_score(G.WorkingField.of(G.BoxSample(item["image"], item["original_boxes"], item["mpp"], item["source"]),
+                                      params.working_mpp).detections(params, PlateletParams(), centres), item)
+        for item in items))
 
 
-def cost(model, data: Path, repeats: int = 5) -> dict[str, float]:
-    """ms per working megapixel, one thread, best of `repeats` interleaved passes over benchmarks/
-    segmentation_cost.py's 1,024-px tiles: the shipped detection, and the network with its input (optical density
-    at MPP) and its peaks."""
-    from segmentation_cost import best_seconds, boxed_fields, mosaics
-    params, platelets = SegmentationParams(), PlateletParams()
-    tiles = mosaics([(f.sample.source, f.rgb) for f in boxed_fields(data, params.working_mpp)])
-    detect(network_maps(model, np.zeros((64, 64, 3), np.float32)), THRESHOLD)  # warm-up (graph, kernels)
-
-    def network_pass(rgb):
-        od = np.minimum(optical_density(resample(rgb, params.working_mpp, MPP), 90.0), 3.0)
-        detect(network_maps(model, od), THRESHOLD)
-
-    runs = {"shipped detection": lambda rgb: white_cells(rgb, params, platelets), "network": network_pass}
-    best = best_seconds(runs, tiles, repeats)
-    megapixels = sum(t.shape[0] * t.shape[1] for t in tiles) / 1e6
-    return {name: 1000 * seconds / megapixels for name, seconds in best.items()}
+def save_onnx(model, path: Path, provenance: dict) -> None:
+    """`model` as the ONNX file `scan.centres` reads: its input scale and units in the metadata, with `provenance`."""
+    import onnx
+    graph = onnx.load_from_string(keras_to_onnx(model, ("heat", "box_size")))
+    meta = dict(zip(METADATA_KEYS, (MPP, STRIDE, BACKGROUND_PERCENTILE, MAX_OD, SIZE_UNIT_UM)))
+    onnx.helper.set_model_props(graph, {**{k: str(v) for k, v in meta.items()}, "provenance": json.dumps(provenance)})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    onnx.save(graph, str(partial))
+    partial.replace(path)  # a scan reading the shipped model never sees half a file
 
 
 def main() -> None:
@@ -278,41 +295,52 @@ def main() -> None:
     ap.add_argument("--blur-px", type=float, default=0.0, help="augmentation: Gaussian blur of up to this sigma")
     ap.add_argument("--name", default="", help="suffix of the kept fold models' names (a variant)")
     ap.add_argument("--reuse", action="store_true", help="score the fold models kept in --work, train the missing")
-    ap.add_argument("--cost", action="store_true", help="only time the first fold's model against the shipped "
-                    "detection, one thread")
+    ap.add_argument("--platelet-negatives", action=argparse.BooleanOptionalAction, default=True,
+                    help="train with the fit half of pbc-normal/platelet as images without a white cell")
+    ap.add_argument("--ship", type=Path, help="train on every source and write the ONNX centre model here "
+                    "(its Keras twin in --work), no scoring")
     args = ap.parse_args()
     import tensorflow as tf
-    if args.cost:
-        cv2.setNumThreads(1)
-        tf.config.threading.set_intra_op_parallelism_threads(1)
-        tf.config.threading.set_inter_op_parallelism_threads(1)
-        model = tf.keras.models.load_model(sorted(args.work.glob(f"s{args.seed}-without-*.keras"))[0])
-        print(" | ".join(f"{name}: {ms:.0f} ms per working megapixel" for name, ms in cost(model, args.data).items()))
-        return
     items = fields(args.data, args.work / "fields.pkl")
     sources = sorted({item["source"] for item in items})
+    negatives = platelet_negatives(args.data, "fit") if args.platelet_negatives else []
+    if args.ship:
+        model = train(items + negatives, args.steps, args.seed, stain_mix=args.stain_mix, blur_px=args.blur_px)
+        model.save(args.work / f"s{args.seed}{args.name}-all.keras")
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                cwd=G.REPO_ROOT).stdout.strip()
+        save_onnx(model, args.ship, {"trained_on": {s: sum(i["source"] == s for i in items + negatives)
+                                                    for s in sources + [PLATELETS] * bool(negatives)},
+                                     "steps": args.steps, "seed": args.seed, "stain_mix": args.stain_mix,
+                                     "blur_px": args.blur_px, "date": dt.date.today().isoformat(), "commit": commit,
+                                     "command": "python benchmarks/learnt_detector.py --ship"})
+        return
     folds = sources if args.folds == "all" else args.folds.split(",")
-    rule = shipped_detections(items)
-    rows = {}
+    report_half = platelet_negatives(args.data, "report")
+    rows, platelets = {}, {}
     for fold in folds:
         t = time.perf_counter()
         path = args.work / f"s{args.seed}{args.name}-without-{fold}.keras"
         if args.reuse and path.exists():
             model = tf.keras.models.load_model(path)
         else:
-            model = train([item for item in items if item["source"] != fold], args.steps, args.seed,
+            model = train([item for item in items if item["source"] != fold] + negatives, args.steps, args.seed,
                           stain_mix=args.stain_mix, blur_px=args.blur_px)
             model.save(path)
+        save_onnx(model, path.with_suffix(".onnx"), {"left_out": fold, "seed": args.seed, "steps": args.steps})
         left_out = [item for item in items if item["source"] == fold]
         maps = {id(item): network_maps(model, item["od"]) for item in left_out}
         for threshold in THRESHOLDS:
             c = score(maps, left_out, threshold)[fold].cells
             print(f"{fold} threshold {threshold}: P {c.precision:.3f} R {c.recall:.3f} F1 {c.f1:.3f} "
                   f"({time.perf_counter() - t:.0f} s)", flush=True)
-        rows[fold] = (score(maps, left_out, THRESHOLD)[fold], score(maps, left_out, THRESHOLD, rule)[fold],
-                      functools.reduce(operator.add, (blast_score(rule[id(i)], i) for i in left_out)))
-    print(f"\n| left-out source (seed {args.seed}) | network: P / R / F1 | blast recall | network with the rule: "
-          f"P / R / F1 | blast recall | shipped rule: P / R / F1 | blast recall |\n|---|---|---|---|---|---|---|")
+        rows[fold] = (score(maps, left_out, CentreParams().threshold)[fold],
+                      pipeline_score(left_out, CentreParams(model=str(path.with_suffix(".onnx")))),
+                      pipeline_score(left_out, None))
+        platelets[fold] = platelet_share(report_half, CentreParams(model=str(path.with_suffix(".onnx"))))
+    print(f"\n| left-out source (seed {args.seed}) | network: P / R / F1 | blast recall | colour rules with the "
+          f"network's centres (shipped): P / R / F1 | blast recall | colour rules alone: P / R / F1 | blast recall | "
+          f"platelet images with a detection (shipped) |\n|---|---|---|---|---|---|---|---|")
     leukaemic = [f for f in rows if f not in G.NORMAL_BOX_SOURCES]
     if leukaemic:
         rows["leukaemic sources pooled"] = tuple(functools.reduce(operator.add, (rows[f][k] for f in leukaemic))
@@ -320,8 +348,10 @@ def main() -> None:
     for fold, results in rows.items():
         cells = [f"{r.cells.precision:.3f} / {r.cells.recall:.3f} / {r.cells.f1:.3f}" for r in results]
         blasts = [f"{r.blast_recall:.3f} ({r.blasts_found}/{r.blasts})" if r.blasts else "–" for r in results]
-        print(f"| {fold} | " + " | ".join(f"{c} | {b}" for c, b in zip(cells, blasts)) + " |")
-
+        share = f"{platelets[fold]:.3f}" if fold in platelets else "–"
+        print(f"| {fold} | " + " | ".join(f"{c} | {b}" for c, b in zip(cells, blasts)) + f" | {share} |")
+    print(f"\nPlatelet images (report half, {len(report_half)}) with a detection of the colour rules alone: "
+          f"{platelet_share(report_half, None):.3f}")
 
 if __name__ == "__main__":
     main()

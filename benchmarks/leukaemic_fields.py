@@ -3,8 +3,10 @@
     python benchmarks/leukaemic_fields.py [--data ../shared/data]
 
 Ground truth: bcscan/testing/data/leukaemic_boxes.csv (every white cell; how it was boxed: its header and
-benchmarks/box_fields.py). Detections as the pipeline makes them: segment() with the shipped SegmentationParams, then
-the shipped platelet-clump test. Prints one markdown table: per source, fields, boxes (of them blasts), detections,
+benchmarks/box_fields.py). Detections as the pipeline makes them on fields: segment() with the shipped
+SegmentationParams, reconciled with the shipped learnt centres (`scan.centres`; its network saw these fields in
+training, so this table is in-sample: benchmarks/learnt_detector.py gives the figures left out), then the shipped
+platelet-clump test; and the same without the centres (the colour rules alone). Prints two markdown tables: per source, fields, boxes (of them blasts), detections,
 P / R / F1 (IoU >= 0.5, one-to-one), and blast recall (blast boxes matched; none on Ghaderzadeh Benign, whose cells are hematogones, boxed normal);
 "unsure" boxes count as white cells.
 """
@@ -15,6 +17,7 @@ import functools
 import operator
 from pathlib import Path
 
+from bcscan.scan.centres import CentreParams
 from bcscan.scan.platelets import PlateletParams
 from bcscan.scan.segmentation import SegmentationParams
 from bcscan.testing import groundtruth as G
@@ -24,15 +27,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=G.SHARED_DATA)
     args = parser.parse_args()
-    scores = G.leukaemic_scores(SegmentationParams(), PlateletParams(), args.data)
-    scores["all"] = functools.reduce(operator.add, scores.values())
-    print("| source | fields | WBC boxes | blasts | detections | P | R | F1 | blast recall |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for source, s in scores.items():
-        c = s.cells
-        print(f"| {source} | {c.images} | {c.gt} | {s.blasts} | {c.detections} | {c.precision:.3f} | {c.recall:.3f} "
-              f"| {c.f1:.3f} | {f'{s.blast_recall:.3f} ({s.blasts_found}/{s.blasts})' if s.blasts else '– (no blasts)'} |")
-
+    for title, centres in (("shipped detection (colour rules with the learnt centres)", CentreParams()),
+                           ("colour rules alone", None)):
+        scores = G.leukaemic_scores(SegmentationParams(), PlateletParams(), args.data, centres)
+        scores["all"] = functools.reduce(operator.add, scores.values())
+        print(f"\n{title}\n\n| source | fields | WBC boxes | blasts | detections | P | R | F1 | blast recall |")
+        print("|---|---|---|---|---|---|---|---|---|")
+        for source, s in scores.items():
+            c = s.cells
+            print(f"| {source} | {c.images} | {c.gt} | {s.blasts} | {c.detections} | {c.precision:.3f} | {c.recall:.3f} "
+                  f"| {c.f1:.3f} | {f'{s.blast_recall:.3f} ({s.blasts_found}/{s.blasts})' if s.blasts else '– (no blasts)'} |")
 
 if __name__ == "__main__":
     main()

@@ -11,7 +11,9 @@ interleaved, best of `--repeats` passes, one thread, on the same images:
 - tiles as the pipeline cuts them (`tile_px` 1024 at the working resolution): the same fields laid side by side,
   per source, into 1024 x 1024 mosaics.
 
-"Shipped detection" is segment() and the platelet-clump test, as `bcscan scan` runs them.  Prints a markdown table.
+"Shipped detection" is segment(), its reconciliation with the learnt centres (`scan.centres`, ONNX Runtime on one
+thread) and the platelet-clump test, as `bcscan scan` runs them on fields and slides; "colour rules" the same
+without the centres.  Prints a markdown table.
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from bcscan.scan.centres import CentreParams
 from bcscan.scan.platelets import PlateletParams, white_cells
 from bcscan.scan.segmentation import SegmentationParams, segment
 from bcscan.testing import groundtruth as G
@@ -84,11 +87,12 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     args = ap.parse_args()
     cv2.setNumThreads(1)
-    params, platelets, old = SegmentationParams(), PlateletParams(), issue_26_segmentation()
+    params, platelets, centres, old = SegmentationParams(), PlateletParams(), CentreParams(), issue_26_segmentation()
     old_params = old.SegmentationParams(working_mpp=params.working_mpp)
     runs = {"issue 26's detector": lambda rgb: old.segment(rgb, params.working_mpp, old_params),
             "segment() today": lambda rgb: segment(rgb, params.working_mpp, params),
-            "shipped detection (segment() + platelet test)": lambda rgb: white_cells(rgb, params, platelets)}
+            "colour rules (segment() + platelet test)": lambda rgb: white_cells(rgb, params, platelets),
+            "shipped detection (with the learnt centres)": lambda rgb: white_cells(rgb, params, platelets, centres)}
     fields_ = boxed_fields(args.data, params.working_mpp)
     sets = {"boxed fields": [f.rgb for f in fields_],
             f"{TILE_PX}-px tiles of them": mosaics([(f.sample.source, f.rgb) for f in fields_])}

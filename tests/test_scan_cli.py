@@ -73,6 +73,7 @@ def test_scan_writes_every_output_and_isolates_the_bad_scan(batch, untrained_mod
 
     run_json = json.loads((out / "run.json").read_text())
     assert run_json["model"]["sha256"] and len(run_json["inputs"]) == 4
+    assert run_json["centre_model"]["path"].endswith("bcscan-centres.onnx") and len(run_json["centre_model"]["sha256"]) == 64
     assert all(len(i["sha256"]) == 64 for i in run_json["inputs"])
     assert run_json["config"]["segmentation"]["working_mpp"] > 0 and "tensorflow" in run_json["software"]
 
@@ -96,6 +97,11 @@ def test_missing_model_and_bad_config_exit_2(batch, tmp_path):
     bad.write_text("tiling:\n  tile_pixels: 3\n")
     result = run(["scan", batch["scans"], "--out", tmp_path / "o", "--config", bad])
     assert result.exit_code == 2 and "tile_pixels" in result.output
+    no_centres = tmp_path / "no-centres.yaml"
+    no_centres.write_text(f"centres:\n  model: {tmp_path / 'none.onnx'}\n")
+    result = run(["scan", batch["scans"], "--out", tmp_path / "o", "--config", no_centres])
+    assert result.exit_code == 2 and "none.onnx: white-cell centre model not found" in result.output
+    assert "Traceback" not in result.output
 
 
 def test_corrupt_model_is_refused(batch, tmp_path, untrained_model):

@@ -17,7 +17,7 @@ from bcscan.batch.plan import BatchRun, ScanJob
 from bcscan.batch.store import ResultStore
 from bcscan.errors import ExitCode, ReportError
 from bcscan.model.domain import INSIDE, OUTSIDE
-from bcscan.model.network import ModelInfo, resolve_model_path
+from bcscan.model.network import ModelInfo, file_sha256, resolve_model_path
 from bcscan.results.aggregation import summarise_patients
 from bcscan.results.reports import write_reports
 from bcscan.results.tables import (
@@ -123,6 +123,8 @@ def provenance(run: BatchRun, model_info: ModelInfo, metas: list[dict[str, Any]]
         "scan_dir": str(run.scan_dir), "config": settings.as_dict(), "config_digest": settings.result_digest(run.mpp),
         "model": {"path": str(resolve_model_path(settings.classification.model)), "name": model_info.name,
                   "sha256": model_info.sha256, "input_size": model_info.input_size, "crop_um": model_info.crop_um},
+        "centre_model": ({"path": str(settings.centres.model_path()),
+                          "sha256": file_sha256(settings.centres.model_path())} if settings.centres.enabled else None),
         "device": execution.device,
         "executor": execution.executor,
         "inputs": [{"scan": m["scan"], "sha256": m.get("sha256", ""), "status": m["status"]} for m in metas],

@@ -18,6 +18,7 @@ from bcscan.batch.plan import BatchRun, plan_batch
 from bcscan.batch.scans import settled_meta
 from bcscan.batch.store import remove_stale_temporaries
 from bcscan.model.network import ModelInfo, load_model_info, resolve_model_path
+from bcscan.scan.centres import centre_network
 
 
 def run_batch(run: BatchRun, executor: Executor | None = None) -> BatchResult:
@@ -42,7 +43,9 @@ def run_batch(run: BatchRun, executor: Executor | None = None) -> BatchResult:
 
 
 def prepare_output(run: BatchRun) -> ModelInfo:
-    """Checks before any work: the model (missing or corrupt → refused), permissions, leftovers."""
+    """Checks before any work: the models (missing or corrupt → refused), permissions, leftovers."""
     os.umask(run.settings.batch.umask_value)
     remove_stale_temporaries(run.out_dir)
+    if run.settings.centres.enabled:
+        centre_network(run.settings.centres.model_path())
     return load_model_info(resolve_model_path(run.settings.classification.model))

@@ -65,7 +65,7 @@ def process_scan(job: ScanJob, run: BatchRun) -> dict[str, Any]:
         classifier = classifier_for(settings.classification)
         with open_scan(job.path, settings.reading, mpp=run.mpp) as scan:
             result = scan_cells(scan, settings.segmentation, settings.tiling, classifier, settings.quality,
-                                settings.platelets)
+                                settings.platelets, settings.centres)
         meta = ok_meta(job, result, classifier.info, run)
     except (ConfigError, ModelError):
         raise  # the model cannot run here (e.g. --device gpu without a GPU): nothing can run

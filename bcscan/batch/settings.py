@@ -14,6 +14,7 @@ from bcscan.model.classifier import ClassificationParams
 from bcscan.results.aggregation import AggregationParams
 from bcscan.results.patients import PatientParams
 from bcscan.results.reports import ReportingParams
+from bcscan.scan.centres import CentreParams
 from bcscan.scan.platelets import PlateletParams
 from bcscan.scan.quality import QualityParams
 from bcscan.scan.reading import ReadingParams
@@ -77,6 +78,7 @@ class Settings:
     segmentation: SegmentationParams = field(default_factory=SegmentationParams)
     quality: QualityParams = field(default_factory=QualityParams)
     platelets: PlateletParams = field(default_factory=PlateletParams)
+    centres: CentreParams = field(default_factory=CentreParams)
     classification: ClassificationParams = field(default_factory=ClassificationParams)
     patients: PatientParams = field(default_factory=PatientParams)
     aggregation: AggregationParams = field(default_factory=AggregationParams)
@@ -92,13 +94,13 @@ class Settings:
         d = self.as_dict()
         digest = config_digest({"version": __version__, "reading": d["reading"], "tiling": d["tiling"],
                                 "segmentation": d["segmentation"], "quality": d["quality"],
-                                "platelets": d["platelets"],
+                                "platelets": d["platelets"], "centres": d["centres"],
                                 "threshold": d["classification"]["threshold"]})
         return digest + (f"-mpp{mpp:g}" if mpp else "")
 
 
 SECTIONS = {"batch": BatchParams, "reading": ReadingParams, "tiling": TilingParams, "segmentation": SegmentationParams,
-            "quality": QualityParams, "platelets": PlateletParams,
+            "quality": QualityParams, "platelets": PlateletParams, "centres": CentreParams,
             "classification": ClassificationParams, "patients": PatientParams, "aggregation": AggregationParams,
             "reporting": ReportingParams, "pipeline": PipelineParams}
 

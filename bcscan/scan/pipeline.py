@@ -2,8 +2,9 @@
 
 `cells_in_field` is the same path for a single field image; `bcscan train`
 (cells mode) uses it so that training crops are cut exactly as scan crops.  Scans then
-drop platelet clumps (`scan.platelets`); training crops keep them for now, as their
-caches are keyed on SegmentationParams alone.
+reconcile the cells with the learnt centres (`scan.centres`) and drop platelet clumps
+(`scan.platelets`); training crops skip both for now, as their caches are keyed on
+SegmentationParams alone.
 """
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ from typing import Any, Protocol
 import numpy as np
 import pandas as pd
 
-from bcscan.errors import ScanError, StageError
+from bcscan.errors import ModelError, ScanError, StageError
+from bcscan.scan.centres import CentreParams, with_centres
 from bcscan.scan.appearance import FEATURES, crop_appearance, scan_appearance
 from bcscan.scan.counting_area import area_summary, pick_monolayer
 from bcscan.scan.crops import crop_cells, crop_side_px, resize_crops
@@ -105,10 +107,12 @@ def plan_scan(scan: Scan, seg_params: SegmentationParams, tiling: TilingParams, 
 
 
 def tile_cells(scan: Scan, plan: TilePlan, tile: Tile, seg_params: SegmentationParams, crop_um: float,
-               input_size: int, quality: QualityParams, platelets: PlateletParams = PlateletParams()) -> TileCells:
+               input_size: int, quality: QualityParams, platelets: PlateletParams = PlateletParams(),
+               centres: CentreParams = CentreParams()) -> TileCells:
     """Read, segment, check and crop one tile: the cells whose centre lies in its core, crops resized
     for the model; none when the tile is unfit to count (blurred, badly stained, thick, ...).  Quality
-    is judged on every detection, as its thresholds were set; platelet clumps are dropped after."""
+    is judged on every detection of the colour rules, as its thresholds were set; on fields and slides
+    these are then reconciled with the learnt centres (`scan.centres`), and platelet clumps dropped."""
     try:
         rgb = read_tile(scan, plan, tile)
     except ScanError as exc:
@@ -123,6 +127,13 @@ def tile_cells(scan: Scan, plan: TilePlan, tile: Tile, seg_params: SegmentationP
         seg = centre_cell_only(rgb, seg, image_centre(scan, plan, tile), min(scan.level_dimensions[0]) / plan.to_level0,
                                seg_params, platelets)
     else:
+        try:
+            seg = with_centres(rgb, seg, seg_params.working_mpp, centres)
+        except ModelError:
+            raise
+        except Exception as exc:
+            raise StageError("segment", f"{scan.path}: finding the cell centres failed in tile {tile.core} "
+                                        f"({type(exc).__name__}: {exc})") from exc
         seg = drop_platelet_clumps(rgb, seg, seg_params, platelets)
     return owned_cells(rgb, seg, plan, tile, crop_side_px(crop_um, seg_params.working_mpp), input_size, tile_quality)
 
@@ -194,7 +205,8 @@ def cells_table(geometry: np.ndarray, p_leukemic: np.ndarray, threshold: float) 
 
 
 def scan_cells(scan: Scan, seg_params: SegmentationParams, tiling: TilingParams, classifier: Classifier,
-               quality: QualityParams, platelets: PlateletParams = PlateletParams()) -> ScanCells:
+               quality: QualityParams, platelets: PlateletParams = PlateletParams(),
+               centres: CentreParams = CentreParams()) -> ScanCells:
     """Find and classify every white cell of a scan, tile by tile in this process, each cell once.
 
     Crops are classified in groups of several batches while tiles stream in, so
@@ -217,7 +229,8 @@ def scan_cells(scan: Scan, seg_params: SegmentationParams, tiling: TilingParams,
             pending_crops.clear()
 
     for tile in plan.tiles:
-        found = tile_cells(scan, plan, tile, seg_params, info.crop_um, info.input_size, quality, platelets)
+        found = tile_cells(scan, plan, tile, seg_params, info.crop_um, info.input_size, quality, platelets,
+                           centres)
         if len(found.crops):
             pending_crops.append(found.crops)
         tiles.append(found.without_crops())

@@ -40,6 +40,7 @@ import cv2
 import numpy as np
 from scipy.ndimage import find_objects
 
+from bcscan.scan.centres import CentreParams, with_centres
 from bcscan.scan.segmentation import (
     Segmentation,
     SegmentationParams,
@@ -155,10 +156,14 @@ def clump_scores(features: np.ndarray, params: PlateletParams) -> np.ndarray:
     return params.bias + features @ np.asarray(params.weights)
 
 
-def white_cells(rgb: np.ndarray, seg_params: SegmentationParams, platelets: PlateletParams | None) -> Segmentation:
-    """The detections of `rgb` (at the working resolution): :func:`segment`, then the clump test unless
-    `platelets` is None (the scan pipeline runs the two apart, measuring the tile's quality between them)."""
+def white_cells(rgb: np.ndarray, seg_params: SegmentationParams, platelets: PlateletParams | None,
+                centres: CentreParams | None = None) -> Segmentation:
+    """The detections of `rgb` (at the working resolution): :func:`segment`, reconciled with the learnt
+    centres given `centres` (`scan.centres`), then the clump test unless `platelets` is None (the scan
+    pipeline runs these apart, measuring the tile's quality on segment()'s cells)."""
     seg = segment(rgb, seg_params.working_mpp, seg_params)
+    if centres is not None:
+        seg = with_centres(rgb, seg, seg_params.working_mpp, centres)
     return seg if platelets is None else drop_platelet_clumps(rgb, seg, seg_params, platelets)
 
 

@@ -16,6 +16,7 @@ from typing import Iterable, Iterator, Sequence
 import cv2
 import numpy as np
 
+from bcscan.scan.centres import CentreParams
 from bcscan.scan.platelets import PlateletParams, white_cells
 from bcscan.scan.reading import resample
 from bcscan.scan.segmentation import Segmentation, SegmentationParams
@@ -372,12 +373,13 @@ class WorkingField:
         fx, fy = rgb.shape[1] / work.shape[1], rgb.shape[0] / work.shape[0]
         return cls(sample, work, working_mpp, np.array([fx, fy, fx, fy]))
 
-    def detections(self, params: SegmentationParams, platelets: PlateletParams | None = None) -> np.ndarray:
-        """Boxes (original pixels) of segment() and, given `platelets`, of the clump test after it, as the
-        pipeline runs them."""
+    def detections(self, params: SegmentationParams, platelets: PlateletParams | None = None,
+                   centres: CentreParams | None = None) -> np.ndarray:
+        """Boxes (original pixels) of segment(), reconciled with the learnt centres given `centres` and, given
+        `platelets`, the clump test after it, as the pipeline runs them."""
         if params.working_mpp != self.working_mpp:
             raise ValueError(f"field resampled to {self.working_mpp} µm/px, params work at {params.working_mpp}")
-        return cell_boxes(white_cells(self.rgb, params, platelets)) * self.to_original
+        return cell_boxes(white_cells(self.rgb, params, platelets, centres)) * self.to_original
 
     def score(self, params: SegmentationParams, platelets: PlateletParams | None = None) -> DetectionScore:
         """Scores of detections() against the field's ground-truth boxes."""
@@ -402,13 +404,13 @@ class BlastScore:
 
 
 def leukaemic_scores(params: SegmentationParams, platelets: PlateletParams | None = None,
-                     data: Path = SHARED_DATA) -> dict[str, BlastScore]:
+                     data: Path = SHARED_DATA, centres: CentreParams | None = None) -> dict[str, BlastScore]:
     """Per source, detections (as WorkingField.detections makes them) on the boxed leukaemic fields: white cells
     one-to-one at IoU >= 0.5, and which of the boxes marked "blast" were matched."""
     scores: dict[str, BlastScore] = {}
     for image, boxes in leukaemic_boxes_by_image().items():
         sample = _leukaemic_sample(data, image, boxes)
-        found = WorkingField.of(sample, params.working_mpp).detections(params, platelets)
+        found = WorkingField.of(sample, params.working_mpp).detections(params, platelets, centres)
         matched = {j for _, j, _ in match_boxes(found, sample.boxes)}
         blasts = {i for i, box in enumerate(boxes) if box.kind == "blast"}
         field = BlastScore(score_boxes(found, sample.boxes), len(blasts), len(blasts & matched))

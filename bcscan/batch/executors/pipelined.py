@@ -38,6 +38,7 @@ from bcscan.batch.settings import PipelineParams
 from bcscan.errors import describe_failure
 from bcscan.model.network import ModelInfo
 from bcscan.scan.pipeline import TileCells, plan_scan, scan_result, tile_cells
+from bcscan.scan.centres import CentreParams
 from bcscan.scan.platelets import PlateletParams
 from bcscan.scan.quality import QualityParams
 from bcscan.scan.reading import ReadingParams, open_scan
@@ -55,13 +56,13 @@ _worker: dict[str, Any] = {}
 
 
 def _init_worker(parent: int, reading: ReadingParams, segmentation: SegmentationParams, tiling: TilingParams,
-                 quality: QualityParams, platelets: PlateletParams, mpp: float | None, crop_um: float,
+                 quality: QualityParams, platelets: PlateletParams, centres: CentreParams, mpp: float | None, crop_um: float,
                  input_size: int) -> None:
     import cv2
 
     cv2.setNumThreads(1)  # one core per worker: the classifier's threads need the rest
     threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
-    _worker.update(reading=reading, segmentation=segmentation, tiling=tiling, quality=quality, platelets=platelets,
+    _worker.update(reading=reading, segmentation=segmentation, tiling=tiling, quality=quality, platelets=platelets, centres=centres,
                    mpp=mpp, crop_um=crop_um, input_size=input_size, scans=OrderedDict())
 
 
@@ -102,7 +103,7 @@ def _tile_task(path: str, plan: TilePlan, tile: Tile):
     """`plan` without its tile list (sent once per tile: small whatever the slide size)."""
     try:
         return ("tile", tile_cells(_open(path), plan, tile, _worker["segmentation"], _worker["crop_um"],
-                                   _worker["input_size"], _worker["quality"], _worker["platelets"]))
+                                   _worker["input_size"], _worker["quality"], _worker["platelets"], _worker["centres"]))
     except Exception as exc:  # noqa: BLE001
         return _failure(exc, path)
 
@@ -179,7 +180,7 @@ class _Pipeline:
                                        initializer=_init_worker,
                                        initargs=(os.getpid(), self.settings.reading, self.settings.segmentation,
                                                  self.settings.tiling, self.settings.quality,
-                                                 self.settings.platelets, self.run_.mpp,
+                                                 self.settings.platelets, self.settings.centres, self.run_.mpp,
                                                  self.model_info.crop_um,
                                                  self.model_info.input_size))
         writer = ThreadPoolExecutor(1, thread_name_prefix="bcscan-store")
