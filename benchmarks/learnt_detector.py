@@ -297,6 +297,8 @@ def main() -> None:
     ap.add_argument("--reuse", action="store_true", help="score the fold models kept in --work, train the missing")
     ap.add_argument("--platelet-negatives", action=argparse.BooleanOptionalAction, default=True,
                     help="train with the fit half of pbc-normal/platelet as images without a white cell")
+    ap.add_argument("--keep-threshold", type=float, default=CentreParams().keep_threshold,
+                    help="the shipped detection's keep_threshold (scan.centres) to score with")
     ap.add_argument("--ship", type=Path, help="train on every source and write the ONNX centre model here "
                     "(its Keras twin in --work), no scoring")
     args = ap.parse_args()
@@ -318,6 +320,7 @@ def main() -> None:
     folds = sources if args.folds == "all" else args.folds.split(",")
     report_half = platelet_negatives(args.data, "report")
     rows, platelets = {}, {}
+    print(f"keep_threshold {args.keep_threshold}")
     for fold in folds:
         t = time.perf_counter()
         path = args.work / f"s{args.seed}{args.name}-without-{fold}.keras"
@@ -329,15 +332,16 @@ def main() -> None:
             model.save(path)
         save_onnx(model, path.with_suffix(".onnx"), {"left_out": fold, "seed": args.seed, "steps": args.steps})
         left_out = [item for item in items if item["source"] == fold]
+        centres = CentreParams(model=str(path.with_suffix(".onnx")), keep_threshold=args.keep_threshold)
         maps = {id(item): network_maps(model, item["od"]) for item in left_out}
         for threshold in THRESHOLDS:
             c = score(maps, left_out, threshold)[fold].cells
             print(f"{fold} threshold {threshold}: P {c.precision:.3f} R {c.recall:.3f} F1 {c.f1:.3f} "
                   f"({time.perf_counter() - t:.0f} s)", flush=True)
         rows[fold] = (score(maps, left_out, CentreParams().threshold)[fold],
-                      pipeline_score(left_out, CentreParams(model=str(path.with_suffix(".onnx")))),
+                      pipeline_score(left_out, centres),
                       pipeline_score(left_out, None))
-        platelets[fold] = platelet_share(report_half, CentreParams(model=str(path.with_suffix(".onnx"))))
+        platelets[fold] = platelet_share(report_half, centres)
     print(f"\n| left-out source (seed {args.seed}) | network: P / R / F1 | blast recall | colour rules with the "
           f"network's centres (shipped): P / R / F1 | blast recall | colour rules alone: P / R / F1 | blast recall | "
           f"platelet images with a detection (shipped) |\n|---|---|---|---|---|---|---|---|")

@@ -112,6 +112,12 @@ def centre_network(path: Path) -> CentreNetwork:
     return CentreNetwork(path)
 
 
+@functools.lru_cache(maxsize=2)
+def _network_of(model: str | None) -> CentreNetwork:
+    """centre_network of `CentreParams.model`, resolved once per process (finding package data costs per tile)."""
+    return centre_network(CentreParams(model=model).model_path())
+
+
 def peaks(maps: CentreMaps, params: CentreParams) -> tuple[np.ndarray, np.ndarray]:
     """Centres (x, y) in the image's pixels of the heat map's peaks above the threshold, and their box sizes
     (µm); peaks within `peak_min_distance_um` of a higher one are not centres."""
@@ -129,6 +135,8 @@ def reconcile(seg: Segmentation, maps: CentreMaps, params: CentreParams, mpp: fl
     cx = np.clip(centres[:, 0].astype(int), 0, w - 1)
     cy = np.clip(centres[:, 1].astype(int), 0, h - 1)
     owner = labels[cy, cx]
+    if np.array_equal(np.sort(owner), np.arange(1, len(seg.cells) + 1)):
+        return seg  # one centre in every cell, none outside: the common case of normal blood
     next_label = len(seg.cells) + 1
     for index, cell in enumerate(seg.cells, start=1):
         inside = np.nonzero(owner == index)[0]
@@ -164,4 +172,4 @@ def with_centres(rgb: np.ndarray, seg: Segmentation, mpp: float, params: CentreP
     """`seg` of `rgb` (at `mpp`) reconciled with the centre network's centres, or as it is when disabled."""
     if not params.enabled:
         return seg
-    return reconcile(seg, centre_network(params.model_path()).maps(rgb, mpp), params, mpp)
+    return reconcile(seg, _network_of(params.model).maps(rgb, mpp), params, mpp)
