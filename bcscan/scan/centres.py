@@ -158,12 +158,14 @@ def reconcile(seg: Segmentation, maps: CentreMaps, params: CentreParams, mpp: fl
         window[ys, xs] = np.where(nearest == 0, index, next_label + nearest - 1)
         next_label += len(inside) - 1
     for k in np.nonzero(owner == 0)[0]:
-        axes = np.maximum(box_um[k] / mpp / 2, 1.0)
-        disc = np.zeros((h, w), np.uint8)
-        cv2.ellipse(disc, (int(cx[k]), int(cy[k])), (int(round(axes[0])), int(round(axes[1]))), 0, 0, 360, 1, -1)
-        free = (disc > 0) & (labels == 0)
+        ax, ay = (int(round(a)) for a in np.maximum(box_um[k] / mpp / 2, 1.0))
+        x0, y0 = max(cx[k] - ax, 0), max(cy[k] - ay, 0)
+        window = labels[y0:cy[k] + ay + 1, x0:cx[k] + ax + 1]
+        disc = np.zeros(window.shape, np.uint8)
+        cv2.ellipse(disc, (int(cx[k] - x0), int(cy[k] - y0)), (ax, ay), 0, 0, 360, 1, -1)
+        free = (disc > 0) & (window == 0)
         if free.any():
-            labels[free] = next_label
+            window[free] = next_label
             next_label += 1
     return collect_cells(labels, seg.nucleus_mask, mpp)
 
