@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The README quick start from a wheel, in a fresh virtual environment outside the checkout:
-# the default config and the shipped model must come with the package, from any install.
+# the default config and the shipped models must come with the package, from any install.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 work=$(mktemp -d)
@@ -20,7 +20,9 @@ run = json.loads((work / "out" / "run.json").read_text())
 model = Path(run["model"]["path"])
 assert str(model).startswith(str(work / "venv")), f"the scan used {model}, not the installed package's model"
 assert run["model"]["sha256"] == shipped["sha256"], "the installed model is not the shipped one"
+centres = Path(run["centre_model"]["path"])
+assert str(centres).startswith(str(work / "venv")), f"the scan used {centres}, not the installed centre model"
 assert run["counts"]["scans"] == 4 and run["counts"]["failed"] == 0, run["counts"]
 print(f"wheel quick start: {run['counts']['scans']} scans, {run['counts']['cells']} cells, model {model.name} "
-      f"(sha256 {run['model']['sha256'][:12]}) from the installed package")
+      f"(sha256 {run['model']['sha256'][:12]}) and {centres.name} from the installed package")
 PY
