@@ -47,5 +47,5 @@ def prepare_output(run: BatchRun) -> ModelInfo:
     os.umask(run.settings.batch.umask_value)
     remove_stale_temporaries(run.out_dir)
     if run.settings.centres.enabled:
-        centre_network(run.settings.centres.model_path())
+        centre_network(run.settings.centres.model)
     return load_model_info(resolve_model_path(run.settings.classification.model))

@@ -107,15 +107,10 @@ class CentreNetwork:
 
 
 @functools.lru_cache(maxsize=2)
-def centre_network(path: Path) -> CentreNetwork:
-    """One session per model and process (a worker loads it once)."""
-    return CentreNetwork(path)
-
-
-@functools.lru_cache(maxsize=2)
-def _network_of(model: str | None) -> CentreNetwork:
-    """centre_network of `CentreParams.model`, resolved once per process (finding package data costs per tile)."""
-    return centre_network(CentreParams(model=model).model_path())
+def centre_network(model: str | None) -> CentreNetwork:
+    """The network of `CentreParams.model`: one session per model and process (a worker loads it once; finding
+    package data on every tile would cost too)."""
+    return CentreNetwork(CentreParams(model=model).model_path())
 
 
 def peaks(maps: CentreMaps, params: CentreParams) -> tuple[np.ndarray, np.ndarray]:
@@ -174,4 +169,4 @@ def with_centres(rgb: np.ndarray, seg: Segmentation, mpp: float, params: CentreP
     """`seg` of `rgb` (at `mpp`) reconciled with the centre network's centres, or as it is when disabled."""
     if not params.enabled:
         return seg
-    return reconcile(seg, _network_of(params.model).maps(rgb, mpp), params, mpp)
+    return reconcile(seg, centre_network(params.model).maps(rgb, mpp), params, mpp)
