@@ -45,10 +45,9 @@ import cv2
 import numpy as np
 
 from bcscan.model.onnx_backend import keras_to_onnx
-from bcscan.scan.centres import METADATA_KEYS, CentreMaps, CentreParams, peaks
+from bcscan.scan.centres import METADATA_KEYS, CentreMaps, CentreParams, network_input, padded_batch, peaks
 from bcscan.scan.platelets import PlateletParams
-from bcscan.scan.reading import resample
-from bcscan.scan.segmentation import SegmentationParams, optical_density
+from bcscan.scan.segmentation import SegmentationParams
 from bcscan.testing import groundtruth as G
 
 MPP = 0.8          # µm/px of the network's input
@@ -62,6 +61,11 @@ PLATELETS = "pbc-platelet"  # the source name of the platelet images taught as n
 THRESHOLDS = (0.2, 0.3, 0.4, 0.5)
 
 
+def input_of(rgb: np.ndarray, mpp: float) -> np.ndarray:
+    """The network's input of an image at `mpp` (`scan.centres.network_input` with this recipe's scale)."""
+    return network_input(rgb, mpp, MPP, BACKGROUND_PERCENTILE, MAX_OD)
+
+
 def fields(data: Path, cache: Path) -> list[dict]:
     """Every boxed field as optical density at MPP with its boxes there (and in its own pixels), blast marks and
     source; cached in `cache`."""
@@ -72,11 +76,10 @@ def fields(data: Path, cache: Path) -> list[dict]:
     out = []
     for s in samples + list(G.leukaemic_samples(data)):
         rgb = G.read_rgb(s.image)
-        work = resample(rgb, s.mpp, MPP)
-        scale = np.array([work.shape[1] / rgb.shape[1], work.shape[0] / rgb.shape[0]] * 2)
+        od = input_of(rgb, s.mpp)
+        scale = np.array([od.shape[1] / rgb.shape[1], od.shape[0] / rgb.shape[0]] * 2)
         boxes = np.asarray(s.boxes, float).reshape(-1, 4)
-        out.append(dict(source=s.source, image=s.image, mpp=s.mpp, od=np.minimum(optical_density(work, BACKGROUND_PERCENTILE), MAX_OD).astype(np.float32),
-                        boxes=boxes * scale, original_boxes=boxes, to_original=1 / scale,
+        out.append(dict(source=s.source, image=s.image, mpp=s.mpp, od=od, boxes=boxes * scale, original_boxes=boxes, to_original=1 / scale,
                         blast=np.array(blasts.get(str(s.image.relative_to(data)), [False] * len(boxes)), bool)))
     cache.parent.mkdir(parents=True, exist_ok=True)
     cache.write_bytes(pickle.dumps(out))
@@ -88,17 +91,21 @@ def platelet_negatives(data: Path, half: str) -> list[dict]:
     paths = sorted((data / "pbc-normal" / "platelet").glob("*.jpg"))[{"fit": 0, "report": 1}[half]::2]
     none = np.zeros((0, 4))
     return [dict(source=PLATELETS, image=path, mpp=G.PBC_MPP, boxes=none, original_boxes=none, blast=np.zeros(0, bool),
-                 od=np.minimum(optical_density(resample(G.read_rgb(path), G.PBC_MPP, MPP), BACKGROUND_PERCENTILE),
-                               MAX_OD).astype(np.float32))
+                 od=input_of(G.read_rgb(path), G.PBC_MPP))
             for path in paths]
 
 
-def platelet_share(items: list[dict], centres: CentreParams) -> float:
-    """The share of platelet images (`items`) with any detection of the shipped detection."""
+def pipeline_detections(item: dict, centres: CentreParams | None) -> np.ndarray:
+    """Boxes (the item's own pixels) of segment(), reconciled with the learnt centres given `centres`, and the
+    platelet test, as `bcscan scan` finds them on fields."""
     params = SegmentationParams()
-    return float(np.mean([len(G.WorkingField.of(G.BoxSample(item["image"], item["boxes"], item["mpp"], item["source"]),
-                                                params.working_mpp).detections(params, PlateletParams(), centres)) > 0
-                          for item in items]))
+    sample = G.BoxSample(item["image"], item["original_boxes"], item["mpp"], item["source"])
+    return G.WorkingField.of(sample, params.working_mpp).detections(params, PlateletParams(), centres)
+
+
+def platelet_share(items: list[dict], centres: CentreParams | None) -> float:
+    """The share of platelet images (`items`) with any detection of the shipped detection."""
+    return float(np.mean([len(pipeline_detections(item, centres)) > 0 for item in items]))
 
 
 def targets(h: int, w: int, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -225,11 +232,8 @@ def train(items: list[dict], steps: int, seed: int, **augmentation):
 
 def network_maps(model, od: np.ndarray) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
     """The network's heat map and box sizes on `od` (padded to a multiple of 8), and `od`'s height and width."""
-    h, w = od.shape[:2]
-    x = np.zeros((1, -(-h // 8) * 8, -(-w // 8) * 8, 3), np.float32)
-    x[0, :h, :w] = od
-    heat, size = (t.numpy()[0] for t in model(x, training=False))
-    return heat[..., 0], size, (h, w)
+    heat, size = (t.numpy()[0] for t in model(padded_batch(od), training=False))
+    return heat[..., 0], size, od.shape[:2]
 
 
 def detect(maps: tuple[np.ndarray, np.ndarray, tuple[int, int]], params: CentreParams) -> np.ndarray:
@@ -262,13 +266,8 @@ def blast_score(found: np.ndarray, item: dict) -> G.BlastScore:
 
 
 def pipeline_score(items: list[dict], centres: CentreParams | None) -> G.BlastScore:
-    """The detections of segment(), reconciled with the learnt centres given `centres`, and the platelet test, as
-    `bcscan scan` runs them on fields, against the items' boxes."""
-    params = SegmentationParams()
-    return functools.reduce(operator.add, (
-        blast_score(G.WorkingField.of(G.BoxSample(item["image"], item["original_boxes"], item["mpp"], item["source"]),
-                                      params.working_mpp).detections(params, PlateletParams(), centres), item)
-        for item in items))
+    """pipeline_detections of `items` against their boxes."""
+    return functools.reduce(operator.add, (blast_score(pipeline_detections(item, centres), item) for item in items))
 
 
 def save_onnx(model, path: Path, provenance: dict) -> None:

@@ -72,6 +72,22 @@ class CentreMaps:
     scale: np.ndarray      # (x, y) image pixels per heat-map pixel
 
 
+def network_input(rgb: np.ndarray, mpp: float, input_mpp: float, background_percentile: float,
+                  max_od: float) -> np.ndarray:
+    """What the network reads of `rgb` (at `mpp` µm/px): its optical density at `input_mpp`, clipped at `max_od`
+    (the same in training, benchmarks/learnt_detector.py, and in a scan)."""
+    od = optical_density(resample(rgb, mpp, input_mpp), background_percentile)
+    return np.minimum(od, max_od).astype(np.float32)
+
+
+def padded_batch(od: np.ndarray) -> np.ndarray:
+    """`od` as a batch of one, padded with glass (0) to a multiple of 8: the U-Net pools three times."""
+    h, w = od.shape[:2]
+    x = np.zeros((1, -(-h // 8) * 8, -(-w // 8) * 8, 3), np.float32)
+    x[0, :h, :w] = od
+    return x
+
+
 class CentreNetwork:
     """The ONNX centre network on one CPU thread (scan workers are one process per core)."""
 
@@ -94,12 +110,9 @@ class CentreNetwork:
     def maps(self, rgb: np.ndarray, mpp: float) -> CentreMaps:
         """The heat map and box sizes of `rgb` (at `mpp` µm/px): its optical density at the network's scale,
         padded to a multiple of 8."""
-        work = resample(rgb, mpp, self.input_mpp)
-        od = np.minimum(optical_density(work, self.background_percentile), self.max_od)
+        od = network_input(rgb, mpp, self.input_mpp, self.background_percentile, self.max_od)
         h, w = od.shape[:2]
-        x = np.zeros((1, -(-h // 8) * 8, -(-w // 8) * 8, 3), np.float32)
-        x[0, :h, :w] = od
-        heat, box = self.session.run(["heat", "box_size"], {"image": x})
+        heat, box = self.session.run(["heat", "box_size"], {"image": padded_batch(od)})
         oh, ow = -(-h // int(self.stride)), -(-w // int(self.stride))
         scale = np.array([rgb.shape[1] / w, rgb.shape[0] / h]) * self.stride
         return CentreMaps(heat[0, :oh, :ow, 0], box[0, :oh, :ow] * self.size_unit_um, self.input_mpp * self.stride,

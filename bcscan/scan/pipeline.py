@@ -15,8 +15,8 @@ import numpy as np
 import pandas as pd
 
 from bcscan.errors import ModelError, ScanError, StageError
-from bcscan.scan.centres import CentreParams, with_centres
 from bcscan.scan.appearance import FEATURES, crop_appearance, scan_appearance
+from bcscan.scan.centres import CentreParams, with_centres
 from bcscan.scan.counting_area import area_summary, pick_monolayer
 from bcscan.scan.crops import crop_cells, crop_side_px, resize_crops
 from bcscan.scan.platelets import PlateletParams, drop_platelet_clumps

@@ -37,8 +37,8 @@ from bcscan.batch.scans import classifier_for, failed_meta, ok_meta, store_scan
 from bcscan.batch.settings import PipelineParams
 from bcscan.errors import describe_failure
 from bcscan.model.network import ModelInfo
-from bcscan.scan.pipeline import TileCells, plan_scan, scan_result, tile_cells
 from bcscan.scan.centres import CentreParams
+from bcscan.scan.pipeline import TileCells, plan_scan, scan_result, tile_cells
 from bcscan.scan.platelets import PlateletParams
 from bcscan.scan.quality import QualityParams
 from bcscan.scan.reading import ReadingParams, open_scan
@@ -56,14 +56,14 @@ _worker: dict[str, Any] = {}
 
 
 def _init_worker(parent: int, reading: ReadingParams, segmentation: SegmentationParams, tiling: TilingParams,
-                 quality: QualityParams, platelets: PlateletParams, centres: CentreParams, mpp: float | None, crop_um: float,
-                 input_size: int) -> None:
+                 quality: QualityParams, platelets: PlateletParams, centres: CentreParams, mpp: float | None,
+                 crop_um: float, input_size: int) -> None:
     import cv2
 
     cv2.setNumThreads(1)  # one core per worker: the classifier's threads need the rest
     threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
-    _worker.update(reading=reading, segmentation=segmentation, tiling=tiling, quality=quality, platelets=platelets, centres=centres,
-                   mpp=mpp, crop_um=crop_um, input_size=input_size, scans=OrderedDict())
+    _worker.update(reading=reading, segmentation=segmentation, tiling=tiling, quality=quality, platelets=platelets,
+                   centres=centres, mpp=mpp, crop_um=crop_um, input_size=input_size, scans=OrderedDict())
 
 
 def _exit_with_parent(parent: int) -> None:
