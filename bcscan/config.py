@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,31 @@ def section(cls, values: dict[str, Any] | None, name: str):
         return cls(**values)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"section '{name}': {exc}") from exc
+
+
+def check_flags(params, *names: str) -> None:
+    """Each named field of `params` must be true or false (YAML's `1` or `"yes"` is not taken for one)."""
+    for name in names:
+        value = getattr(params, name)
+        if not isinstance(value, bool):
+            raise ValueError(f"{name} must be true or false, got {value!r}")
+
+
+def check_numbers(params, *names: str, above: float | None = None, at_least: float | None = None,
+                  below: float | None = None, at_most: float | None = None) -> None:
+    """Each named field of `params` must be a finite number (not a bool) within the bounds given; a
+    `weights[2]`-style name checks one item of a sequence field."""
+    for name in names:
+        field, _, index = name.partition("[")
+        value = getattr(params, field)
+        if index:
+            value = value[int(index.rstrip("]"))]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ValueError(f"{name} must be a finite number, got {value!r}")
+        for bound, holds, words in ((above, lambda b: value > b, "> {}"), (at_least, lambda b: value >= b, ">= {}"),
+                                    (below, lambda b: value < b, "< {}"), (at_most, lambda b: value <= b, "<= {}")):
+            if bound is not None and not holds(bound):
+                raise ValueError(f"{name} must be {words.format(bound)}, got {value!r}")
 
 
 def load_yaml(path: Path) -> dict[str, Any]:

@@ -208,3 +208,25 @@ def test_usage_errors_are_one_line_with_exit_2(args, message):
     result = CliRunner().invoke(main, args, prog_name="bcscan")
     assert result.exit_code == 2
     assert result.output.splitlines() == [f"bcscan: error: {message}"]
+
+
+@pytest.mark.parametrize("yaml_text, message", [
+    ("centres:\n  peak_min_distance_um: true\n", "section 'centres': peak_min_distance_um must be a finite number, got True"),
+    ("centres:\n  model: 3\n", "section 'centres': model must be the path of an ONNX file or null, got 3"),
+    ("centres:\n  enabled: 1\n", "section 'centres': enabled must be true or false, got 1"),
+    ("tiling:\n  tile_px: big\n", "section 'tiling': tile_px must be a finite number, got 'big'"),
+    ("segmentation:\n  background_percentile: 100\n", "section 'segmentation': background_percentile must be < 100, got 100"),
+    ("quality:\n  clip_level: .nan\n", "section 'quality': clip_level must be a finite number, got nan"),
+    ("platelets:\n  weights: [1, 2, 3, 4, x]\n", "section 'platelets': weights[4] must be a finite number, got 'x'"),
+    ("aggregation:\n  review_threshold_pct: 0\n", "section 'aggregation': review_threshold_pct must be > 0, got 0"),
+    ("pipeline:\n  scans_in_flight: 0\n", "section 'pipeline': scans_in_flight must be >= 1, got 0"),
+])
+def test_a_bad_value_in_any_section_is_a_config_error_naming_it(tmp_path, yaml_text, message):
+    from bcscan.batch.settings import load_settings
+    from bcscan.errors import ConfigError
+
+    config = tmp_path / "bad.yaml"
+    config.write_text(yaml_text)
+    with pytest.raises(ConfigError) as error:
+        load_settings(config)
+    assert str(error.value) == message

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from bcscan import __version__
-from bcscan.config import config_digest, default_config, load_yaml, merge, section
+from bcscan.config import check_numbers, config_digest, default_config, load_yaml, merge, section
 from bcscan.errors import ConfigError
 from bcscan.model.classifier import ClassificationParams
 from bcscan.results.aggregation import AggregationParams
@@ -28,8 +28,7 @@ class BatchParams:
     umask: str = "077"           # octal; outputs hold patient data: by default readable by their owner only
 
     def __post_init__(self):
-        if self.settle_minutes < 0:
-            raise ValueError("settle_minutes must be >= 0")
+        check_numbers(self, "settle_minutes", at_least=0)
         try:
             value = int(str(self.umask), 8)
         except ValueError:
@@ -49,10 +48,9 @@ class PipelineParams:
     scans_in_flight: int = 4   # scans open at once
 
     def __post_init__(self):
-        if self.workers < -1:
-            raise ValueError("workers must be -1 (auto), 0 (no pipelining) or a number of processes")
-        if self.tiles_in_flight < 0 or self.scans_in_flight < 1:
-            raise ValueError("tiles_in_flight must be >= 0 and scans_in_flight >= 1")
+        check_numbers(self, "workers", at_least=-1)  # -1: auto, 0: no pipelining, else a number of processes
+        check_numbers(self, "tiles_in_flight", at_least=0)
+        check_numbers(self, "scans_in_flight", at_least=1)
 
     def worker_count(self) -> int:
         if self.workers >= 0:

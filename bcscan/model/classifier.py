@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from bcscan.config import check_numbers
 from bcscan.errors import ConfigError, ModelError
 from bcscan.model.network import load_keras_model, resolve_model_path
 from bcscan.scan.crops import resize_crops
@@ -33,10 +34,9 @@ class ClassificationParams:
     cpu_backend: str = "auto"                 # auto (ONNX Runtime when installed and equal) | onnxruntime | tensorflow
 
     def __post_init__(self):
-        if self.batch_size < 1:
-            raise ValueError("batch_size must be >= 1")
-        if not 0.0 < self.threshold < 1.0:
-            raise ValueError("threshold must be in (0, 1)")
+        check_numbers(self, "batch_size", at_least=1)
+        check_numbers(self, "threshold", above=0, below=1)
+        check_numbers(self, "cpu_threads", at_least=0)
         if self.device not in {"auto", "cpu", "gpu"}:
             raise ValueError("device must be auto, cpu or gpu")
         if self.cpu_backend not in {"auto", "onnxruntime", "tensorflow"}:

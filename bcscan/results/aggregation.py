@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from bcscan.config import check_numbers
 from bcscan.model.domain import uncertainty_verdict
 
 PATIENT_COLUMNS = ["patient_id", "n_scans", "n_cells", "n_leukemic", "n_normal", "pct_leukemic",
@@ -27,10 +28,8 @@ class AggregationParams:
     min_cells: int = 50                # fewer cells: no negative call is made
 
     def __post_init__(self):
-        if not 0 < self.review_threshold_pct <= 100:
-            raise ValueError("review_threshold_pct must be in (0, 100]")
-        if self.min_cells < 1:
-            raise ValueError("min_cells must be >= 1")
+        check_numbers(self, "review_threshold_pct", above=0, at_most=100)
+        check_numbers(self, "min_cells", at_least=1)
 
 
 def wilson_interval(successes: int, n: int) -> tuple[float, float]:

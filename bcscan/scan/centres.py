@@ -23,7 +23,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from bcscan.config import packaged
+from bcscan.config import check_flags, check_numbers, packaged
 from bcscan.errors import ModelError
 from bcscan.scan.reading import resample
 from bcscan.scan.segmentation import Segmentation, collect_cells, optical_density
@@ -48,14 +48,11 @@ class CentreParams:
     """A rule cell without a centre stays when the heat map inside it reaches this."""
 
     def __post_init__(self) -> None:
-        if not isinstance(self.enabled, bool):
-            raise ValueError(f"enabled must be true or false, got {self.enabled!r}")
-        for name in ("threshold", "keep_threshold"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value < 1:
-                raise ValueError(f"{name} must be a number in [0, 1), got {value!r}")
-        if not isinstance(self.peak_min_distance_um, (int, float)) or not self.peak_min_distance_um > 0:
-            raise ValueError(f"peak_min_distance_um must be > 0, got {self.peak_min_distance_um!r}")
+        check_flags(self, "enabled")
+        if self.model is not None and not (isinstance(self.model, str) and self.model):
+            raise ValueError(f"model must be the path of an ONNX file or null, got {self.model!r}")
+        check_numbers(self, "threshold", "keep_threshold", at_least=0, below=1)
+        check_numbers(self, "peak_min_distance_um", above=0)
 
     def model_path(self) -> Path:
         return Path(self.model).expanduser() if self.model else packaged(SHIPPED_CENTRE_MODEL)

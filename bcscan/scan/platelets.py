@@ -40,6 +40,7 @@ import cv2
 import numpy as np
 from scipy.ndimage import find_objects
 
+from bcscan.config import check_flags, check_numbers
 from bcscan.scan.centres import CentreParams, with_centres
 from bcscan.scan.segmentation import (
     Segmentation,
@@ -80,19 +81,12 @@ class PlateletParams:
     """The fit gave 25.09; lowered until no white cell of the fit half is dropped."""
 
     def __post_init__(self) -> None:
-        if not isinstance(self.enabled, bool):
-            raise ValueError(f"enabled must be true or false, got {self.enabled!r}")
+        check_flags(self, "enabled")
         if not isinstance(self.weights, (list, tuple)) or len(self.weights) != len(FEATURES):
             raise ValueError(f"weights must be {len(FEATURES)} numbers ({', '.join(FEATURES)}), got {self.weights!r}")
         object.__setattr__(self, "weights", tuple(self.weights))
-        numbers = [("max_nucleus_area_um2", self.max_nucleus_area_um2), ("min_texture", self.min_texture),
-                   ("max_even", self.max_even), ("bias", self.bias)]
-        numbers += [(f"weights[{i}]", w) for i, w in enumerate(self.weights)]
-        for name, value in numbers:
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or not np.isfinite(value):
-                raise ValueError(f"{name} must be a finite number, got {value!r}")
-        if min(self.max_nucleus_area_um2, self.min_texture, self.max_even) < 0:
-            raise ValueError("max_nucleus_area_um2, min_texture and max_even must be >= 0")
+        check_numbers(self, "bias", *(f"weights[{i}]" for i in range(len(FEATURES))))
+        check_numbers(self, "max_nucleus_area_um2", "min_texture", "max_even", at_least=0)
 
 
 def clump_features(rgb: np.ndarray, seg: Segmentation, seg_params: SegmentationParams,

@@ -46,6 +46,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from bcscan.config import check_numbers
 from bcscan.scan.segmentation import Segmentation, SegmentationParams, disk, red_cell_level
 
 # reason -> the figures that raise it: (TileQuality figure, QualityParams threshold, +1 = above it / -1 = below it).
@@ -132,21 +133,13 @@ class QualityParams:
     edge are normally excluded; a scan that is mostly blurred or badly stained is not counted at all)."""
 
     def __post_init__(self) -> None:
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or not np.isfinite(value):
-                raise ValueError(f"{f.name} must be a finite number, got {value!r}")
-            if value < 0:
-                raise ValueError(f"{f.name} must be >= 0, got {value}")
+        check_numbers(self, *(f.name for f in fields(self)), at_least=0)
         for lo, hi in (("min_nucleus_od", "max_nucleus_od"), ("min_rbc_od", "max_rbc_od")):
             if getattr(self, lo) >= getattr(self, hi):
                 raise ValueError(f"{lo} must be < {hi}")
-        for name in ("min_glass_fraction", "min_rbc_coverage", "max_clipped_fraction", "cell_od_relative",
-                     "min_readable_fraction"):
-            if getattr(self, name) > 1:
-                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
-        if not 1 <= self.clip_level <= 255:
-            raise ValueError(f"clip_level must be in [1, 255], got {self.clip_level}")
+        check_numbers(self, "min_glass_fraction", "min_rbc_coverage", "max_clipped_fraction", "cell_od_relative",
+                      "min_readable_fraction", at_most=1)
+        check_numbers(self, "clip_level", at_least=1, at_most=255)
 
 
 @dataclass(frozen=True)

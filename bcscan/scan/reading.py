@@ -15,6 +15,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from bcscan.config import check_flags, check_numbers
 from bcscan.errors import ScanError
 
 SLIDE_SUFFIXES = {".svs", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif", ".svslide", ".tif", ".tiff"}
@@ -33,12 +34,11 @@ class ReadingParams:
     single_cell_images: bool = False    # each field image shows one white cell at its centre: count only it
 
     def __post_init__(self):
-        if self.default_mpp is not None and not self.default_mpp > 0:
-            raise ValueError("default_mpp must be > 0")
-        if self.slide_cache_mb < 0:
-            raise ValueError("slide_cache_mb must be >= 0")
-        if not self.max_mpp > 0:
-            raise ValueError("max_mpp must be > 0")
+        if self.default_mpp is not None:
+            check_numbers(self, "default_mpp", above=0)
+        check_numbers(self, "max_mpp", "max_image_pixels", "max_slide_pixels", above=0)
+        check_numbers(self, "slide_cache_mb", at_least=0)
+        check_flags(self, "single_cell_images")
 
 
 # A TIFF resolution this coarse is a page-layout placeholder (72 or 96 dpi), not a microscope scale.

@@ -46,6 +46,7 @@ import numpy as np
 from scipy.ndimage import find_objects
 from skimage.segmentation import watershed
 
+from bcscan.config import check_flags, check_numbers
 from bcscan.scan.reading import resample
 
 
@@ -110,25 +111,15 @@ class SegmentationParams:
     max_cell_area_um2: float = 600.0
 
     def __post_init__(self) -> None:
-        if not isinstance(self.red_cell_discs, bool):
-            raise ValueError(f"red_cell_discs must be true or false, got {self.red_cell_discs!r}")
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if f.name == "red_cell_discs":
-                continue
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or not np.isfinite(value):
-                raise ValueError(f"{f.name} must be a finite number, got {value!r}")
-        positive = ("working_mpp", "peak_min_distance_um", "split_min_radius_um", "split_min_area_um2", "min_cell_area_um2", "max_cell_area_um2",
-                    "nucleus_od", "foreground_od", "max_cytoplasm_um")
-        for name in positive:
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
-        for name in ("smooth_um", "nucleus_close_um", "lobe_gap_um", "min_nucleus_area_um2", "min_fragment_area_um2",
-                     "min_red_cell_disc_area_um2", "field_min_area_um2", "compact_nucleus_contrast"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if not 50.0 <= self.background_percentile < 100.0:
-            raise ValueError(f"background_percentile must be in [50, 100), got {self.background_percentile}")
+        check_flags(self, "red_cell_discs")
+        check_numbers(self, *(f.name for f in fields(self) if f.name != "red_cell_discs"))
+        check_numbers(self, "working_mpp", "peak_min_distance_um", "split_min_radius_um", "split_min_area_um2",
+                      "min_cell_area_um2", "max_cell_area_um2", "nucleus_od", "foreground_od", "max_cytoplasm_um",
+                      above=0)
+        check_numbers(self, "smooth_um", "nucleus_close_um", "lobe_gap_um", "min_nucleus_area_um2",
+                      "min_fragment_area_um2", "min_red_cell_disc_area_um2", "field_min_area_um2",
+                      "compact_nucleus_contrast", at_least=0)
+        check_numbers(self, "background_percentile", at_least=50, below=100)
         if self.compact_nucleus_contrast > 0 and self.compact_nucleus_radius_um <= 0:
             raise ValueError("compact_nucleus_radius_um must be > 0 when compact_nucleus_contrast is on")
         if self.min_cell_area_um2 >= self.max_cell_area_um2:

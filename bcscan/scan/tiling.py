@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
+from bcscan.config import check_numbers
 from bcscan.scan.reading import Scan
 
 
@@ -27,12 +28,11 @@ class TilingParams:
     glass_min_value: int = 200          # HSV value above which a pixel may be glass
 
     def __post_init__(self):
-        if self.tile_px < 64:
-            raise ValueError("tile_px must be >= 64")
-        if self.margin_um <= 0:
-            raise ValueError("margin_um must be > 0")
-        if not 0 <= self.content_min_fraction < 1:
-            raise ValueError("content_min_fraction must be in [0, 1)")
+        check_numbers(self, "tile_px", at_least=64)
+        check_numbers(self, "margin_um", above=0)
+        check_numbers(self, "content_min_fraction", at_least=0, below=1)
+        check_numbers(self, "thumbnail_px", above=0)
+        check_numbers(self, "glass_max_saturation", "glass_min_value", at_least=0, at_most=255)
 
 
 @dataclass(frozen=True)

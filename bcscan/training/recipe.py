@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bcscan.config import load_yaml, section
+from bcscan.config import check_numbers, load_yaml, section
 from bcscan.errors import ConfigError
 from bcscan.model.network import CLASSES, LEUKEMIC, NORMAL
 
@@ -65,10 +65,8 @@ class ModelParams:
     head: str = "binary"           # binary (leukemic / normal) | cell_types (one class per source cell_type)
 
     def __post_init__(self):
-        if self.width <= 0:
-            raise ValueError("width must be > 0")
-        if not 0 <= self.batch_norm_momentum < 1:
-            raise ValueError("batch_norm_momentum must be in [0, 1)")
+        check_numbers(self, "width", above=0)
+        check_numbers(self, "batch_norm_momentum", at_least=0, below=1)
         if self.head not in {"binary", "cell_types"}:
             raise ValueError("head must be binary or cell_types")
 
@@ -102,8 +100,8 @@ class TrainParams:
             raise ValueError("average_last_epochs needs early_stopping_patience 0 and at most `epochs` epochs")
         if self.input_pipeline not in {"keras", "tf_data"}:
             raise ValueError("input_pipeline must be keras or tf_data")
-        if self.epochs < 1 or self.batch_size < 1 or self.learning_rate <= 0:
-            raise ValueError("epochs, batch_size and learning_rate must be positive")
+        check_numbers(self, "epochs", "batch_size", at_least=1)
+        check_numbers(self, "learning_rate", above=0)
 
 
 @dataclass(frozen=True)
@@ -126,10 +124,9 @@ class AugmentParams:
     jpeg_quality_min: int = 100      # JPEG at quality ~ U(min, 100) per sample; 100 = off
 
     def __post_init__(self):
-        if self.blur_um < 0 or not 1 <= self.jpeg_quality_min <= 100:
-            raise ValueError("blur_um must be >= 0 and jpeg_quality_min in 1..100")
-        if not 0 <= self.stain_transfer_p <= 1:
-            raise ValueError("stain_transfer_p must be in [0, 1]")
+        check_numbers(self, "blur_um", at_least=0)
+        check_numbers(self, "jpeg_quality_min", at_least=1, at_most=100)
+        check_numbers(self, "stain_transfer_p", at_least=0, at_most=1)
 
 
 @dataclass(frozen=True)
@@ -145,8 +142,7 @@ class FinetuneParams:
     min_gain: float = 0.0         # the new model's balanced accuracy on the held-back cells must beat init + this
 
     def __post_init__(self):
-        if self.replay_per_source < 0:
-            raise ValueError("replay_per_source must be >= 0")
+        check_numbers(self, "replay_per_source", at_least=0)
         if min(self.train, self.val, self.holdout) <= 0 or abs(self.train + self.val + self.holdout - 1) > 1e-6:
             raise ValueError("train + val + holdout must be 1 and each > 0")
 

@@ -6,6 +6,8 @@ import logging
 from dataclasses import dataclass, fields
 from typing import Any
 
+from bcscan.config import check_numbers
+
 log = logging.getLogger("bcscan")
 
 
@@ -25,21 +27,15 @@ class ReportingParams:
     fallback_font: str | None = None  # a TTF with the scripts DejaVu Sans lacks (CJK ...); None = search
 
     def __post_init__(self):
-        for name in ("gallery_suspicious", "gallery_normal", "max_scan_sections"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0")
-        if not 1 <= self.gallery_columns <= 12:
-            raise ValueError("gallery_columns must be in 1..12")
-        if self.crop_um is not None and not self.crop_um > 0:
-            raise ValueError("crop_um must be > 0")
-        if not 32 <= self.crop_px <= 512:
-            raise ValueError("crop_px must be in 32..512")
-        if not 128 <= self.thumbnail_px <= 8192:
-            raise ValueError("thumbnail_px must be in 128..8192")
+        check_numbers(self, "gallery_suspicious", "gallery_normal", "max_scan_sections", at_least=0)
+        check_numbers(self, "gallery_columns", at_least=1, at_most=12)
+        if self.crop_um is not None:
+            check_numbers(self, "crop_um", above=0)
+        check_numbers(self, "crop_px", at_least=32, at_most=512)
+        check_numbers(self, "thumbnail_px", at_least=128, at_most=8192)
         if not 0.0 <= self.uncertain_low <= self.uncertain_high <= 1.0:
             raise ValueError("need 0 <= uncertain_low <= uncertain_high <= 1")
-        if not 2 <= self.histogram_bins <= 200:
-            raise ValueError("histogram_bins must be in 2..200")
+        check_numbers(self, "histogram_bins", at_least=2, at_most=200)
 
 
 def params_from(run: dict[str, Any], override: ReportingParams | None) -> ReportingParams:
