@@ -27,6 +27,8 @@ Benign, mll-bone-marrow, lmu-aml-blood) and the normal box-labelled sources (BCC
 as benchmarks/compact_nuclei.py scores them (IoU >= 0.5, one-to-one; blasts: boxes marked blast).  For each source
 a model is trained on all the others and scored on it, at the threshold 0.3 and, for reading only, 0.2 / 0.4 / 0.5.
 Prints one line per fold and threshold and a markdown table; the fold models are kept in --work (Keras and ONNX).
+A second table splits recall between cells inside the image and cells cut by its edge (a box within EDGE_PX of the
+border): a third of the Ghaderzadeh boxes are such half cells, which a slide's overlapping tiles show whole.
 """
 from __future__ import annotations
 
@@ -59,6 +61,8 @@ MAX_OD = 3.0       # optical density clipped here
 SIZE_UNIT_UM = 10.0  # box sizes are regressed in this unit
 PLATELETS = "pbc-platelet"  # the source name of the platelet images taught as negatives
 THRESHOLDS = (0.2, 0.3, 0.4, 0.5)
+EDGE_PX = 2  # a box this close to its image's border (own pixels) is a cell cut by the edge
+MIN_VISIBLE_UM = 1.5  # with visible-only targets, a cut cell narrower than this is not marked
 
 
 def input_of(rgb: np.ndarray, mpp: float) -> np.ndarray:
@@ -151,8 +155,11 @@ def augment(od: np.ndarray, boxes: np.ndarray, rng: np.random.Generator, stain_m
     return np.ascontiguousarray(od, dtype=np.float32), boxes
 
 
-def crop(od: np.ndarray, boxes: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """A random CROP x CROP window (glass around an image smaller than that) and the boxes centred in it."""
+def crop(od: np.ndarray, boxes: np.ndarray, rng: np.random.Generator,
+         visible_only: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """A random CROP x CROP window (glass around an image smaller than that) and the boxes centred in it; with
+    `visible_only`, every box cut to the window's image part (a cut cell marked at the centre of what is seen,
+    as the ground truth boxes cells cut by an image's edge), if at least MIN_VISIBLE_UM of it is seen."""
     h, w = od.shape[:2]
     y0, x0 = rng.integers(0, max(h - CROP, 0) + 1), rng.integers(0, max(w - CROP, 0) + 1)
     out = np.zeros((CROP, CROP, 3), np.float32)
@@ -160,12 +167,16 @@ def crop(od: np.ndarray, boxes: np.ndarray, rng: np.random.Generator) -> tuple[n
     oy, ox = rng.integers(0, CROP - part.shape[0] + 1), rng.integers(0, CROP - part.shape[1] + 1)
     out[oy:oy + part.shape[0], ox:ox + part.shape[1]] = part
     b = boxes - np.array([x0, y0, x0, y0]) + np.array([ox, oy, ox, oy])
+    if visible_only:
+        b = np.clip(b, [ox, oy, ox, oy], [ox + part.shape[1], oy + part.shape[0]] * 2)
+        return out, b[np.minimum(b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]) * MPP >= MIN_VISIBLE_UM]
     cx, cy = (b[:, 0] + b[:, 2]) / 2, (b[:, 1] + b[:, 3]) / 2
     inside = (cx >= ox) & (cx < ox + part.shape[1]) & (cy >= oy) & (cy < oy + part.shape[0])
     return out, b[inside]
 
 
-def batches(items: list[dict], rng: np.random.Generator, size: int = 32, **augmentation):
+def batches(items: list[dict], rng: np.random.Generator, size: int = 32, visible_only: bool = False,
+            **augmentation):
     """Endless batches (input, heat map, box size, size mask), every source an equal share."""
     by_source: dict[str, list[dict]] = {}
     for item in items:
@@ -176,7 +187,7 @@ def batches(items: list[dict], rng: np.random.Generator, size: int = 32, **augme
         for _ in range(size):
             group = by_source[sources[rng.integers(len(sources))]]
             item = group[rng.integers(len(group))]
-            od, boxes = crop(*augment(item["od"], item["boxes"], rng, **augmentation), rng)
+            od, boxes = crop(*augment(item["od"], item["boxes"], rng, **augmentation), rng, visible_only)
             parts.append((od, *targets(CROP, CROP, boxes)))
         x, heat, box_size, mask = (np.stack(p).astype(np.float32) for p in zip(*parts))
         yield x, heat[..., None], box_size, mask[..., None]
@@ -246,16 +257,41 @@ def detect(maps: tuple[np.ndarray, np.ndarray, tuple[int, int]], params: CentreP
     return np.concatenate([centres[keep] - half, centres[keep] + half], 1)
 
 
+def network_boxes(maps: tuple, item: dict, threshold: float) -> np.ndarray:
+    """The network's detections on `item` (its network_maps) in the item's own pixels."""
+    h, w = item["od"].shape[:2]
+    found = detect(maps, dataclasses.replace(CentreParams(), threshold=threshold))
+    return np.clip(found, 0, [w, h, w, h]) * item["to_original"]
+
+
 def score(maps: dict[int, tuple], items: list[dict], threshold: float) -> dict[str, G.BlastScore]:
     """Per source, the network's detections against the boxes (own pixels, IoU >= 0.5, one-to-one) and blasts
     found; `maps`: each item's network_maps, by id."""
     out: dict[str, G.BlastScore] = {}
     for item in items:
-        h, w = item["od"].shape[:2]
-        found = detect(maps[id(item)], dataclasses.replace(CentreParams(), threshold=threshold))
-        s = blast_score(np.clip(found, 0, [w, h, w, h]) * item["to_original"], item)
+        s = blast_score(network_boxes(maps[id(item)], item, threshold), item)
         out[item["source"]] = out[item["source"]] + s if item["source"] in out else s
     return out
+
+
+def cut_by_edge(item: dict) -> np.ndarray:
+    """Which of the item's boxes reach its image's border: cells cut by the edge, which a slide's overlapping tiles
+    show whole."""
+    h, w = np.array(item["od"].shape[:2]) * item["to_original"][[1, 0]]
+    b = item["original_boxes"]
+    return (b[:, 0] <= EDGE_PX) | (b[:, 1] <= EDGE_PX) | (b[:, 2] >= w - EDGE_PX) | (b[:, 3] >= h - EDGE_PX)
+
+
+def recall_by_cut(items: list[dict], detections) -> np.ndarray:
+    """Boxes matched and boxes in all of `items` by `detections` (item -> boxes in its own pixels): a row for the
+    cells inside the image and one for those cut by its edge."""
+    counts = np.zeros((2, 2), int)
+    for item in items:
+        matched = np.zeros(len(item["original_boxes"]), bool)
+        matched[[j for _, j, _ in G.match_boxes(detections(item), item["original_boxes"])]] = True
+        cut = cut_by_edge(item)
+        counts += [[np.sum(matched & ~cut), np.sum(~cut)], [np.sum(matched & cut), np.sum(cut)]]
+    return counts
 
 
 def blast_score(found: np.ndarray, item: dict) -> G.BlastScore:
@@ -292,6 +328,8 @@ def main() -> None:
     ap.add_argument("--stain-mix", type=float, default=0.0, help="augmentation: mix up to this share of each "
                     "channel's optical density into the others")
     ap.add_argument("--blur-px", type=float, default=0.0, help="augmentation: Gaussian blur of up to this sigma")
+    ap.add_argument("--visible-targets", action=argparse.BooleanOptionalAction, default=False,
+                    help="mark a cell cut by a training crop's edge at the centre of its visible part")
     ap.add_argument("--name", default="", help="suffix of the kept fold models' names (a variant)")
     ap.add_argument("--reuse", action="store_true", help="score the fold models kept in --work, train the missing")
     ap.add_argument("--platelet-negatives", action=argparse.BooleanOptionalAction, default=True,
@@ -306,19 +344,20 @@ def main() -> None:
     sources = sorted({item["source"] for item in items})
     negatives = platelet_negatives(args.data, "fit") if args.platelet_negatives else []
     if args.ship:
-        model = train(items + negatives, args.steps, args.seed, stain_mix=args.stain_mix, blur_px=args.blur_px)
+        model = train(items + negatives, args.steps, args.seed, stain_mix=args.stain_mix, blur_px=args.blur_px,
+                          visible_only=args.visible_targets)
         model.save(args.work / f"s{args.seed}{args.name}-all.keras")
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                                 cwd=G.REPO_ROOT).stdout.strip()
         save_onnx(model, args.ship, {"trained_on": {s: sum(i["source"] == s for i in items + negatives)
                                                     for s in sources + [PLATELETS] * bool(negatives)},
                                      "steps": args.steps, "seed": args.seed, "stain_mix": args.stain_mix,
-                                     "blur_px": args.blur_px, "date": dt.date.today().isoformat(), "commit": commit,
+                                     "blur_px": args.blur_px, "visible_targets": args.visible_targets, "date": dt.date.today().isoformat(), "commit": commit,
                                      "command": "python benchmarks/learnt_detector.py --ship"})
         return
     folds = sources if args.folds == "all" else args.folds.split(",")
     report_half = platelet_negatives(args.data, "report")
-    rows, platelets = {}, {}
+    rows, platelets, cuts = {}, {}, {}
     print(f"keep_threshold {args.keep_threshold}")
     for fold in folds:
         t = time.perf_counter()
@@ -327,7 +366,8 @@ def main() -> None:
             model = tf.keras.models.load_model(path)
         else:
             model = train([item for item in items if item["source"] != fold] + negatives, args.steps, args.seed,
-                          stain_mix=args.stain_mix, blur_px=args.blur_px)
+                          stain_mix=args.stain_mix, blur_px=args.blur_px,
+                          visible_only=args.visible_targets)
             model.save(path)
         save_onnx(model, path.with_suffix(".onnx"), {"left_out": fold, "seed": args.seed, "steps": args.steps})
         left_out = [item for item in items if item["source"] == fold]
@@ -341,6 +381,8 @@ def main() -> None:
                       pipeline_score(left_out, centres),
                       pipeline_score(left_out, None))
         platelets[fold] = platelet_share(report_half, centres)
+        cuts[fold] = (recall_by_cut(left_out, lambda item: network_boxes(maps[id(item)], item, centres.threshold)),
+                      recall_by_cut(left_out, lambda item: pipeline_detections(item, centres)))
     print(f"\n| left-out source (seed {args.seed}) | network: P / R / F1 | blast recall | colour rules with the "
           f"network's centres (shipped): P / R / F1 | blast recall | colour rules alone: P / R / F1 | blast recall | "
           f"platelet images with a detection (shipped) |\n|---|---|---|---|---|---|---|---|")
@@ -353,6 +395,12 @@ def main() -> None:
         blasts = [f"{r.blast_recall:.3f} ({r.blasts_found}/{r.blasts})" if r.blasts else "–" for r in results]
         share = f"{platelets[fold]:.3f}" if fold in platelets else "–"
         print(f"| {fold} | " + " | ".join(f"{c} | {b}" for c, b in zip(cells, blasts)) + f" | {share} |")
+    if leukaemic:
+        cuts["leukaemic sources pooled"] = tuple(sum(cuts[f][k] for f in leukaemic) for k in range(2))
+    print(f"\n| left-out source (seed {args.seed}) | network: recall of cells inside the image | of cells cut by its "
+          f"edge | shipped: inside | cut by the edge |\n|---|---|---|---|---|")
+    for fold, counts in cuts.items():
+        print(f"| {fold} | " + " | ".join(f"{m / n:.3f} ({m}/{n})" if n else "–" for c in counts for m, n in c) + " |")
     print(f"\nPlatelet images (report half, {len(report_half)}) with a detection of the colour rules alone: "
           f"{platelet_share(report_half, None):.3f}")
 
