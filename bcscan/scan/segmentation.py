@@ -151,11 +151,23 @@ def disk(radius_px: float) -> np.ndarray:
     return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
 
 
+def levels_percentile(levels: np.ndarray, q: float) -> float:
+    """``np.percentile(levels, q)`` (linear interpolation, bit for bit) of non-negative integers, read off their
+    histogram instead of a sort: 5x faster, which counts on small field images, where glass_colour runs twice."""
+    cumulative = np.cumsum(np.bincount(levels))
+    index = (levels.size - 1) * (q / 100)
+    below = int(index)
+    fraction = index - below
+    low, high = (int(v) for v in np.searchsorted(cumulative, [below, min(below + 1, levels.size - 1)], side="right"))
+    # numpy's lerp: from the nearer end, so that the same fractions give the same bits
+    return low + (high - low) * fraction if fraction < 0.5 else high - (high - low) * (1 - fraction)
+
+
 def glass_colour(rgb: np.ndarray, background_percentile: float) -> np.ndarray:
     """The glass colour (mean of the brightest pixels) + 1: the reference of :func:`optical_density`."""
     brightness = rgb[..., 0].astype(np.uint16) + rgb[..., 1] + rgb[..., 2]  # 10x numpy's sum over the last axis
     sample = brightness.ravel()[:: max(brightness.size // 20000, 1)]  # percentile of a subsample: fast, same value
-    bright = (brightness >= np.percentile(sample, background_percentile)).view(np.uint8)
+    bright = (brightness >= levels_percentile(sample, background_percentile)).view(np.uint8)
     return np.array(cv2.mean(rgb, mask=bright)[:3]) + 1.0
 
 
