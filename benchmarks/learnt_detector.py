@@ -175,19 +175,62 @@ def crop(od: np.ndarray, boxes: np.ndarray, rng: np.random.Generator,
     return out, b[inside]
 
 
+def whole_cells(items: list[dict]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Every boxed cell not cut by its image's edge as its optical density and an elliptic mask inside its box:
+    what `paste` puts into training crops."""
+    cells = []
+    for item in items:
+        h, w = item["od"].shape[:2]
+        for x0, y0, x1, y1 in np.round(item["boxes"]).astype(int):
+            if x0 > 0 and y0 > 0 and x1 < w and y1 < h and min(x1 - x0, y1 - y0) >= 4:
+                disc = np.zeros((y1 - y0, x1 - x0), np.uint8)
+                cv2.ellipse(disc, ((x1 - x0) // 2, (y1 - y0) // 2), ((x1 - x0) // 2, (y1 - y0) // 2), 0, 0, 360, 1, -1)
+                cells.append((item["od"][y0:y1, x0:x1], disc.astype(bool)))
+    return cells
+
+
+def paste(od: np.ndarray, boxes: np.ndarray, cells: list, count: int,
+          rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """`count` cells of `cells` (whole_cells) pasted into the crop `od` at random places, each turned and flipped at
+    random and marked; a box whose centre a pasted cell covers is no longer a target (copy-paste augmentation,
+    Ghiasi et al. 2021: crowding the crops as blasts crowd a leukaemic field)."""
+    od = od.copy()
+    for _ in range(count):
+        cell, disc = cells[rng.integers(len(cells))]
+        turns, flip = rng.integers(4), rng.random() < 0.5
+        cell, disc = np.rot90(cell, turns), np.rot90(disc, turns)
+        if flip:
+            cell, disc = cell[:, ::-1], disc[:, ::-1]
+        ch, cw = disc.shape
+        if ch >= CROP or cw >= CROP:
+            continue
+        y0, x0 = rng.integers(0, CROP - ch + 1), rng.integers(0, CROP - cw + 1)
+        od[y0:y0 + ch, x0:x0 + cw][disc] = cell[disc]
+        if len(boxes):
+            cx, cy = (boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2
+            covered = ((cx - x0 - cw / 2) / (cw / 2)) ** 2 + ((cy - y0 - ch / 2) / (ch / 2)) ** 2 < 1
+            boxes = boxes[~covered]
+        boxes = np.concatenate([boxes.reshape(-1, 4), [[x0, y0, x0 + cw, y0 + ch]]])
+    return od, boxes
+
+
 def batches(items: list[dict], rng: np.random.Generator, size: int = 32, visible_only: bool = False,
-            **augmentation):
-    """Endless batches (input, heat map, box size, size mask), every source an equal share."""
+            paste_cells: int = 0, **augmentation):
+    """Endless batches (input, heat map, box size, size mask), every source an equal share; with `paste_cells`,
+    half the crops get 1 to that many whole cells of the boxed sources pasted in (`paste`)."""
     by_source: dict[str, list[dict]] = {}
     for item in items:
         by_source.setdefault(item["source"], []).append(item)
     sources = list(by_source)
+    cells = whole_cells(items) if paste_cells else []
     while True:
         parts = []
         for _ in range(size):
             group = by_source[sources[rng.integers(len(sources))]]
             item = group[rng.integers(len(group))]
             od, boxes = crop(*augment(item["od"], item["boxes"], rng, **augmentation), rng, visible_only)
+            if cells and rng.random() < 0.5:
+                od, boxes = paste(od, boxes, cells, int(rng.integers(1, paste_cells + 1)), rng)
             parts.append((od, *targets(CROP, CROP, boxes)))
         x, heat, box_size, mask = (np.stack(p).astype(np.float32) for p in zip(*parts))
         yield x, heat[..., None], box_size, mask[..., None]
@@ -330,6 +373,8 @@ def main() -> None:
     ap.add_argument("--blur-px", type=float, default=0.0, help="augmentation: Gaussian blur of up to this sigma")
     ap.add_argument("--visible-targets", action=argparse.BooleanOptionalAction, default=False,
                     help="mark a cell cut by a training crop's edge at the centre of its visible part")
+    ap.add_argument("--paste-cells", type=int, default=0, help="augmentation: paste 1 to this many whole boxed "
+                    "cells into half the training crops (0: none)")
     ap.add_argument("--name", default="", help="suffix of the kept fold models' names (a variant)")
     ap.add_argument("--reuse", action="store_true", help="score the fold models kept in --work, train the missing")
     ap.add_argument("--platelet-negatives", action=argparse.BooleanOptionalAction, default=True,
@@ -345,14 +390,15 @@ def main() -> None:
     negatives = platelet_negatives(args.data, "fit") if args.platelet_negatives else []
     if args.ship:
         model = train(items + negatives, args.steps, args.seed, stain_mix=args.stain_mix, blur_px=args.blur_px,
-                          visible_only=args.visible_targets)
+                          visible_only=args.visible_targets, paste_cells=args.paste_cells)
         model.save(args.work / f"s{args.seed}{args.name}-all.keras")
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                                 cwd=G.REPO_ROOT).stdout.strip()
         save_onnx(model, args.ship, {"trained_on": {s: sum(i["source"] == s for i in items + negatives)
                                                     for s in sources + [PLATELETS] * bool(negatives)},
                                      "steps": args.steps, "seed": args.seed, "stain_mix": args.stain_mix,
-                                     "blur_px": args.blur_px, "visible_targets": args.visible_targets, "date": dt.date.today().isoformat(), "commit": commit,
+                                     "blur_px": args.blur_px, "visible_targets": args.visible_targets,
+                                     "paste_cells": args.paste_cells, "date": dt.date.today().isoformat(), "commit": commit,
                                      "command": "python benchmarks/learnt_detector.py --ship"})
         return
     folds = sources if args.folds == "all" else args.folds.split(",")
@@ -367,7 +413,7 @@ def main() -> None:
         else:
             model = train([item for item in items if item["source"] != fold] + negatives, args.steps, args.seed,
                           stain_mix=args.stain_mix, blur_px=args.blur_px,
-                          visible_only=args.visible_targets)
+                          visible_only=args.visible_targets, paste_cells=args.paste_cells)
             model.save(path)
         save_onnx(model, path.with_suffix(".onnx"), {"left_out": fold, "seed": args.seed, "steps": args.steps})
         left_out = [item for item in items if item["source"] == fold]
