@@ -10,6 +10,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import operator
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -67,10 +68,10 @@ def check_numbers(params, *names: str, above: float | None = None, at_least: flo
             value = value[int(index.rstrip("]"))]
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             raise ValueError(f"{name} must be a finite number, got {value!r}")
-        for bound, holds, words in ((above, lambda b: value > b, "> {}"), (at_least, lambda b: value >= b, ">= {}"),
-                                    (below, lambda b: value < b, "< {}"), (at_most, lambda b: value <= b, "<= {}")):
-            if bound is not None and not holds(bound):
-                raise ValueError(f"{name} must be {words.format(bound)}, got {value!r}")
+        for bound, holds, sign in ((above, operator.gt, ">"), (at_least, operator.ge, ">="),
+                                   (below, operator.lt, "<"), (at_most, operator.le, "<=")):
+            if bound is not None and not holds(value, bound):
+                raise ValueError(f"{name} must be {sign} {bound}, got {value!r}")
 
 
 def load_yaml(path: Path) -> dict[str, Any]:
