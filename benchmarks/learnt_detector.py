@@ -325,13 +325,13 @@ def cut_by_edge(item: dict) -> np.ndarray:
     return (b[:, 0] <= EDGE_PX) | (b[:, 1] <= EDGE_PX) | (b[:, 2] >= w - EDGE_PX) | (b[:, 3] >= h - EDGE_PX)
 
 
-def recall_by_cut(items: list[dict], detections) -> np.ndarray:
-    """Boxes matched and boxes in all of `items` by `detections` (item -> boxes in its own pixels): a row for the
+def recall_by_cut(items: list[dict], detections: dict[int, np.ndarray]) -> np.ndarray:
+    """Boxes matched and boxes in all of `items` by `detections` (by id, boxes in its own pixels): a row for the
     cells inside the image and one for those cut by its edge."""
     counts = np.zeros((2, 2), int)
     for item in items:
         matched = np.zeros(len(item["original_boxes"]), bool)
-        matched[[j for _, j, _ in G.match_boxes(detections(item), item["original_boxes"])]] = True
+        matched[[j for _, j, _ in G.match_boxes(detections[id(item)], item["original_boxes"])]] = True
         cut = cut_by_edge(item)
         counts += [[np.sum(matched & ~cut), np.sum(~cut)], [np.sum(matched & cut), np.sum(cut)]]
     return counts
@@ -344,9 +344,9 @@ def blast_score(found: np.ndarray, item: dict) -> G.BlastScore:
     return G.BlastScore(G.score_boxes(found, item["original_boxes"]), len(blasts), len(blasts & matched))
 
 
-def pipeline_score(items: list[dict], centres: CentreParams | None) -> G.BlastScore:
-    """pipeline_detections of `items` against their boxes."""
-    return functools.reduce(operator.add, (blast_score(pipeline_detections(item, centres), item) for item in items))
+def pooled_score(items: list[dict], detections: dict[int, np.ndarray]) -> G.BlastScore:
+    """Each item's `detections` (by id, boxes in its own pixels) against its boxes, added up."""
+    return functools.reduce(operator.add, (blast_score(detections[id(item)], item) for item in items))
 
 
 def save_onnx(model, path: Path, provenance: dict) -> None:
@@ -390,7 +390,7 @@ def main() -> None:
     negatives = platelet_negatives(args.data, "fit") if args.platelet_negatives else []
     if args.ship:
         model = train(items + negatives, args.steps, args.seed, stain_mix=args.stain_mix, blur_px=args.blur_px,
-                          visible_only=args.visible_targets, paste_cells=args.paste_cells)
+                      visible_only=args.visible_targets, paste_cells=args.paste_cells)
         model.save(args.work / f"s{args.seed}{args.name}-all.keras")
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                                 cwd=G.REPO_ROOT).stdout.strip()
@@ -423,12 +423,12 @@ def main() -> None:
             c = score(maps, left_out, threshold)[fold].cells
             print(f"{fold} threshold {threshold}: P {c.precision:.3f} R {c.recall:.3f} F1 {c.f1:.3f} "
                   f"({time.perf_counter() - t:.0f} s)", flush=True)
-        rows[fold] = (score(maps, left_out, CentreParams().threshold)[fold],
-                      pipeline_score(left_out, centres),
-                      pipeline_score(left_out, None))
+        network = {id(item): network_boxes(maps[id(item)], item, centres.threshold) for item in left_out}
+        shipped = {id(item): pipeline_detections(item, centres) for item in left_out}
+        rules = {id(item): pipeline_detections(item, None) for item in left_out}
+        rows[fold] = tuple(pooled_score(left_out, found) for found in (network, shipped, rules))
         platelets[fold] = platelet_share(report_half, centres)
-        cuts[fold] = (recall_by_cut(left_out, lambda item: network_boxes(maps[id(item)], item, centres.threshold)),
-                      recall_by_cut(left_out, lambda item: pipeline_detections(item, centres)))
+        cuts[fold] = (recall_by_cut(left_out, network), recall_by_cut(left_out, shipped))
     print(f"\n| left-out source (seed {args.seed}) | network: P / R / F1 | blast recall | colour rules with the "
           f"network's centres (shipped): P / R / F1 | blast recall | colour rules alone: P / R / F1 | blast recall | "
           f"platelet images with a detection (shipped) |\n|---|---|---|---|---|---|---|---|")
