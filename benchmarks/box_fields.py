@@ -26,6 +26,13 @@ DRAWS: tuple[tuple[str, int], ...] = (
     ("ghaderzadeh-all/images/Early", 12), ("ghaderzadeh-all/images/Pre", 12), ("ghaderzadeh-all/images/Pro", 12),
     ("ghaderzadeh-all/images/Benign", 4), ("mll-bone-marrow/BLA", 10), ("lmu-aml-blood/MYO", 10),
 )
+SECOND_SEED = 27
+# A second round (#60 on), drawn with its own seed from what the first left, so the first round's fields stay put:
+# more fields of the B-ALL subtypes and hematogones, whose folds train on one another's fields.
+SECOND_DRAWS: tuple[tuple[str, int], ...] = (
+    ("ghaderzadeh-all/images/Early", 8), ("ghaderzadeh-all/images/Pro", 8), ("ghaderzadeh-all/images/Pre", 6),
+    ("ghaderzadeh-all/images/Benign", 4),
+)
 ZOOM = 3
 GRID_STEP = 20  # original pixels between labelled grid lines
 OUT = G.REPO_ROOT / "runs" / "boxing"
@@ -33,12 +40,14 @@ KIND_COLOURS = {"blast": (255, 0, 0), "normal": (0, 160, 0), "unsure": (255, 160
 
 
 def drawn_fields(data: Path = G.SHARED_DATA) -> list[str]:
-    """Image paths relative to `data`: per folder of DRAWS, a seeded sample of its sorted listing."""
-    rng = random.Random(SEED)
-    fields = []
-    for folder, count in DRAWS:
-        names = sorted(p.relative_to(data).as_posix() for p in (data / folder).glob("*.jpg"))
-        fields.extend(sorted(rng.sample(names, count)))
+    """Image paths relative to `data`: per folder of DRAWS, a seeded sample of its sorted listing; then per folder
+    of SECOND_DRAWS, a sample (SECOND_SEED) of the fields not drawn before."""
+    fields: list[str] = []
+    for seed, draws in ((SEED, DRAWS), (SECOND_SEED, SECOND_DRAWS)):
+        rng = random.Random(seed)
+        for folder, count in draws:
+            names = sorted(p.relative_to(data).as_posix() for p in (data / folder).glob("*.jpg"))
+            fields.extend(sorted(rng.sample([n for n in names if n not in fields], count)))
     return fields
 
 

@@ -113,8 +113,8 @@ def test_the_shipped_centres_find_crowded_blasts_the_colour_rules_merge_or_miss(
     training: a regression check; the left-out figures are in benchmarks/README.md) against the colour rules."""
     rules, shipped = leukaemic_scores
     pre_rules, pre = rules["ghaderzadeh-pre"], shipped["ghaderzadeh-pre"]
-    # measured (benchmarks/leukaemic_fields.py): recall 0.770 -> 0.857, blasts 0.828 -> 0.891, F1 0.736 -> 0.801;
-    # all 60 fields: blasts 0.853 -> 0.924, F1 0.779 -> 0.839
+    # measured (benchmarks/leukaemic_fields.py, 86 fields, 2026-12-08; the 26 of the second round never trained on):
+    # recall 0.778 -> 0.858, blasts 0.829 -> 0.889, F1 0.725 -> 0.791; all fields: blasts 0.848 -> 0.921, F1 0.767 -> 0.831
     assert pre_rules.cells.recall < 0.80 and pre_rules.blast_recall < 0.86
     assert pre.cells.recall >= pre_rules.cells.recall + 0.06 and pre.blast_recall >= pre_rules.blast_recall + 0.05
     assert pre.cells.f1 >= pre_rules.cells.f1 + 0.05 and pre.blast_recall >= 0.87
