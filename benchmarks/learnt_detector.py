@@ -15,7 +15,8 @@ regressed boxes.
 
 Scored three ways: the network alone (its peaks and boxes), the shipped detection (the colour rules' cells
 reconciled with the fold's network exported to ONNX, `scan.centres`, then the platelet test) and the colour rules
-alone.
+alone; each matched to the boxes one-to-one at IoU >= 0.5, and by centres (each box holding the other's centre,
+`groundtruth.match_centres`: where a cell is, as it is counted and cropped, however tightly its outline is drawn).
 
 Platelet clumps are taught as what is not a white cell: the fit half of `pbc-normal/platelet` (even images by
 name, as benchmarks/platelet_clumps.py splits them) joins every fold's training as one more source, with no box
@@ -341,16 +342,31 @@ def recall_by_cut(items: list[dict], detections: dict[int, np.ndarray]) -> np.nd
     return counts
 
 
-def blast_score(found: np.ndarray, item: dict) -> G.BlastScore:
-    """Boxes `found` (the item's own pixels) against its boxes, and which of its blasts they match."""
-    matched = {j for _, j, _ in G.match_boxes(found, item["original_boxes"])}
+def blast_score(found: np.ndarray, item: dict, match=G.match_boxes) -> G.BlastScore:
+    """Boxes `found` (the item's own pixels) against its boxes under `match`, and which of its blasts they match."""
+    matched = {j for _, j, _ in match(found, item["original_boxes"])}
     blasts = set(np.nonzero(item["blast"])[0].tolist())
-    return G.BlastScore(G.score_boxes(found, item["original_boxes"]), len(blasts), len(blasts & matched))
+    return G.BlastScore(G.score_boxes(found, item["original_boxes"], match), len(blasts), len(blasts & matched))
 
 
-def pooled_score(items: list[dict], detections: dict[int, np.ndarray]) -> G.BlastScore:
-    """Each item's `detections` (by id, boxes in its own pixels) against its boxes, added up."""
-    return functools.reduce(operator.add, (blast_score(detections[id(item)], item) for item in items))
+def pooled_score(items: list[dict], detections: dict[int, np.ndarray], match=G.match_boxes) -> G.BlastScore:
+    """Each item's `detections` (by id, boxes in its own pixels) against its boxes under `match`, added up."""
+    return functools.reduce(operator.add, (blast_score(detections[id(item)], item, match) for item in items))
+
+
+def print_scores(title: str, rows: dict[str, tuple], platelets: dict[str, float], leukaemic: list[str]) -> None:
+    """The markdown table of each fold's (network, shipped, rules) scores, and the leukaemic folds pooled."""
+    print(f"\n| left-out source ({title}) | network: P / R / F1 | blast recall | colour rules with the network's centres "
+          f"(shipped): P / R / F1 | blast recall | colour rules alone: P / R / F1 | blast recall | platelet images with "
+          f"a detection (shipped) |\n|---|---|---|---|---|---|---|---|")
+    if leukaemic:
+        rows = {**rows, "leukaemic sources pooled": tuple(
+            functools.reduce(operator.add, (rows[f][k] for f in leukaemic)) for k in range(3))}
+    for fold, results in rows.items():
+        cells = [f"{r.cells.precision:.3f} / {r.cells.recall:.3f} / {r.cells.f1:.3f}" for r in results]
+        blasts = [f"{r.blast_recall:.3f} ({r.blasts_found}/{r.blasts})" if r.blasts else "–" for r in results]
+        share = f"{platelets[fold]:.3f}" if fold in platelets else "–"
+        print(f"| {fold} | " + " | ".join(f"{c} | {b}" for c, b in zip(cells, blasts)) + f" | {share} |")
 
 
 def save_onnx(model, path: Path, provenance: dict) -> None:
@@ -408,7 +424,7 @@ def main() -> None:
         return
     folds = sources if args.folds == "all" else args.folds.split(",")
     report_half = platelet_negatives(args.data, "report")
-    rows, platelets, cuts = {}, {}, {}
+    rows, by_centre, platelets, cuts = {}, {}, {}, {}
     print(f"keep_threshold {args.keep_threshold}")
     for fold in folds:
         t = time.perf_counter()
@@ -432,20 +448,12 @@ def main() -> None:
         shipped = {id(item): pipeline_detections(item, centres) for item in left_out}
         rules = {id(item): pipeline_detections(item, None) for item in left_out}
         rows[fold] = tuple(pooled_score(left_out, found) for found in (network, shipped, rules))
+        by_centre[fold] = tuple(pooled_score(left_out, found, G.match_centres) for found in (network, shipped, rules))
         platelets[fold] = platelet_share(report_half, centres)
         cuts[fold] = (recall_by_cut(left_out, network), recall_by_cut(left_out, shipped))
-    print(f"\n| left-out source (seed {args.seed}) | network: P / R / F1 | blast recall | colour rules with the "
-          f"network's centres (shipped): P / R / F1 | blast recall | colour rules alone: P / R / F1 | blast recall | "
-          f"platelet images with a detection (shipped) |\n|---|---|---|---|---|---|---|---|")
     leukaemic = [f for f in rows if f not in G.NORMAL_BOX_SOURCES]
-    if leukaemic:
-        rows["leukaemic sources pooled"] = tuple(functools.reduce(operator.add, (rows[f][k] for f in leukaemic))
-                                                 for k in range(3))
-    for fold, results in rows.items():
-        cells = [f"{r.cells.precision:.3f} / {r.cells.recall:.3f} / {r.cells.f1:.3f}" for r in results]
-        blasts = [f"{r.blast_recall:.3f} ({r.blasts_found}/{r.blasts})" if r.blasts else "–" for r in results]
-        share = f"{platelets[fold]:.3f}" if fold in platelets else "–"
-        print(f"| {fold} | " + " | ".join(f"{c} | {b}" for c, b in zip(cells, blasts)) + f" | {share} |")
+    for matching, scores in (("IoU >= 0.5", rows), ("matched by centres", by_centre)):
+        print_scores(f"seed {args.seed}, {matching}", scores, platelets, leukaemic)
     if leukaemic:
         cuts["leukaemic sources pooled"] = tuple(sum(cuts[f][k] for f in leukaemic) for k in range(2))
     print(f"\n| left-out source (seed {args.seed}) | network: recall of cells inside the image | of cells cut by its "
@@ -454,6 +462,7 @@ def main() -> None:
         print(f"| {fold} | " + " | ".join(f"{m / n:.3f} ({m}/{n})" if n else "–" for c in counts for m, n in c) + " |")
     print(f"\nPlatelet images (report half, {len(report_half)}) with a detection of the colour rules alone: "
           f"{platelet_share(report_half, None):.3f}")
+
 
 if __name__ == "__main__":
     main()

@@ -250,6 +250,19 @@ def test_matching_is_one_to_one():
     assert V.dice(np.ones((4, 4), bool), np.ones((4, 4), bool)) == 1.0
 
 
+def test_centre_matching_finds_a_cell_drawn_loosely_but_not_two_cells_merged():
+    gt = np.array([[0, 0, 20, 20], [20, 0, 40, 20], [100, 100, 120, 120]], float)
+    loose = np.array([[94, 95, 122, 126]], float)  # the third cell, outlined off-centre and wider: IoU 0.46
+    assert V.box_iou(loose, gt[2:])[0, 0] < 0.5
+    assert V.score_boxes(loose, gt).tp == 0 and V.score_boxes(loose, gt, V.match_centres).tp == 1
+    merged = np.array([[0, 0, 40, 20]], float)  # the first two as one: its centre (20, 10) lies in the second only
+    assert V.match_centres(merged, gt) == [(0, 1, 10.0)]
+    twice = np.array([[2, 0, 22, 20], [1, 1, 21, 21]], float)  # the first cell found twice: one of them counts
+    assert [j for _, j, _ in V.match_centres(twice, gt)] == [0]
+    far = np.array([[0, 0, 60, 60]], float)  # holds the first cell's centre, but its own centre is outside it
+    assert V.match_centres(far, gt) == []
+
+
 def test_yolo_and_voc_loaders(tmp_path):
     (tmp_path / "a.txt").write_text("0 0.5 0.5 0.2 0.4\n1 0.1 0.1 0.1 0.1\n")
     assert np.allclose(V.load_yolo_boxes(tmp_path / "a.txt", 100, 50), [[40, 15, 60, 35]])
